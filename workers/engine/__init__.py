@@ -1,0 +1,1 @@
+"""The numerical engine: pure torch/numpy/scipy. Import submodules directly."""

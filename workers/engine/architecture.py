@@ -1,0 +1,115 @@
+"""Allow-listed architectures, described by JSON; no torch here (the API validates uploads).
+
+``{"type": "mlp", "in_features": D, "hidden": [h1, ..., hk], "activation": "relu"}`` is exactly
+``torch.nn.Sequential(Linear(D, h1), ReLU(), ..., Linear(hk, 1))``; ``hidden: []`` is logistic
+regression. State-dict keys are the Sequential's: ``0.weight``, ``0.bias``, ``2.weight``, ...
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from workers.engine.errors import InputError
+
+__all__ = ["ArchSpec", "load_arch", "parse_arch"]
+
+MAX_WIDTH = 65_536
+MAX_DEPTH = 16
+ACTIVATIONS = ("relu",)
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """An MLP binary classifier with one output logit."""
+
+    in_features: int
+    hidden: tuple[int, ...]
+    activation: str = "relu"
+
+    @property
+    def linear_indices(self) -> list[int]:
+        """Sequential indices of the Linear layers (activations sit between them)."""
+        return [2 * i for i in range(len(self.hidden) + 1)]
+
+    @property
+    def head_index(self) -> int:
+        """Sequential index of the last Linear layer, the logistic head."""
+        return self.linear_indices[-1]
+
+    @property
+    def head_in_features(self) -> int:
+        """Width of the features the head sees."""
+        return self.hidden[-1] if self.hidden else self.in_features
+
+    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        """State-dict key -> tensor shape of the Sequential."""
+        widths = [self.in_features, *self.hidden, 1]
+        shapes: dict[str, tuple[int, ...]] = {}
+        for layer, index in enumerate(self.linear_indices):
+            shapes[f"{index}.weight"] = (widths[layer + 1], widths[layer])
+            shapes[f"{index}.bias"] = (widths[layer + 1],)
+        return shapes
+
+    def parameter_count(self) -> int:
+        """Number of scalar parameters."""
+        total = 0
+        for shape in self.expected_shapes().values():
+            count = 1
+            for dim in shape:
+                count *= dim
+            total += count
+        return total
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form of PRODUCT.md."""
+        return {
+            "type": "mlp",
+            "in_features": self.in_features,
+            "hidden": list(self.hidden),
+            "activation": self.activation,
+        }
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WIDTH:
+        raise InputError(f"architecture: {name} must be an integer in [1, {MAX_WIDTH}]; got {value!r}")
+    return value
+
+
+def parse_arch(data: Any) -> ArchSpec:
+    """Validate an architecture JSON object.
+
+    Raises:
+        InputError: naming the field to fix.
+    """
+    if not isinstance(data, dict):
+        raise InputError("architecture must be a JSON object like "
+                         '{"type": "mlp", "in_features": 10, "hidden": [32], "activation": "relu"}')
+    unknown = sorted(set(data) - {"type", "in_features", "hidden", "activation"})
+    if unknown:
+        raise InputError(f"architecture: unknown field(s) {', '.join(unknown)}")
+    if data.get("type") != "mlp":
+        raise InputError(f"architecture: type must be 'mlp'; got {data.get('type')!r}")
+    in_features = _positive_int(data.get("in_features"), "in_features")
+    hidden = data.get("hidden", [])
+    if not isinstance(hidden, list) or len(hidden) > MAX_DEPTH:
+        raise InputError(f"architecture: hidden must be a list of at most {MAX_DEPTH} widths")
+    widths = tuple(_positive_int(h, f"hidden[{i}]") for i, h in enumerate(hidden))
+    activation = data.get("activation", "relu")
+    if activation not in ACTIVATIONS:
+        raise InputError(f"architecture: activation must be one of {ACTIVATIONS}; got {activation!r}")
+    return ArchSpec(in_features=in_features, hidden=widths, activation=activation)
+
+
+def load_arch(path: str | Path) -> ArchSpec:
+    """Read and validate an architecture JSON file."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise InputError(f"architecture file not found: {path}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"architecture file {path} is not valid JSON: {exc}") from exc
+    return parse_arch(data)

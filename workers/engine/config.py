@@ -1,0 +1,257 @@
+"""Job specification of a correction: frozen dataclasses, validated on construction.
+
+This module imports nothing heavier than the standard library, so the HTTP front end can use
+the same classes (pydantic validates stdlib dataclasses and calls ``__post_init__``) and a job
+spec is refused at submission for exactly the reasons the engine would refuse it.
+
+The field names ``objective.metric``, ``objective.sensitive_attribute``, ``objective.reduction``,
+``objective.utility_tolerance``, ``weighting.scheme`` and ``method.name`` are fixed by
+docs/PRODUCT.md; everything else has a documented default.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from typing import Any, Literal, TypeVar, get_args
+
+__all__ = [
+    "AttackConfig",
+    "CorrectionSpec",
+    "EvaluationConfig",
+    "InfluenceConfig",
+    "MethodConfig",
+    "ObjectiveConfig",
+    "WeightingConfig",
+    "Metric",
+    "Scheme",
+    "MethodName",
+    "spec_from_dict",
+]
+
+Metric = Literal["demographic_parity", "equal_opportunity", "equalized_odds", "robustness"]
+Scheme = Literal["hard", "soft-2.1", "soft-2.3", "qp"]
+MethodName = Literal["newton", "refit"]
+AttackKind = Literal["reflect_linear", "fgsm", "pgd"]
+AttackNorm = Literal["linf", "l2"]
+HessianMode = Literal["original", "reweighted"]
+NegativeWeightPolicy = Literal["clip", "reject"]
+InfeasiblePolicy = Literal["error", "best_effort"]
+Scope = Literal["last_layer"]
+
+DEFAULT_REDUCTION = 0.9
+"""Fraction of the audit target removed when the spec names none (PRODUCT.md's example)."""
+DEFAULT_L2_REG = 1.0
+"""λ of the sum-form head objective Σ wᵢℓᵢ + (λ/2)‖w‖²; the bias is not regularized."""
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def _check_choice(value: object, literal: Any, name: str) -> None:
+    choices = get_args(literal)
+    _check(value in choices, f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
+
+
+def _finite(value: float, name: str) -> None:
+    _check(isinstance(value, (int, float)) and math.isfinite(value), f"{name} must be a finite number")
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """An adversarial attack on the audit/eval points.
+
+    ``reflect_linear`` is the paper's construction: each point's head features are reflected
+    across the decision boundary to ``-(kappa-1)`` of its margin (no budget). ``fgsm`` and ``pgd``
+    attack the raw inputs through the whole network within an ``epsilon`` ball of ``norm``.
+    """
+
+    kind: AttackKind = "pgd"
+    norm: AttackNorm = "linf"
+    epsilon: float = 0.1
+    steps: int = 10
+    step_size: float | None = None
+    kappa: float = 1.3
+
+    def __post_init__(self) -> None:
+        _check_choice(self.kind, AttackKind, "attack.kind")
+        _check_choice(self.norm, AttackNorm, "attack.norm")
+        _finite(self.epsilon, "attack.epsilon")
+        _check(self.epsilon > 0, "attack.epsilon must be > 0")
+        _check(1 <= self.steps <= 1000, "attack.steps must be between 1 and 1000")
+        if self.step_size is not None:
+            _finite(self.step_size, "attack.step_size")
+            _check(self.step_size > 0, "attack.step_size must be > 0")
+        _finite(self.kappa, "attack.kappa")
+        _check(self.kappa > 1, "attack.kappa must be > 1 (1 only reaches the boundary)")
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """What to correct, measured on the audit set.
+
+    ``reduction`` ρ ∈ (0, 1] is the fraction of the current |gap| (or, for robustness, of the mean
+    adversarial log-loss) to remove; ``utility_tolerance`` τ ≥ 0 is the allowed first-order
+    increase of the mean audit log-loss. ``privileged_group`` orients a two-group gap as
+    privileged minus the rest; without it the gap is between the extreme groups.
+    """
+
+    metric: Metric = "demographic_parity"
+    sensitive_attribute: str | None = None
+    reduction: float = DEFAULT_REDUCTION
+    utility_tolerance: float = 0.0
+    privileged_group: str | None = None
+    attack: AttackConfig = field(default_factory=AttackConfig)
+
+    def __post_init__(self) -> None:
+        _check_choice(self.metric, Metric, "objective.metric")
+        _finite(self.reduction, "objective.reduction")
+        _check(0 < self.reduction <= 1, f"objective.reduction must be in (0, 1]; got {self.reduction}")
+        _finite(self.utility_tolerance, "objective.utility_tolerance")
+        _check(self.utility_tolerance >= 0, "objective.utility_tolerance must be >= 0")
+        if self.metric != "robustness":
+            _check(
+                bool(self.sensitive_attribute),
+                f"objective.sensitive_attribute is required for metric {self.metric}",
+            )
+
+
+@dataclass(frozen=True)
+class WeightingConfig:
+    """How per-sample weights ε are chosen (effective weight 1 + ε).
+
+    ``hard`` removes the fraction ``k_fraction`` of training samples whose removal lowers the
+    target most; ``soft-2.1`` is the min-norm ε meeting the target; ``soft-2.3`` (default) the
+    min-norm ε meeting the target with zero first-order utility change; ``qp`` the min-norm ε in
+    the box [lower, upper] meeting the target with utility change at most τ.
+    """
+
+    scheme: Scheme = "soft-2.3"
+    k_fraction: float = 0.05
+    lower: float = -1.0
+    upper: float = 1.0
+    on_infeasible: InfeasiblePolicy = "error"
+
+    def __post_init__(self) -> None:
+        _check_choice(self.scheme, Scheme, "weighting.scheme")
+        _check_choice(self.on_infeasible, InfeasiblePolicy, "weighting.on_infeasible")
+        _finite(self.k_fraction, "weighting.k_fraction")
+        _check(0 < self.k_fraction < 1, "weighting.k_fraction must be in (0, 1)")
+        _finite(self.lower, "weighting.lower")
+        _finite(self.upper, "weighting.upper")
+        _check(-1 <= self.lower <= 0, "weighting.lower must be in [-1, 0] (1 + ε must stay >= 0)")
+        _check(self.upper >= 0, "weighting.upper must be >= 0")
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """The unlearning algorithm that applies the weights.
+
+    ``newton`` is the influence Newton step θ' = θ − H⁻¹Σεᵢgᵢ; ``refit`` the exact weighted refit
+    of the logistic head. ``max_iterations`` > 1 turns on target tracking: influence → weights →
+    step is repeated from the new parameters until the audit target is within
+    ``target_tolerance`` (a fraction of the initial gap) of the request.
+    """
+
+    name: MethodName = "newton"
+    hessian: HessianMode = "original"
+    max_iterations: int = 5
+    target_tolerance: float = 0.05
+    negative_weights: NegativeWeightPolicy = "clip"
+    refit_tolerance: float = 1e-10
+    refit_max_steps: int = 100
+
+    def __post_init__(self) -> None:
+        _check_choice(self.name, MethodName, "method.name")
+        _check_choice(self.hessian, HessianMode, "method.hessian")
+        _check_choice(self.negative_weights, NegativeWeightPolicy, "method.negative_weights")
+        _check(1 <= self.max_iterations <= 100, "method.max_iterations must be between 1 and 100")
+        _finite(self.target_tolerance, "method.target_tolerance")
+        _check(0 <= self.target_tolerance < 1, "method.target_tolerance must be in [0, 1)")
+        _check(self.refit_tolerance > 0, "method.refit_tolerance must be > 0")
+        _check(1 <= self.refit_max_steps <= 10_000, "method.refit_max_steps must be in [1, 10000]")
+
+
+@dataclass(frozen=True)
+class InfluenceConfig:
+    """Influence of training samples on audit targets, on the model's logistic head.
+
+    ``l2_reg`` λ is the regularization of the head objective the influence assumes (the head is
+    polished to that objective's optimum first); ``damping`` is added to the Hessian only.
+    ``chunk_size`` bounds memory: the Hessian is accumulated chunk by chunk.
+    """
+
+    scope: Scope = "last_layer"
+    l2_reg: float = 1.0
+    damping: float = 0.0
+    polish_max_steps: int = 50
+    polish_tolerance: float = 1e-9
+    chunk_size: int = 8192
+
+    def __post_init__(self) -> None:
+        _check_choice(self.scope, Scope, "influence.scope")
+        _finite(self.l2_reg, "influence.l2_reg")
+        _check(self.l2_reg >= 0, "influence.l2_reg must be >= 0")
+        _finite(self.damping, "influence.damping")
+        _check(self.damping >= 0, "influence.damping must be >= 0")
+        _check(0 <= self.polish_max_steps <= 1000, "influence.polish_max_steps must be in [0, 1000]")
+        _check(self.polish_tolerance > 0, "influence.polish_tolerance must be > 0")
+        _check(16 <= self.chunk_size <= 1_000_000, "influence.chunk_size must be in [16, 1000000]")
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """What the before/after report measures besides accuracy and fairness."""
+
+    robustness: bool = True
+    attack: AttackConfig = field(default_factory=AttackConfig)
+
+
+@dataclass(frozen=True)
+class CorrectionSpec:
+    """A complete correction job, as resolved (every default filled in) in the report."""
+
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    weighting: WeightingConfig = field(default_factory=WeightingConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    influence: InfluenceConfig = field(default_factory=InfluenceConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as plain JSON-compatible data."""
+        return asdict(self)
+
+
+T = TypeVar("T")
+
+
+def _build(cls: type[T], data: Any, path: str) -> T:
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must be an object")
+    known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(f"{path}: unknown field(s) {', '.join(unknown)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        default = known[name].default_factory  # type: ignore[misc]
+        nested = default() if callable(default) else None
+        if nested is not None and is_dataclass(nested):
+            kwargs[name] = _build(type(nested), value, f"{path}.{name}")
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def spec_from_dict(data: dict[str, Any]) -> CorrectionSpec:
+    """Build a :class:`CorrectionSpec` from JSON data, refusing unknown fields.
+
+    Raises:
+        ValueError: naming the field that is wrong and what it must be.
+    """
+    return _build(CorrectionSpec, data, "spec")
