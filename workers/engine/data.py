@@ -1,0 +1,233 @@
+"""Tabular datasets: Parquet or CSV plus a schema naming the label and sensitive columns.
+
+No torch here: the HTTP front end uses the same validation at upload time. Features must be
+model-ready numbers; the label must be 0/1; sensitive columns may hold any values (each distinct
+value is a group) and are not features unless the schema lists them in ``features``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from workers.engine.errors import DatasetError
+
+__all__ = [
+    "Dataset",
+    "DatasetSchema",
+    "check_groups_present",
+    "load_dataset",
+    "load_schema",
+    "parse_schema",
+    "read_columns",
+    "read_frame",
+    "resolve_features",
+]
+
+PARQUET_MAGIC = b"PAR1"
+MAX_COLUMNS = 100_000
+
+
+@dataclass(frozen=True)
+class DatasetSchema:
+    """Which columns are the label, the sensitive attributes and the features."""
+
+    label: str
+    sensitive: tuple[str, ...]
+    features: tuple[str, ...] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (``features`` omitted when defaulted)."""
+        out: dict[str, Any] = {"label": self.label, "sensitive": list(self.sensitive)}
+        if self.features is not None:
+            out["features"] = list(self.features)
+        return out
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A validated dataset: float64 features, 0/1 labels, sensitive group labels as strings."""
+
+    name: str
+    feature_names: tuple[str, ...]
+    features: np.ndarray
+    labels: np.ndarray
+    sensitive: dict[str, np.ndarray]
+
+    @property
+    def n(self) -> int:
+        """Number of rows."""
+        return int(self.labels.shape[0])
+
+
+def _names(value: Any, field: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise DatasetError(f"schema: {field} must be a non-empty list of column names")
+    if len(set(value)) != len(value):
+        raise DatasetError(f"schema: {field} lists a column twice")
+    return tuple(value)
+
+
+def parse_schema(data: Any) -> DatasetSchema:
+    """Validate a schema object ``{"label": ..., "sensitive": [...], "features": [...]?}``."""
+    if not isinstance(data, dict):
+        raise DatasetError('schema must be a JSON object like {"label": "y", "sensitive": ["sex"]}')
+    unknown = sorted(set(data) - {"label", "sensitive", "features"})
+    if unknown:
+        raise DatasetError(f"schema: unknown field(s) {', '.join(unknown)}")
+    label = data.get("label")
+    if not isinstance(label, str) or not label:
+        raise DatasetError("schema: label must name a column")
+    sensitive = _names(data.get("sensitive"), "sensitive")
+    if label in sensitive:
+        raise DatasetError(f"schema: column {label!r} cannot be both the label and sensitive")
+    features = data.get("features")
+    parsed_features = None if features is None else _names(features, "features")
+    if parsed_features is not None and label in parsed_features:
+        raise DatasetError(f"schema: the label {label!r} cannot also be a feature")
+    return DatasetSchema(label=label, sensitive=sensitive, features=parsed_features)
+
+
+def load_schema(path: str | Path) -> DatasetSchema:
+    """Read and validate a schema JSON file."""
+    try:
+        return parse_schema(json.loads(Path(path).read_text(encoding="utf-8")))
+    except FileNotFoundError as exc:
+        raise DatasetError(f"schema file not found: {path}") from exc
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"schema file {path} is not valid JSON: {exc}") from exc
+
+
+def _is_parquet(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(4) == PARQUET_MAGIC
+
+
+def read_frame(path: str | Path) -> pd.DataFrame:
+    """Read a Parquet file (recognized by its magic bytes) or a CSV file with a header row."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"dataset file not found: {path}")
+    try:
+        if _is_parquet(path):
+            return pq.read_table(path).to_pandas()
+        return pd.read_csv(path, low_memory=False)
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise DatasetError(f"{path.name} is neither a readable Parquet file nor a CSV with a "
+                           f"header row: {exc}") from exc
+
+
+def read_columns(path: str | Path) -> list[str]:
+    """Column names of a Parquet or CSV file, reading as little as possible."""
+    path = Path(path)
+    try:
+        if _is_parquet(path):
+            return list(pq.read_schema(path).names)
+        return [str(c) for c in pd.read_csv(path, nrows=0).columns]
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise DatasetError(f"{path.name} is neither a readable Parquet file nor a CSV with a "
+                           f"header row: {exc}") from exc
+
+
+def resolve_features(columns: list[str], schema: DatasetSchema) -> list[str]:
+    """The feature columns: the schema's list, or every column but label and sensitive ones.
+
+    Raises:
+        DatasetError: a named column is missing (the message lists what the file has).
+    """
+    if len(columns) > MAX_COLUMNS:
+        raise DatasetError(f"dataset has {len(columns)} columns; at most {MAX_COLUMNS} allowed")
+    if len(set(columns)) != len(columns):
+        raise DatasetError("dataset has duplicate column names")
+    wanted = [schema.label, *schema.sensitive, *(schema.features or ())]
+    missing = [c for c in wanted if c not in columns]
+    if missing:
+        shown = ", ".join(columns[:20]) + (" ..." if len(columns) > 20 else "")
+        raise DatasetError(f"column(s) {missing} not in the dataset; it has: {shown}")
+    if schema.features is not None:
+        return list(schema.features)
+    excluded = {schema.label, *schema.sensitive}
+    return [c for c in columns if c not in excluded]
+
+
+def _numeric_features(frame: pd.DataFrame, names: list[str], dataset: str) -> np.ndarray:
+    bad = [c for c in names if not (pd.api.types.is_numeric_dtype(frame[c])
+                                    and not pd.api.types.is_complex_dtype(frame[c]))]
+    if bad:
+        raise DatasetError(f"{dataset}: feature column(s) {bad[:10]} are not numeric; encode them "
+                           "(e.g. one-hot) or leave them out with schema.features")
+    values = frame[names].to_numpy(dtype=np.float64, na_value=np.nan)
+    finite = np.isfinite(values)
+    if not finite.all():
+        cols = sorted({names[j] for j in np.nonzero(~finite)[1][:1000]})
+        raise DatasetError(f"{dataset}: NaN or Inf in feature column(s) {cols[:10]}; impute or drop "
+                           "those rows")
+    return values
+
+
+def _binary_labels(series: pd.Series, dataset: str) -> np.ndarray:
+    if pd.api.types.is_bool_dtype(series):
+        return series.to_numpy(dtype=np.float64)
+    if not pd.api.types.is_numeric_dtype(series):
+        raise DatasetError(f"{dataset}: label column {series.name!r} must hold 0/1; it is not numeric")
+    values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+    if not np.isin(values, (0.0, 1.0)).all():
+        odd = pd.unique(values[~np.isin(values, (0.0, 1.0))])[:5]
+        raise DatasetError(f"{dataset}: label column {series.name!r} must hold only 0 and 1; found "
+                           f"{list(odd)}")
+    return values
+
+
+def _groups(series: pd.Series, dataset: str) -> np.ndarray:
+    if series.isna().any():
+        raise DatasetError(f"{dataset}: sensitive column {series.name!r} has missing values")
+    if pd.api.types.is_float_dtype(series) and (series == series.round()).all():
+        series = series.astype(np.int64)
+    return series.astype(str).to_numpy(dtype=object)
+
+
+def load_dataset(path: str | Path, schema: DatasetSchema, name: str = "dataset") -> Dataset:
+    """Read and validate a dataset.
+
+    Raises:
+        DatasetError: what is wrong and how to fix it.
+    """
+    frame = read_frame(path)
+    if len(frame) == 0:
+        raise DatasetError(f"{name}: the file has no rows")
+    features = resolve_features([str(c) for c in frame.columns], schema)
+    if not features:
+        raise DatasetError(f"{name}: no feature columns left after the label and sensitive ones")
+    sensitive = {col: _groups(frame[col], name) for col in schema.sensitive}
+    return Dataset(
+        name=name,
+        feature_names=tuple(features),
+        features=_numeric_features(frame, features, name),
+        labels=_binary_labels(frame[schema.label], name),
+        sensitive=sensitive,
+    )
+
+
+def check_groups_present(reference: Dataset, other: Dataset, column: str) -> None:
+    """Refuse a split in which a group of ``column`` seen in ``reference`` has no rows.
+
+    Raises:
+        DatasetError: naming the column, the split and the empty group(s).
+    """
+    if column not in other.sensitive:
+        raise DatasetError(f"{other.name}: sensitive column {column!r} is missing")
+    seen = set(other.sensitive[column])
+    if len(seen) < 2:
+        raise DatasetError(f"{other.name}: sensitive column {column!r} has a single group "
+                           f"({next(iter(seen))!r}); fairness needs at least two")
+    empty = sorted(set(reference.sensitive[column]) - seen)
+    if empty:
+        raise DatasetError(f"{other.name}: group(s) {empty} of {column!r} have no rows in this split")
