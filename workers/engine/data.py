@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -118,7 +118,7 @@ def read_frame(path: str | Path) -> pd.DataFrame:
         raise DatasetError(f"dataset file not found: {path}")
     try:
         if _is_parquet(path):
-            return pq.read_table(path).to_pandas()
+            return cast(pd.DataFrame, pq.read_table(path).to_pandas())
         return pd.read_csv(path, low_memory=False)
     except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
         raise DatasetError(f"{path.name} is neither a readable Parquet file nor a CSV with a "
@@ -164,7 +164,7 @@ def _numeric_features(frame: pd.DataFrame, names: list[str], dataset: str) -> np
     if bad:
         raise DatasetError(f"{dataset}: feature column(s) {bad[:10]} are not numeric; encode them "
                            "(e.g. one-hot) or leave them out with schema.features")
-    values = frame[names].to_numpy(dtype=np.float64, na_value=np.nan)
+    values = np.array(frame[names].to_numpy(dtype=np.float64, na_value=np.nan), copy=True)
     finite = np.isfinite(values)
     if not finite.all():
         cols = sorted({names[j] for j in np.nonzero(~finite)[1][:1000]})
@@ -175,10 +175,10 @@ def _numeric_features(frame: pd.DataFrame, names: list[str], dataset: str) -> np
 
 def _binary_labels(series: pd.Series, dataset: str) -> np.ndarray:
     if pd.api.types.is_bool_dtype(series):
-        return series.to_numpy(dtype=np.float64)
+        return np.array(series.to_numpy(dtype=np.float64), copy=True)
     if not pd.api.types.is_numeric_dtype(series):
         raise DatasetError(f"{dataset}: label column {series.name!r} must hold 0/1; it is not numeric")
-    values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+    values = np.array(series.to_numpy(dtype=np.float64, na_value=np.nan), copy=True)
     if not np.isin(values, (0.0, 1.0)).all():
         odd = pd.unique(values[~np.isin(values, (0.0, 1.0))])[:5]
         raise DatasetError(f"{dataset}: label column {series.name!r} must hold only 0 and 1; found "

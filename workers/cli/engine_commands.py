@@ -1,0 +1,158 @@
+"""``softunlearn example`` and ``softunlearn correct``: the engine, in-process, no Redis."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from workers.engine.config import CorrectionSpec, spec_from_dict
+
+__all__ = ["register", "spec_from_args"]
+
+METRICS = ("demographic_parity", "equal_opportunity", "equalized_odds", "robustness")
+
+
+def _add_example(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser("example", help="build a ready-to-correct example from real UCI data")
+    parser.add_argument("name", choices=("adult", "bank"))
+    parser.add_argument("--out", required=True, type=Path, help="directory to create")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true", help="replace files in a non-empty --out")
+    parser.set_defaults(handler=run_example)
+
+
+def _add_correct(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser("correct", help="run one correction job in-process",
+                            description="Correct a trained classifier by soft-weighted unlearning. "
+                            "Writes OUT/model.safetensors, OUT/report.json and OUT/report.html.")
+    io = parser.add_argument_group("inputs")
+    io.add_argument("--model", required=True, type=Path, help="checkpoint (.safetensors)")
+    io.add_argument("--arch", required=True, type=Path, help="architecture JSON")
+    io.add_argument("--train", required=True, type=Path, help="training data (Parquet/CSV)")
+    io.add_argument("--audit", required=True, type=Path, help="audit data defining the target")
+    io.add_argument("--eval", type=Path, help="held-out data, reported only")
+    io.add_argument("--label", help="label column (or take it from --schema)")
+    io.add_argument("--sensitive", help="sensitive column (or the first in --schema)")
+    io.add_argument("--schema", type=Path, help="dataset schema JSON (label, sensitive, features)")
+    io.add_argument("--features", help="comma-separated feature columns (default: all others)")
+    io.add_argument("--out", required=True, type=Path, help="output directory")
+    target = parser.add_argument_group("target")
+    target.add_argument("--objective", required=True, choices=METRICS)
+    target.add_argument("--reduction", type=float, help="fraction ρ of the audit target to remove")
+    target.add_argument("--utility-tolerance", type=float, help="allowed predicted log-loss increase τ")
+    target.add_argument("--privileged-group", help="orient the gap as this group minus the rest")
+    target.add_argument("--attack", choices=("pgd", "fgsm", "reflect_linear"),
+                        help="robustness target attack")
+    target.add_argument("--attack-norm", choices=("linf", "l2"))
+    target.add_argument("--attack-epsilon", type=float)
+    target.add_argument("--attack-steps", type=int)
+    how = parser.add_argument_group("weights and method")
+    how.add_argument("--scheme", choices=("hard", "soft-2.1", "soft-2.3", "qp"))
+    how.add_argument("--k-fraction", type=float, help="hard scheme: fraction of samples removed")
+    how.add_argument("--lower", type=float, help="qp: lower bound of ε (>= -1)")
+    how.add_argument("--upper", type=float, help="qp: upper bound of ε")
+    how.add_argument("--method", choices=("newton", "refit"))
+    how.add_argument("--hessian", choices=("original", "reweighted"))
+    how.add_argument("--max-iterations", type=int, help="target-tracking iterations (1 = one shot)")
+    how.add_argument("--l2-reg", type=float, help="λ of the head objective")
+    how.add_argument("--damping", type=float, help="extra damping on the Hessian")
+    parser.add_argument("--spec", type=Path, help="JSON job spec; flags override its fields")
+    parser.add_argument("--no-robust-eval", action="store_true", help="skip robust accuracy")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    parser.set_defaults(handler=run_correct)
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``example`` and ``correct`` to ``sub``."""
+    _add_example(sub)
+    _add_correct(sub)
+
+
+def _set(tree: dict[str, Any], path: str, value: Any) -> None:
+    if value is None:
+        return
+    *parents, leaf = path.split(".")
+    for key in parents:
+        tree = tree.setdefault(key, {})
+    tree[leaf] = value
+
+
+FLAG_FIELDS = {
+    "objective": "objective.metric", "sensitive": "objective.sensitive_attribute",
+    "reduction": "objective.reduction", "utility_tolerance": "objective.utility_tolerance",
+    "privileged_group": "objective.privileged_group", "attack": "objective.attack.kind",
+    "attack_norm": "objective.attack.norm", "attack_epsilon": "objective.attack.epsilon",
+    "attack_steps": "objective.attack.steps", "scheme": "weighting.scheme",
+    "k_fraction": "weighting.k_fraction", "lower": "weighting.lower", "upper": "weighting.upper",
+    "method": "method.name", "hessian": "method.hessian", "max_iterations": "method.max_iterations",
+    "l2_reg": "influence.l2_reg", "damping": "influence.damping", "seed": "seed",
+}
+
+
+def spec_from_args(args: argparse.Namespace) -> CorrectionSpec:
+    """The job spec from ``--spec`` (if any) with every given flag laid over it."""
+    tree: dict[str, Any] = json.loads(args.spec.read_text(encoding="utf-8")) if args.spec else {}
+    for flag, path in FLAG_FIELDS.items():
+        _set(tree, path, getattr(args, flag))
+    if args.no_robust_eval:
+        _set(tree, "evaluation.robustness", False)
+    return spec_from_dict(tree)
+
+
+def run_example(args: argparse.Namespace) -> int:
+    """Build an example directory."""
+    from workers.engine.errors import EngineError
+    from workers.engine.examples import build_example
+
+    try:
+        info = build_example(args.name, args.out, seed=args.seed, overwrite=args.overwrite,
+                             progress=lambda message: print(message, file=sys.stderr))
+    except EngineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}: {info.n_train} train / {info.n_audit} audit / {info.n_eval} eval rows, "
+          f"{info.in_features} features; baseline eval accuracy {info.eval_accuracy:.4f}")
+    print(f"label {info.label!r}, sensitive {info.sensitive!r}")
+    return 0
+
+
+def _progress(quiet: bool) -> Any:
+    start = time.perf_counter()
+
+    def report(stage: str, fraction: float) -> None:
+        if not quiet:
+            print(f"[{time.perf_counter() - start:6.1f}s] {fraction:4.0%} {stage}", file=sys.stderr)
+
+    return report
+
+
+def run_correct(args: argparse.Namespace) -> int:
+    """Run the correction and write OUT/model.safetensors, report.json, report.html."""
+    from workers.cli.inputs import schema_from_args
+    from workers.engine.architecture import load_arch
+    from workers.engine.errors import EngineError
+    from workers.engine.pipeline import load_inputs, run_correction, write_outputs
+    from workers.engine.report import format_summary
+
+    try:
+        schema = schema_from_args(args)
+        args.sensitive = args.sensitive or schema.sensitive[0]
+        spec = spec_from_args(args)
+        sensitive = spec.objective.sensitive_attribute
+        arch = load_arch(args.arch)
+        inputs = load_inputs(args.model, arch, (args.train, schema), (args.audit, schema),
+                             (args.eval, schema) if args.eval else None, sensitive)
+        result = run_correction(inputs, spec, progress=_progress(args.quiet), device=args.device)
+        paths = write_outputs(result, args.out)
+    except (EngineError, ValueError, OSError, argparse.ArgumentTypeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_summary(result.report))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0

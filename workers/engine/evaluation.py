@@ -1,0 +1,141 @@
+"""Before/after evaluation: utility, hard-label fairness (Fairlearn definitions), surrogates, robustness.
+
+Fairness differences are max − min over groups of the selection rate (demographic parity), the
+true-positive rate (equal opportunity) and max(TPR difference, FPR difference) (equalized odds),
+as ``fairlearn.metrics`` defines them. Groups without positives (or negatives) are left out of
+the TPR (FPR) comparison; a difference over fewer than two groups is reported as null.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from workers.engine.attacks import attack_inputs, reflect_linear
+from workers.engine.config import AttackConfig
+from workers.engine.data import Dataset
+from workers.engine.model import HeadModel
+from workers.engine.objectives import GroupGap
+
+__all__ = ["SplitContext", "attack_label", "classification_metrics", "evaluate_split"]
+
+LOG_EPS = 1e-12
+
+
+def _rate(values: np.ndarray) -> float | None:
+    return float(values.mean()) if values.size else None
+
+
+def _spread(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return float(max(present) - min(present)) if len(present) >= 2 else None
+
+
+def classification_metrics(proba: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> dict[str, Any]:
+    """Accuracy, log-loss, hard-label fairness differences and the per-group table."""
+    predicted = (proba >= 0.5).astype(np.float64)
+    clipped = np.clip(proba, LOG_EPS, 1 - LOG_EPS)
+    table: dict[str, dict[str, Any]] = {}
+    for group in sorted(set(groups.tolist())):
+        rows = groups == group
+        y, yhat = labels[rows], predicted[rows]
+        table[str(group)] = {
+            "n": int(rows.sum()),
+            "selection_rate": _rate(yhat),
+            "tpr": _rate(yhat[y == 1]),
+            "fpr": _rate(yhat[y == 0]),
+            "accuracy": _rate((yhat == y).astype(np.float64)),
+        }
+    tpr_diff = _spread([row["tpr"] for row in table.values()])
+    fpr_diff = _spread([row["fpr"] for row in table.values()])
+    odds = [d for d in (tpr_diff, fpr_diff) if d is not None]
+    return {
+        "n": int(labels.shape[0]),
+        "accuracy": float((predicted == labels).mean()),
+        "log_loss": float(-(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped)).mean()),
+        "demographic_parity_difference": _spread([row["selection_rate"] for row in table.values()]),
+        "equal_opportunity_difference": tpr_diff,
+        "equalized_odds_difference": max(odds) if odds else None,
+        "groups": table,
+    }
+
+
+def attack_label(config: AttackConfig) -> str:
+    """A short name such as ``pgd-linf-0.1`` or ``reflect_linear-1.3``."""
+    if config.kind == "reflect_linear":
+        return f"reflect_linear-k{config.kappa:g}"
+    return f"{config.kind}-{config.norm}-{config.epsilon:g}"
+
+
+@dataclass
+class SplitContext:
+    """One split prepared once: data, sensitive groups, head design, frozen adversarial inputs."""
+
+    data: Dataset
+    groups: np.ndarray
+    design: torch.Tensor
+    privileged: str | None
+    attacks: list[AttackConfig]
+    frozen: dict[str, np.ndarray | torch.Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def prepare(cls, model: HeadModel, data: Dataset, sensitive: str, privileged: str | None,
+                attacks: list[AttackConfig]) -> SplitContext:
+        """Compute the design and craft each attack against the original ``model`` (frozen set)."""
+        context = cls(data, data.sensitive[sensitive], model.design(data.features), privileged, attacks)
+        theta = model.theta()
+        for config in attacks:
+            if config.kind == "reflect_linear":
+                context.frozen[attack_label(config)] = reflect_linear(context.design, theta, config.kappa)
+            else:
+                context.frozen[attack_label(config)] = attack_inputs(model, data.features, data.labels,
+                                                                     config)
+        return context
+
+
+def _robust_accuracy(model: HeadModel, context: SplitContext, config: AttackConfig) -> dict[str, Any]:
+    labels = context.data.labels
+    frozen = context.frozen[attack_label(config)]
+    theta = model.theta()
+    if isinstance(frozen, torch.Tensor):
+        frozen_pred = (frozen @ theta).cpu().numpy() >= 0
+        adaptive_pred = (reflect_linear(context.design, theta, config.kappa) @ theta).cpu().numpy() >= 0
+    else:
+        frozen_pred = model.logits(frozen).cpu().numpy() >= 0
+        adversarial = attack_inputs(model, context.data.features, labels, config)
+        adaptive_pred = model.logits(adversarial).cpu().numpy() >= 0
+    return {
+        "attack": {"kind": config.kind, "norm": config.norm, "epsilon": config.epsilon,
+                   "steps": config.steps, "kappa": config.kappa},
+        "frozen": float((frozen_pred == (labels == 1)).mean()),
+        "adaptive": float((adaptive_pred == (labels == 1)).mean()),
+    }
+
+
+def _surrogates(theta: torch.Tensor, context: SplitContext) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for metric in ("demographic_parity", "equal_opportunity", "equalized_odds"):
+        try:
+            gap = GroupGap.build(metric, context.design, context.data.labels, context.groups,
+                                 context.privileged, context.data.name)
+            out[metric] = gap.evaluate(theta)[0]
+        except ValueError:
+            out[metric] = None
+    return out
+
+
+def evaluate_split(model: HeadModel, context: SplitContext) -> dict[str, Any]:
+    """Every before/after number for one model on one split."""
+    proba = torch.sigmoid(model.logits(context.data.features)).cpu().numpy()
+    metrics = classification_metrics(proba, context.data.labels, context.groups)
+    metrics["surrogates"] = _surrogates(model.theta(), context)
+    if context.attacks:
+        robustness = {attack_label(c): _robust_accuracy(model, context, c) for c in context.attacks}
+        primary = robustness[attack_label(context.attacks[0])]
+        metrics["robust_accuracy"] = primary["adaptive"]
+        metrics["robust_accuracy_frozen"] = primary["frozen"]
+        metrics["robustness"] = robustness
+    return metrics

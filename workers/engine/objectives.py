@@ -1,0 +1,150 @@
+"""Differentiable audit targets of the head, all as means over the audit set (METHOD.md §4, §9.10).
+
+Each objective maps head parameters θ to a signed value and its gradient:
+
+* utility: mean log-loss;
+* demographic parity: gap in mean predicted probability between two groups;
+* equal opportunity: the same among positives (a soft true-positive-rate gap);
+* equalized odds: |soft TPR gap| + |soft FPR gap|;
+* robustness: mean log-loss on a frozen adversarial copy of the audit points.
+
+Group gaps are ``privileged − rest`` when a privileged group is named (and may be negative: the
+pipeline orients by the sign so that a correction always shrinks |gap|), else between the groups
+with the highest and the lowest mean at the current θ (non-negative).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from workers.engine.errors import DatasetError
+
+__all__ = ["GroupGap", "MeanLogLoss", "Objective", "group_masks"]
+
+
+class Objective:
+    """A differentiable function of the head parameters."""
+
+    name = "objective"
+
+    def evaluate(self, theta: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """Signed value and gradient at ``theta``."""
+        raise NotImplementedError
+
+
+@dataclass
+class MeanLogLoss(Objective):
+    """Mean binary log-loss of the head on a design matrix (utility, or robustness when the
+    design holds frozen adversarial points)."""
+
+    design: torch.Tensor
+    labels: torch.Tensor
+    name: str = "utility"
+
+    def evaluate(self, theta: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """Mean log-loss and its gradient Φᵀ(p − y)/n."""
+        logits = self.design @ theta
+        value = float(F.binary_cross_entropy_with_logits(logits, self.labels))
+        grad = self.design.T @ (torch.sigmoid(logits) - self.labels) / self.labels.shape[0]
+        return value, grad
+
+
+def group_masks(groups: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
+    """Boolean row mask per distinct group value."""
+    return {
+        str(value): torch.from_numpy(groups == value).to(device)
+        for value in sorted(set(groups.tolist()))
+    }
+
+
+@dataclass
+class _Gap:
+    """One soft-rate gap over rows selected by ``condition`` (all rows, y=1 or y=0)."""
+
+    design: torch.Tensor
+    masks: dict[str, torch.Tensor]
+    privileged: str | None
+
+    def _mean_and_grad(self, theta: torch.Tensor, mask: torch.Tensor) -> tuple[float, torch.Tensor]:
+        phi = self.design[mask]
+        p = torch.sigmoid(phi @ theta)
+        return float(p.mean()), phi.T @ (p * (1 - p)) / phi.shape[0]
+
+    def evaluate(self, theta: torch.Tensor) -> tuple[float, torch.Tensor]:
+        if self.privileged is not None:
+            privileged = self.masks[self.privileged]
+            rest = torch.zeros_like(privileged)
+            for name, mask in self.masks.items():
+                if name != self.privileged:
+                    rest |= mask
+            high, grad_high = self._mean_and_grad(theta, privileged)
+            low, grad_low = self._mean_and_grad(theta, rest)
+            return high - low, grad_high - grad_low
+        stats = {name: self._mean_and_grad(theta, mask) for name, mask in self.masks.items()}
+        top = max(stats, key=lambda name: stats[name][0])
+        bottom = min(stats, key=lambda name: stats[name][0])
+        return stats[top][0] - stats[bottom][0], stats[top][1] - stats[bottom][1]
+
+
+def _conditioned(design: torch.Tensor, groups: np.ndarray, keep: np.ndarray, privileged: str | None,
+                 what: str, split: str) -> _Gap:
+    kept_groups = groups[keep]
+    present = set(kept_groups.tolist())
+    if len(present) < 2:
+        raise DatasetError(f"{split}: {what} needs at least two groups with rows; found {sorted(present)}")
+    if privileged is not None and privileged not in present:
+        raise DatasetError(f"{split}: privileged group {privileged!r} has no rows for {what}")
+    keep_t = torch.from_numpy(keep).to(design.device)
+    return _Gap(design[keep_t], group_masks(kept_groups, design.device), privileged)
+
+
+@dataclass
+class GroupGap(Objective):
+    """A fairness gap surrogate: demographic parity, equal opportunity or equalized odds."""
+
+    metric: str
+    gaps: list[_Gap]
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self.metric
+
+    @classmethod
+    def build(cls, metric: str, design: torch.Tensor, labels: np.ndarray, groups: np.ndarray,
+              privileged: str | None, split: str) -> GroupGap:
+        """Set up the gap(s) of ``metric`` on one split.
+
+        Raises:
+            DatasetError: a needed group has no rows (e.g. no positives for equal opportunity).
+        """
+        if privileged is not None and privileged not in set(groups.tolist()):
+            raise DatasetError(f"privileged group {privileged!r} is not a value of the sensitive "
+                               f"attribute; values are {sorted(set(groups.tolist()))}")
+        everyone = np.ones(labels.shape[0], dtype=bool)
+        positives, negatives = labels == 1, labels == 0
+        if metric == "demographic_parity":
+            gaps = [_conditioned(design, groups, everyone, privileged, "demographic parity", split)]
+        elif metric == "equal_opportunity":
+            gaps = [_conditioned(design, groups, positives, privileged, "equal opportunity", split)]
+        else:
+            gaps = [
+                _conditioned(design, groups, positives, privileged, "equalized odds (TPR)", split),
+                _conditioned(design, groups, negatives, privileged, "equalized odds (FPR)", split),
+            ]
+        return cls(metric=metric, gaps=gaps)
+
+    def evaluate(self, theta: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """The gap (signed for one gap; |TPR gap| + |FPR gap| for equalized odds) and gradient."""
+        if len(self.gaps) == 1:
+            return self.gaps[0].evaluate(theta)
+        value, grad = 0.0, torch.zeros_like(theta)
+        for gap in self.gaps:
+            part, part_grad = gap.evaluate(theta)
+            sign = 1.0 if part >= 0 else -1.0
+            value += sign * part
+            grad = grad + sign * part_grad
+        return value, grad

@@ -1,0 +1,200 @@
+"""The RQ job function: one correction, from ids to published outputs.
+
+``run_correction_job(tenant, job_id)`` takes only ids, loads everything from the store, runs the
+engine stage by stage writing progress into the manifest, honours cancellation between stages,
+and publishes ``model.safetensors``, ``report.json`` and ``report.html`` in one atomic step
+before marking the job ``succeeded``. It is safe to run twice: a terminal job is left alone and a
+re-run replaces an earlier attempt's unpublished or published outputs with identical ones.
+
+Engine errors (bad input, infeasible target, numerical trouble) fail the job with the engine's
+code and message and are not retried; anything else propagates to RQ (``Retry``), and the
+reconciler maps RQ's verdict onto the manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from models_store import open_store
+from models_store.records import ArtifactRecord, JobError, JobRecord, Records, utcnow
+from workers.settings import ServiceSettings, get_settings
+
+if TYPE_CHECKING:
+    from workers.engine.pipeline import CorrectionInputs
+
+__all__ = ["run_correction_job", "set_device"]
+
+log = logging.getLogger(__name__)
+PROGRESS_WRITE_INTERVAL_S = 0.5
+"""Progress within a stage is written at most this often (a new stage is always written)."""
+_device: str | None = None
+
+
+def set_device(device: str) -> None:
+    """Fix the device of jobs run by this process (the worker calls it once at start)."""
+    global _device
+    _device = device
+
+
+class _Claim:
+    """Moves a queued manifest to running, unless it is terminal or cancellation was asked."""
+
+    def __init__(self) -> None:
+        self.claimed = False
+
+    def __call__(self, record: JobRecord) -> JobRecord | None:
+        if record.terminal:
+            return None
+        if record.cancel_requested:
+            record.status, record.finished_at = "canceled", utcnow()
+            return record
+        record.status, record.stage, record.progress, record.error = "running", "load", 0.0, None
+        record.attempts += 1
+        record.started_at = record.started_at or utcnow()
+        record.worker_pid, record.device = os.getpid(), _device
+        self.claimed = True
+        return record
+
+
+class _Progress:
+    """The engine's progress callback: writes stage and overall fraction into the manifest."""
+
+    def __init__(self, records: Records, record: JobRecord, delay_s: float) -> None:
+        self._records, self._tenant, self._id = records, record.tenant, record.id
+        self._delay, self._stage, self._written = delay_s, "load", 0.0
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        new_stage = stage != self._stage
+        if new_stage and self._delay:
+            time.sleep(self._delay)
+        if not new_stage and time.monotonic() - self._written < PROGRESS_WRITE_INTERVAL_S:
+            return
+        self._stage, self._written = stage, time.monotonic()
+
+        def change(record: JobRecord) -> JobRecord | None:
+            if record.status != "running":
+                return None
+            record.stage, record.progress = stage, max(record.progress, min(max(fraction, 0.0), 1.0))
+            return record
+
+        self._records.update_job(self._tenant, self._id, change)
+
+    def should_cancel(self) -> bool:
+        """Whether a client asked to cancel (read from the manifest between stages)."""
+        record = self._records.get_job(self._tenant, self._id)
+        return record is None or record.cancel_requested
+
+
+def _artifact(records: Records, tenant: str, kind: str, artifact_id: str | None) -> ArtifactRecord | None:
+    if artifact_id is None:
+        return None
+    found = records.get_artifact(tenant, kind, artifact_id)  # type: ignore[arg-type]
+    if found is None:
+        from workers.engine.errors import InputError
+
+        raise InputError(f"{kind[:-1]} {artifact_id} no longer exists in the store")
+    return found
+
+
+def _load(records: Records, record: JobRecord, stack: ExitStack) -> CorrectionInputs:
+    from workers.engine.architecture import parse_arch
+    from workers.engine.data import parse_schema
+    from workers.engine.errors import InputError
+    from workers.engine.pipeline import load_inputs
+
+    request = record.request
+    model = _artifact(records, record.tenant, "models", request["model_id"])
+    if model is None or model.architecture is None:
+        raise InputError("the job names no model with an architecture")
+
+    def dataset(field: str) -> Any:
+        found = _artifact(records, record.tenant, "datasets", request.get(field))
+        if found is None:
+            return None
+        path = stack.enter_context(records.store.local_path(records.data_key(found)))
+        return path, parse_schema(found.dataset_schema)
+
+    model_path = stack.enter_context(records.store.local_path(records.data_key(model)))
+    return load_inputs(model_path, parse_arch(model.architecture), dataset("train_dataset_id"),
+                       dataset("audit_dataset_id"), dataset("eval_dataset_id"),
+                       record.spec["objective"].get("sensitive_attribute"))
+
+
+def _pick_device(settings: ServiceSettings) -> str:
+    if _device is not None:
+        return _device
+    if settings.device != "auto":
+        return settings.device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _execute(records: Records, record: JobRecord, settings: ServiceSettings) -> dict[str, float]:
+    """Run the engine and publish the outputs; returns the stage timings."""
+    from workers.engine.config import spec_from_dict
+    from workers.engine.pipeline import run_correction, write_outputs
+
+    progress = _Progress(records, record, settings.debug_stage_delay_s)
+    with ExitStack() as stack:
+        inputs = _load(records, record, stack)
+        result = run_correction(inputs, spec_from_dict(record.spec), progress=progress,
+                                should_cancel=progress.should_cancel, device=_pick_device(settings))
+    if progress.should_cancel():
+        from workers.engine.errors import CorrectionCanceled
+
+        raise CorrectionCanceled("canceled before publishing")
+    with tempfile.TemporaryDirectory(prefix="softunlearn-out-") as out:
+        write_outputs(result, Path(out))
+        records.store.publish_dir(records.output_prefix(record.tenant, record.id), Path(out))
+    timings = result.report.get("timings", {})
+    return {str(k): float(v) for k, v in timings.items() if isinstance(v, (int, float))}
+
+
+def _finish(records: Records, record: JobRecord, status: str, error: JobError | None,
+            timings: dict[str, float] | None = None) -> None:
+    def change(current: JobRecord) -> JobRecord | None:
+        if current.terminal:
+            return None
+        current.status, current.error, current.finished_at = status, error, utcnow()  # type: ignore[assignment]
+        if status == "succeeded":
+            current.stage, current.progress = "done", 1.0
+        current.timings = timings or current.timings
+        return current
+
+    records.update_job(record.tenant, record.id, change)
+    if status != "succeeded":
+        records.store.delete_prefix(records.output_prefix(record.tenant, record.id))
+
+
+def run_correction_job(tenant: str, job_id: str) -> dict[str, str]:
+    """Run correction job ``job_id`` of ``tenant`` (the RQ entry point; arguments are ids only).
+
+    Returns:
+        ``{"job_id": ..., "status": ...}`` (the manifest in the store is the record of truth).
+    """
+    from workers.engine.errors import CorrectionCanceled, EngineError
+
+    settings = get_settings()
+    records = Records(open_store(settings.store))
+    claim = _Claim()
+    record = records.update_job(tenant, job_id, claim)
+    if not claim.claimed:
+        return {"job_id": job_id, "status": record.status}
+    log.info("job %s: attempt %d on %s", job_id, record.attempts, _device or settings.device)
+    try:
+        timings = _execute(records, record, settings)
+    except CorrectionCanceled:
+        _finish(records, record, "canceled", None)
+        return {"job_id": job_id, "status": "canceled"}
+    except EngineError as exc:
+        _finish(records, record, "failed", JobError(code=exc.code, message=str(exc)))
+        return {"job_id": job_id, "status": "failed"}
+    _finish(records, record, "succeeded", None, timings)
+    return {"job_id": job_id, "status": "succeeded"}

@@ -1,0 +1,80 @@
+"""Service settings shared by the API and the workers, read from the environment.
+
+No torch and no FastAPI here. Every setting is listed in docs/SERVICE.md; the names
+``REDIS_URL``, ``SOFTUNLEARN_STORE`` and ``SOFTUNLEARN_API_KEYS`` are fixed by PRODUCT.md, the
+others carry the ``SOFTUNLEARN_`` prefix.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["DEFAULT_REDIS_URL", "DEFAULT_STORE", "ServiceSettings", "get_settings"]
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_STORE = Path("~/.softunlearn/store")
+MiB = 1024 * 1024
+
+
+class ServiceSettings(BaseSettings):
+    """Configuration of ``softunlearn serve`` and ``softunlearn worker``."""
+
+    model_config = SettingsConfigDict(env_prefix="SOFTUNLEARN_", populate_by_name=True, extra="ignore")
+
+    redis_url: str = Field(default=DEFAULT_REDIS_URL,
+                           validation_alias=AliasChoices("REDIS_URL", "redis_url"))
+    """Redis used as the job transport (not the record of truth)."""
+    store: Path = DEFAULT_STORE
+    """Root directory of the local artifact store."""
+    api_keys: str = ""
+    """Comma-separated ``tenant:key`` pairs."""
+    api_keys_file: Path | None = None
+    """File of ``tenant:key`` or ``tenant:sha256:HEX`` lines (``#`` comments allowed)."""
+    max_model_bytes: int = Field(default=512 * MiB, gt=0)
+    """Largest checkpoint upload; 413 past it."""
+    max_dataset_bytes: int = Field(default=512 * MiB, gt=0)
+    """Largest dataset upload; 413 past it."""
+    queue_prefix: str = Field(default="softunlearn", pattern=r"^[a-z0-9][a-z0-9_.-]{0,40}$")
+    """RQ queues are named ``PREFIX:cpu`` and ``PREFIX:gpu``."""
+    default_queue: Literal["cpu", "gpu"] = "cpu"
+    """Queue of a job that names none."""
+    worker_queues: str | None = None
+    """Queues a worker listens on; default ``gpu,cpu`` with CUDA, else ``cpu``."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Worker device; ``auto`` is CUDA when present, else CPU."""
+    job_timeout_s: int = Field(default=3600, gt=0)
+    """RQ ``job_timeout``: a job running longer is killed and failed."""
+    job_retries: int = Field(default=1, ge=0, le=10)
+    """RQ ``Retry(max=N)``: re-runs after a crash of the work horse (OOM kill, node loss)."""
+    result_ttl_s: int = Field(default=86400, gt=0)
+    """How long RQ keeps a finished job (the manifest in the store is kept regardless)."""
+    failure_ttl_s: int = Field(default=7 * 86400, gt=0)
+    """How long RQ keeps a failed job."""
+    job_monitoring_interval_s: int = Field(default=10, gt=0)
+    """Worker heartbeat period while a job runs."""
+    reconcile_interval_s: float = Field(default=15.0, gt=0)
+    """Period of the API's reconciler of manifests against RQ."""
+    requeue_grace_s: float = Field(default=30.0, ge=0)
+    """The reconciler leaves a job alone this long after it was (re-)enqueued."""
+    debug_stage_delay_s: float = Field(default=0.0, ge=0, le=60)
+    """Testing and demos only: sleep this long after each engine stage."""
+
+    def queue_name(self, name: str) -> str:
+        """The RQ queue name of ``cpu`` or ``gpu``."""
+        return f"{self.queue_prefix}:{name}"
+
+    @property
+    def max_attempts(self) -> int:
+        """Executions a job may start: the first one plus the retries."""
+        return 1 + self.job_retries
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> ServiceSettings:
+    """The settings of this process, read once from the environment."""
+    return ServiceSettings()

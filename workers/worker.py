@@ -1,0 +1,81 @@
+"""``softunlearn worker``: an RQ worker on the service's queues, device chosen at start.
+
+The device is probed in a subprocess so the worker process never initializes CUDA itself (a
+CUDA context does not survive ``fork``); each forked work horse initializes it on its own. The
+engine is imported before forking, so horses start warm.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+
+from redis import Redis
+from rq import Worker
+from rq.serializers import JSONSerializer
+
+from workers import jobs
+from workers.queue import QUEUE_KINDS, get_queue
+from workers.settings import ServiceSettings
+
+__all__ = ["detect_device", "resolve_queues", "run_worker"]
+
+log = logging.getLogger(__name__)
+_PROBE = "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')"
+
+
+def detect_device(setting: str) -> str:
+    """``cpu`` or ``cuda``: the setting when explicit, else what a fresh process sees."""
+    if setting != "auto":
+        return setting
+    env = {**os.environ, "PYTORCH_NVML_BASED_CUDA_CHECK": "1"}
+    try:
+        probe = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True,
+                               timeout=120, env=env, check=True)
+    except (subprocess.SubprocessError, OSError) as exc:
+        log.warning("device probe failed (%s); using the CPU", exc)
+        return "cpu"
+    return "cuda" if probe.stdout.strip().endswith("cuda") else "cpu"
+
+
+def resolve_queues(requested: str | None, device: str) -> list[str]:
+    """Queue kinds to listen on, highest priority first.
+
+    Raises:
+        ValueError: an unknown queue kind.
+    """
+    if not requested:
+        return ["gpu", "cpu"] if device == "cuda" else ["cpu"]
+    kinds = [k.strip() for k in requested.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in QUEUE_KINDS]
+    if unknown or not kinds:
+        raise ValueError(f"queues must be a comma-separated subset of {', '.join(QUEUE_KINDS)}; "
+                         f"got {requested!r}")
+    return kinds
+
+
+def _preload_engine() -> None:
+    import workers.engine.pipeline  # noqa: F401  (warm import before forking horses)
+
+
+def run_worker(settings: ServiceSettings, queues: str | None = None, burst: bool = False,
+               name: str | None = None) -> int:
+    """Run the worker loop until stopped; returns the exit code."""
+    device = detect_device(settings.device)
+    jobs.set_device(device)
+    kinds = resolve_queues(queues or settings.worker_queues, device)
+    _preload_engine()
+    connection = Redis.from_url(settings.redis_url)
+    worker = Worker(
+        [get_queue(connection, settings, kind) for kind in kinds],
+        connection=connection,
+        name=name,
+        serializer=JSONSerializer,
+        job_monitoring_interval=settings.job_monitoring_interval_s,
+    )
+    print(f"softunlearn worker {worker.name}: device={device}, queues="
+          f"{', '.join(settings.queue_name(k) for k in kinds)}, store={settings.store}", flush=True)
+    worker.work(burst=burst, logging_level="INFO")
+    return 0
