@@ -1,11 +1,63 @@
-"""Service subcommands (serve, worker, demo) are registered here."""
+"""Service subcommands: ``serve`` (the API), ``worker`` (an RQ worker) and ``demo``.
+
+Imports are lazy: ``softunlearn serve`` never imports torch.
+"""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 __all__ = ["register"]
 
 
+def run_serve(args: argparse.Namespace) -> int:
+    """Run the API with uvicorn."""
+    import uvicorn
+
+    uvicorn.run("app.main:app_factory", factory=True, host=args.host, port=args.port,
+                log_level=args.log_level, proxy_headers=True)
+    return 0
+
+
+def run_worker_command(args: argparse.Namespace) -> int:
+    """Run an RQ worker on the service's queues."""
+    from workers.settings import get_settings
+    from workers.worker import run_worker
+
+    try:
+        return run_worker(get_settings(), queues=args.queues, burst=args.burst, name=args.name)
+    except ValueError as exc:
+        print(f"error: {exc}")
+        return 2
+
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    """Run the end-to-end demo."""
+    from workers.demo import run_demo
+
+    return run_demo(out=args.out, seed=args.seed)
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the service subcommands to ``sub``."""
+    serve = sub.add_parser("serve", help="run the HTTP API (environment: REDIS_URL, SOFTUNLEARN_STORE, "
+                           "SOFTUNLEARN_API_KEYS; see docs/SERVICE.md)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--log-level", default="info",
+                       choices=("critical", "error", "warning", "info", "debug"))
+    serve.set_defaults(handler=run_serve)
+
+    worker = sub.add_parser("worker", help="run a correction worker (same environment as serve)")
+    worker.add_argument("--queues", default=None,
+                        help="comma-separated subset of gpu,cpu (default: gpu,cpu with CUDA, else cpu)")
+    worker.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    worker.add_argument("--name", default=None, help="worker name (default: generated)")
+    worker.set_defaults(handler=run_worker_command)
+
+    demo = sub.add_parser("demo", help="everything on one machine: API, worker, Redis; correct the Adult "
+                          "example over HTTP and print the before/after table")
+    demo.add_argument("--out", type=Path, default=None, help="where to keep the results")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(handler=run_demo_command)

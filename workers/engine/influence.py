@@ -1,6 +1,6 @@
 """Influence functions of the logistic head, in closed form and float64.
 
-The head objective is ``L(θ; w) = Σᵢ wᵢ ℓ(zᵢ; θ) + (λ/2)‖θ_w‖²`` (sum form, bias unregularized).
+The head objective is ``L(θ; w) = Σᵢ wᵢ ℓ(zᵢ; θ) + (λ/2)‖θ_w‖²`` with ℓ the log-loss (sum form, bias unregularized).
 Per-sample gradients are ``gᵢ = (pᵢ − yᵢ) φᵢ`` and the Hessian is the Gram form
 ``H = Φᵀ diag(w p(1−p)) Φ + λ diag(mask) + δ I`` with ``δ`` the damping. Everything is accumulated
 over chunks of rows, so memory stays O(chunk·d + d²): no n×d×d tensor, no n×d gradient matrix.
@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch.nn import functional as F
@@ -30,6 +30,10 @@ __all__ = [
     "weighted_gradient_sum",
 ]
 
+Loss = Literal["logistic", "squared"]
+"""The head's loss: logistic for the product; squared (ridge) to test the machinery where a
+Newton step is exact."""
+
 MAX_CONDITION = 1e13
 """Largest condition number of a damped Hessian we accept for influence solves."""
 
@@ -43,6 +47,7 @@ class HeadProblem:
     l2_reg: float
     damping: float = 0.0
     chunk_size: int = 8192
+    loss: Loss = "logistic"
     reg_mask: torch.Tensor = field(init=False)
 
     def __post_init__(self) -> None:
@@ -54,6 +59,27 @@ class HeadProblem:
     def n(self) -> int:
         """Number of training rows."""
         return int(self.design.shape[0])
+
+    def residual(self, rows: slice, theta: torch.Tensor) -> torch.Tensor:
+        """dℓ/dz for the rows: p − y (logistic) or z − y (squared)."""
+        logits = self.design[rows] @ theta
+        prediction = torch.sigmoid(logits) if self.loss == "logistic" else logits
+        return prediction - self.labels[rows]
+
+    def curvature(self, rows: slice, theta: torch.Tensor) -> torch.Tensor:
+        """d²ℓ/dz² for the rows: p(1 − p) (logistic) or 1 (squared)."""
+        logits = self.design[rows] @ theta
+        if self.loss == "squared":
+            return torch.ones_like(logits)
+        p = torch.sigmoid(logits)
+        return p * (1 - p)
+
+    def losses(self, rows: slice, theta: torch.Tensor) -> torch.Tensor:
+        """Per-row loss: log-loss from logits, or ½(z − y)²."""
+        logits = self.design[rows] @ theta
+        if self.loss == "squared":
+            return 0.5 * (logits - self.labels[rows]) ** 2
+        return F.binary_cross_entropy_with_logits(logits, self.labels[rows], reduction="none")
 
     def chunks(self) -> Iterator[slice]:
         """Row slices of at most ``chunk_size`` rows."""
@@ -71,9 +97,7 @@ def objective(problem: HeadProblem, theta: torch.Tensor, weights: torch.Tensor) 
     """``Σ wᵢ ℓᵢ + (λ/2)‖θ_w‖²`` with a numerically stable log-loss."""
     total = 0.0
     for rows in problem.chunks():
-        logits = problem.design[rows] @ theta
-        losses = F.binary_cross_entropy_with_logits(logits, problem.labels[rows], reduction="none")
-        total += float(weights[rows] @ losses)
+        total += float(weights[rows] @ problem.losses(rows, theta))
     return total + 0.5 * problem.l2_reg * float((problem.reg_mask * theta) @ theta)
 
 
@@ -81,9 +105,7 @@ def gradient(problem: HeadProblem, theta: torch.Tensor, weights: torch.Tensor) -
     """∇L(θ; w) = Φᵀ(w ⊙ (p − y)) + λ mask ⊙ θ."""
     total = problem.l2_reg * problem.reg_mask * theta
     for rows in problem.chunks():
-        phi = problem.design[rows]
-        residual = torch.sigmoid(phi @ theta) - problem.labels[rows]
-        total = total + phi.T @ (weights[rows] * residual)
+        total = total + problem.design[rows].T @ (weights[rows] * problem.residual(rows, theta))
     return total
 
 
@@ -93,8 +115,8 @@ def hessian(problem: HeadProblem, theta: torch.Tensor, weights: torch.Tensor) ->
     total = torch.diag(problem.l2_reg * problem.reg_mask + problem.damping)
     for rows in problem.chunks():
         phi = problem.design[rows]
-        p = torch.sigmoid(phi @ theta)
-        total = total + phi.T @ ((weights[rows] * p * (1 - p)).unsqueeze(1) * phi)
+        scale = weights[rows] * problem.curvature(rows, theta)
+        total = total + phi.T @ (scale.unsqueeze(1) * phi)
     return 0.5 * (total + total.T) if m else total
 
 
@@ -156,9 +178,7 @@ def influences(problem: HeadProblem, theta: torch.Tensor, direction: torch.Tenso
     """``gᵢᵀ v`` for every training row, with ``v = H⁻¹∇f`` already solved: (pᵢ − yᵢ)(φᵢᵀ v)."""
     parts = []
     for rows in problem.chunks():
-        phi = problem.design[rows]
-        residual = torch.sigmoid(phi @ theta) - problem.labels[rows]
-        parts.append(residual * (phi @ direction))
+        parts.append(problem.residual(rows, theta) * (problem.design[rows] @ direction))
     return _check_finite(torch.cat(parts), "influence", "per-sample influences")
 
 
@@ -166,9 +186,7 @@ def weighted_gradient_sum(problem: HeadProblem, theta: torch.Tensor, eps: torch.
     """``Σᵢ εᵢ gᵢ`` without forming the per-sample gradients."""
     total = torch.zeros_like(theta)
     for rows in problem.chunks():
-        phi = problem.design[rows]
-        residual = torch.sigmoid(phi @ theta) - problem.labels[rows]
-        total = total + phi.T @ (eps[rows] * residual)
+        total = total + problem.design[rows].T @ (eps[rows] * problem.residual(rows, theta))
     return total
 
 
@@ -191,6 +209,29 @@ class FitReport:
         }
 
 
+def _newton_line_search(problem: HeadProblem, theta: torch.Tensor, weights: torch.Tensor,
+                        grad: torch.Tensor, direction: torch.Tensor, stage: str,
+                        ) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Backtrack along the Newton direction: accept sufficient decrease, or, once the decrease
+    is below the objective's rounding error, a step that still shrinks the gradient."""
+    current = objective(problem, theta, weights)
+    slope = float(grad @ direction)
+    rounding = 64 * torch.finfo(torch.float64).eps * max(1.0, abs(current))
+    step = 1.0
+    while step > 1e-10:
+        candidate = theta - step * direction
+        value = objective(problem, candidate, weights)
+        if value <= current - 1e-4 * step * slope:
+            return candidate, _check_finite(gradient(problem, candidate, weights), stage,
+                                            "the head gradient"), True
+        if value <= current + rounding:
+            candidate_grad = gradient(problem, candidate, weights)
+            if float(candidate_grad.norm()) < float(grad.norm()):
+                return candidate, _check_finite(candidate_grad, stage, "the head gradient"), True
+        step *= 0.5
+    return theta, grad, False
+
+
 def fit_head(
     problem: HeadProblem,
     theta: torch.Tensor,
@@ -210,19 +251,10 @@ def fit_head(
     steps = 0
     while float(grad.norm()) > tolerance * scale and steps < max_steps:
         factor = factorize(hessian(problem, theta, weights), stage)
-        direction = factor.solve(grad, stage)
-        current = objective(problem, theta, weights)
-        slope = float(grad @ direction)
-        step = 1.0
-        while step > 1e-10:
-            candidate = theta - step * direction
-            if objective(problem, candidate, weights) <= current - 1e-4 * step * slope:
-                break
-            step *= 0.5
-        theta = candidate
+        theta, grad, accepted = _newton_line_search(problem, theta, weights, grad,
+                                                    factor.solve(grad, stage), stage)
         steps += 1
-        grad = _check_finite(gradient(problem, theta, weights), stage, "the head gradient")
-        if step <= 1e-10:
+        if not accepted:
             break
     after = float(grad.norm())
     converged = after <= tolerance * scale or math.isclose(after, 0.0)

@@ -1,0 +1,129 @@
+"""``softunlearn correct`` end to end on the real Adult example, checked independently."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import example_args
+from workers.cli.main import main
+from workers.engine.examples import ExampleInfo
+
+pytestmark = pytest.mark.slow
+
+
+def _plain_sequential(arch: dict[str, object]) -> torch.nn.Sequential:
+    widths = [int(arch["in_features"]), *map(int, arch["hidden"]), 1]  # type: ignore[call-overload]
+    layers: list[torch.nn.Module] = []
+    for i in range(len(widths) - 1):
+        layers.append(torch.nn.Linear(widths[i], widths[i + 1]))
+        if i < len(widths) - 2:
+            layers.append(torch.nn.ReLU())
+    return torch.nn.Sequential(*layers)
+
+
+def _independent_metrics(model_path: Path, example: ExampleInfo) -> dict[str, float]:
+    """Accuracy and hard-label DP difference on eval, recomputed without the engine."""
+    arch = json.loads((example.out_dir / "arch.json").read_text())
+    model = _plain_sequential(arch)
+    model.load_state_dict(load_file(str(model_path)), strict=True)
+    frame = pd.read_parquet(example.out_dir / "eval.parquet")
+    features = np.array(frame.drop(columns=["income", "sex"]).to_numpy(np.float32), copy=True)
+    with torch.no_grad():
+        predicted = (model(torch.from_numpy(features)).reshape(-1) > 0).numpy()
+    rates = [predicted[frame["sex"].to_numpy() == g].mean() for g in ("Female", "Male")]
+    return {"accuracy": float((predicted == frame["income"].to_numpy()).mean()),
+            "dp": float(abs(rates[0] - rates[1]))}
+
+
+@pytest.fixture(scope="module")
+def default_run(adult_example: ExampleInfo, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("dp-default")
+    assert main(example_args(adult_example, out, "--objective", "demographic_parity")) == 0
+    return out
+
+
+def test_default_soft_correction_halves_eval_dp_and_keeps_accuracy(
+        default_run: Path, adult_example: ExampleInfo) -> None:
+    before = _independent_metrics(adult_example.out_dir / "model.safetensors", adult_example)
+    after = _independent_metrics(default_run / "model.safetensors", adult_example)
+    assert after["dp"] <= 0.5 * before["dp"], (before, after)
+    assert after["accuracy"] >= before["accuracy"] - 0.015, (before, after)
+
+
+def test_corrected_checkpoint_keeps_keys_shapes_dtypes(default_run: Path,
+                                                       adult_example: ExampleInfo) -> None:
+    original = load_file(str(adult_example.out_dir / "model.safetensors"))
+    corrected = load_file(str(default_run / "model.safetensors"))
+    assert {k: (v.shape, v.dtype) for k, v in original.items()} == {
+        k: (v.shape, v.dtype) for k, v in corrected.items()}
+    changed = [k for k in original if not torch.equal(original[k], corrected[k])]
+    assert sorted(changed) == ["4.bias", "4.weight"]
+
+
+def test_report_has_the_fixed_keys_and_matches_independent_numbers(
+        default_run: Path, adult_example: ExampleInfo) -> None:
+    report = json.loads((default_run / "report.json").read_text())
+    for stage in ("before", "after"):
+        for split in ("audit", "eval"):
+            row = report[stage][split]
+            for key in ("accuracy", "log_loss", "demographic_parity_difference",
+                        "equal_opportunity_difference", "equalized_odds_difference", "groups",
+                        "robust_accuracy"):
+                assert key in row, (stage, split, key)
+            assert set(row["groups"]) == {"Female", "Male"}
+    for key in ("predicted", "weights", "timings", "device", "spec"):
+        assert key in report
+    after = _independent_metrics(default_run / "model.safetensors", adult_example)
+    assert report["after"]["eval"]["demographic_parity_difference"] == pytest.approx(after["dp"])
+    assert report["after"]["eval"]["accuracy"] == pytest.approx(after["accuracy"])
+    assert report["spec"]["weighting"]["scheme"] == "soft-2.3"
+    assert "<table>" in (default_run / "report.html").read_text()
+
+
+def test_hard_scheme_runs_on_the_same_example(adult_example: ExampleInfo, tmp_path: Path) -> None:
+    args = example_args(adult_example, tmp_path, "--objective", "demographic_parity",
+                        "--scheme", "hard", "--k-fraction", "0.1")
+    assert main(args) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["weights"]["removed"] > 0
+    assert (report["after"]["eval"]["demographic_parity_difference"]
+            < report["before"]["eval"]["demographic_parity_difference"])
+
+
+def test_negative_initial_gap_shrinks_instead_of_doubling(adult_example: ExampleInfo,
+                                                          tmp_path: Path) -> None:
+    args = example_args(adult_example, tmp_path, "--objective", "demographic_parity",
+                        "--privileged-group", "Female")
+    assert main(args) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    before = report["before"]["audit"]["surrogates"]["demographic_parity"]
+    after = report["after"]["audit"]["surrogates"]["demographic_parity"]
+    assert before < 0
+    assert abs(after) < 0.6 * abs(before)
+    assert (report["after"]["eval"]["demographic_parity_difference"]
+            < report["before"]["eval"]["demographic_parity_difference"])
+
+
+@pytest.mark.parametrize("objective", ["equal_opportunity", "equalized_odds", "robustness"])
+def test_other_objectives_improve_their_audit_target(adult_example: ExampleInfo, tmp_path: Path,
+                                                     objective: str) -> None:
+    assert main(example_args(adult_example, tmp_path, "--objective", objective)) == 0
+    target = json.loads((tmp_path / "report.json").read_text())["target"]
+    assert abs(target["audit_after"]) < abs(target["audit_before"])
+
+
+@pytest.mark.parametrize("extra", [["--method", "refit"], ["--scheme", "qp", "--method", "refit"],
+                                   ["--scheme", "soft-2.1"], ["--hessian", "reweighted"]])
+def test_scheme_and_method_variants_reduce_eval_dp(adult_example: ExampleInfo, tmp_path: Path,
+                                                   extra: list[str]) -> None:
+    assert main(example_args(adult_example, tmp_path, "--objective", "demographic_parity", *extra)) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert (report["after"]["eval"]["demographic_parity_difference"]
+            < 0.7 * report["before"]["eval"]["demographic_parity_difference"])
