@@ -1,6 +1,7 @@
 """Influence functions of the logistic head, in closed form and float64.
 
-The head objective is ``L(θ; w) = Σᵢ wᵢ ℓ(zᵢ; θ) + (λ/2)‖θ_w‖²`` with ℓ the log-loss (sum form, bias unregularized).
+The head objective is ``L(θ; w) = Σᵢ wᵢ ℓ(zᵢ; θ) + (λ/2)‖θ_w‖²`` with ℓ the log-loss (sum form,
+bias unregularized).
 Per-sample gradients are ``gᵢ = (pᵢ − yᵢ) φᵢ`` and the Hessian is the Gram form
 ``H = Φᵀ diag(w p(1−p)) Φ + λ diag(mask) + δ I`` with ``δ`` the damping. Everything is accumulated
 over chunks of rows, so memory stays O(chunk·d + d²): no n×d×d tensor, no n×d gradient matrix.
