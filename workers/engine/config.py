@@ -26,18 +26,24 @@ __all__ = [
     "ObjectiveConfig",
     "Scheme",
     "WeightingConfig",
+    "check_compatibility",
     "spec_from_dict",
 ]
 
 Metric = Literal["demographic_parity", "equal_opportunity", "equalized_odds", "robustness"]
 Scheme = Literal["hard", "soft-2.1", "soft-2.3", "qp"]
-MethodName = Literal["newton", "refit"]
+MethodName = Literal[
+    "newton", "refit", "retrain_last_k", "finetune", "gradient_ascent", "scrub", "fisher", "bad_teacher"
+]
+HEAD_METHODS = ("newton", "refit")
+"""Methods that act on the logistic head in closed form (and support target tracking)."""
 AttackKind = Literal["reflect_linear", "fgsm", "pgd"]
 AttackNorm = Literal["linf", "l2"]
 HessianMode = Literal["original", "reweighted"]
 NegativeWeightPolicy = Literal["clip", "reject"]
 InfeasiblePolicy = Literal["error", "best_effort"]
-Scope = Literal["last_layer"]
+Scope = Literal["last_layer", "full"]
+Solver = Literal["auto", "exact", "cg", "lissa"]
 
 DEFAULT_REDUCTION = 0.6
 """Fraction of the audit target removed when the spec names none. On the Adult example it
@@ -149,12 +155,22 @@ class WeightingConfig:
 
 @dataclass(frozen=True)
 class MethodConfig:
-    """The unlearning algorithm that applies the weights.
+    """The unlearning algorithm that applies the weights, and its hyperparameters.
 
-    ``newton`` is the influence Newton step θ' = θ − H⁻¹Σεᵢgᵢ; ``refit`` the exact weighted refit
-    of the logistic head. ``max_iterations`` > 1 turns on target tracking: influence → weights →
-    step is repeated from the new parameters until the audit target is within
-    ``target_tolerance`` (a fraction of the initial gap) of the request.
+    Head methods: ``newton`` is the influence Newton step θ' = θ − H⁻¹Σεᵢgᵢ; ``refit`` the exact
+    weighted refit of the logistic head (EU-1). For these, ``max_iterations`` > 1 turns on target
+    tracking: influence → weights → step is repeated from the new parameters until the audit
+    target is within ``target_tolerance`` (a fraction of the initial gap) of the request.
+
+    Network methods (one shot, weights from the influence at the original model), with the
+    removal mass rᵢ = max(0, −εᵢ) and retained weight wᵢ = max(0, 1 + εᵢ) (METHOD.md §6.2):
+    ``retrain_last_k`` (EU-k: re-initialize and retrain the last ``layers`` Linear layers on the
+    w-weighted loss), ``finetune`` (CU-k/CF-k: continue training the last ``layers`` layers, 0 =
+    the whole network, on the w-weighted loss), ``gradient_ascent`` (NegGrad+: descend Σεᵢℓᵢ +
+    ``alpha``·Σwᵢℓᵢ), ``scrub`` (teacher-student: max-steps on r-weighted KL, min-steps on
+    w-weighted loss + KL), ``fisher`` (Fisher forgetting: noise shaped by the inverse w-weighted
+    Fisher of the last ``layers`` layers, scaled by ``fisher_alpha``), ``bad_teacher``
+    (distil from the original model on w and from a random model on r).
     """
 
     name: MethodName = "newton"
@@ -164,6 +180,15 @@ class MethodConfig:
     negative_weights: NegativeWeightPolicy = "clip"
     refit_tolerance: float = 1e-8
     refit_max_steps: int = 100
+    layers: int = 1
+    epochs: int = 10
+    learning_rate: float = 1e-3
+    batch_size: int = 512
+    weight_decay: float = 0.0
+    alpha: float = 1.0
+    max_epochs: int = 2
+    temperature: float = 2.0
+    fisher_alpha: float = 1e-7
 
     def __post_init__(self) -> None:
         _check_choice(self.name, MethodName, "method.name")
@@ -174,15 +199,35 @@ class MethodConfig:
         _check(0 <= self.target_tolerance < 1, "method.target_tolerance must be in [0, 1)")
         _check(self.refit_tolerance > 0, "method.refit_tolerance must be > 0")
         _check(1 <= self.refit_max_steps <= 10_000, "method.refit_max_steps must be in [1, 10000]")
+        _check(0 <= self.layers <= 64, "method.layers must be between 0 and 64")
+        _check(1 <= self.epochs <= 10_000, "method.epochs must be between 1 and 10000")
+        _check(0 <= self.max_epochs <= self.epochs, "method.max_epochs must be in [0, method.epochs]")
+        for name in ("learning_rate", "weight_decay", "alpha", "temperature", "fisher_alpha"):
+            _finite(getattr(self, name), f"method.{name}")
+        _check(self.learning_rate > 0, f"method.learning_rate must be > 0; got {self.learning_rate}")
+        _check(self.weight_decay >= 0, "method.weight_decay must be >= 0")
+        _check(self.alpha >= 0, "method.alpha must be >= 0")
+        _check(self.temperature > 0, "method.temperature must be > 0")
+        _check(self.fisher_alpha >= 0, "method.fisher_alpha must be >= 0")
+        _check(1 <= self.batch_size <= 1_000_000, "method.batch_size must be in [1, 1000000]")
 
 
 @dataclass(frozen=True)
 class InfluenceConfig:
-    """Influence of training samples on audit targets, on the model's logistic head.
+    """Influence of training samples on audit targets.
 
-    ``l2_reg`` λ is the regularization of the head objective the influence assumes (the head is
-    polished to that objective's optimum first); ``damping`` is added to the Hessian only.
-    ``chunk_size`` bounds memory: the Hessian is accumulated chunk by chunk.
+    ``scope='last_layer'`` (default): the model's logistic head with the rest frozen, in closed
+    form; ``l2_reg`` λ is the regularization of the head objective the influence assumes (the head
+    is polished to that objective's optimum first); ``damping`` is added to the Hessian only;
+    ``chunk_size`` bounds memory (the Hessian is accumulated chunk by chunk).
+
+    ``scope='full'``: every parameter of the MLP, per-sample gradients by ``torch.func``;
+    inverse-Hessian-vector products by ``solver``: ``exact`` (dense Hessian, for at most
+    ``exact_max_parameters``), ``cg`` (conjugate gradient on Hessian-vector products, to
+    ``cg_tolerance`` relative residual) or ``lissa`` (stochastic Neumann series); ``auto`` picks
+    exact when small enough, else CG. The full Hessian of a network need not be positive
+    definite: ``damping`` shifts it (``full_damping`` default 0.01·n is used when damping is 0).
+    ``max_memory_gb`` refuses a job whose estimated working memory is larger, before it starts.
     """
 
     scope: Scope = "last_layer"
@@ -191,9 +236,18 @@ class InfluenceConfig:
     polish_max_steps: int = 50
     polish_tolerance: float = 1e-8
     chunk_size: int = 8192
+    solver: Solver = "auto"
+    exact_max_parameters: int = 5000
+    cg_tolerance: float = 1e-8
+    cg_max_iterations: int = 2000
+    lissa_depth: int = 2000
+    lissa_scale: float | None = None
+    lissa_batch_size: int = 512
+    max_memory_gb: float = 8.0
 
     def __post_init__(self) -> None:
         _check_choice(self.scope, Scope, "influence.scope")
+        _check_choice(self.solver, Solver, "influence.solver")
         _finite(self.l2_reg, "influence.l2_reg")
         _check(self.l2_reg >= 0, "influence.l2_reg must be >= 0")
         _finite(self.damping, "influence.damping")
@@ -201,6 +255,17 @@ class InfluenceConfig:
         _check(0 <= self.polish_max_steps <= 1000, "influence.polish_max_steps must be in [0, 1000]")
         _check(self.polish_tolerance > 0, "influence.polish_tolerance must be > 0")
         _check(16 <= self.chunk_size <= 1_000_000, "influence.chunk_size must be in [16, 1000000]")
+        _check(1 <= self.exact_max_parameters <= 50_000,
+               "influence.exact_max_parameters must be in [1, 50000]")
+        _check(0 < self.cg_tolerance < 1, "influence.cg_tolerance must be in (0, 1)")
+        _check(1 <= self.cg_max_iterations <= 100_000, "influence.cg_max_iterations must be in [1, 100000]")
+        _check(1 <= self.lissa_depth <= 1_000_000, "influence.lissa_depth must be in [1, 1000000]")
+        if self.lissa_scale is not None:
+            _finite(self.lissa_scale, "influence.lissa_scale")
+            _check(self.lissa_scale > 0, "influence.lissa_scale must be > 0")
+        _check(1 <= self.lissa_batch_size <= 1_000_000, "influence.lissa_batch_size must be in [1, 1000000]")
+        _finite(self.max_memory_gb, "influence.max_memory_gb")
+        _check(self.max_memory_gb > 0, "influence.max_memory_gb must be > 0")
 
 
 @dataclass(frozen=True)
@@ -257,3 +322,22 @@ def spec_from_dict(data: dict[str, Any]) -> CorrectionSpec:
         ValueError: naming the field that is wrong and what it must be.
     """
     return _build(CorrectionSpec, data, "spec")
+
+
+def check_compatibility(spec: CorrectionSpec, linear_layers: int) -> None:
+    """Refuse a spec that cannot be applied to an MLP with ``linear_layers`` Linear layers.
+
+    Raises:
+        ValueError: naming the field and the reason.
+    """
+    method = spec.method
+    if method.name == "retrain_last_k" and not 1 <= method.layers <= linear_layers:
+        raise ValueError(f"method.layers must be between 1 and {linear_layers} (the model has "
+                         f"{linear_layers} Linear layers) for retrain_last_k; got {method.layers}")
+    if method.name in ("finetune", "fisher") and method.layers > linear_layers:
+        raise ValueError(f"method.layers must be at most {linear_layers} (the model has "
+                         f"{linear_layers} Linear layers); got {method.layers}")
+    if method.hessian == "reweighted" and method.name != "newton":
+        raise ValueError("method.hessian 'reweighted' applies to method 'newton' only")
+    if spec.influence.scope == "full" and method.name == "refit":
+        raise ValueError("method 'refit' refits the logistic head; use influence.scope 'last_layer'")
