@@ -16,7 +16,7 @@ from torch.nn import functional as F
 from workers.engine.config import AttackConfig
 from workers.engine.model import HeadModel
 
-__all__ = ["adversarial_design", "attack_inputs", "reflect_linear"]
+__all__ = ["attack_inputs", "reflect_linear"]
 
 ATTACK_BATCH = 8192
 
@@ -72,12 +72,3 @@ def attack_inputs(model: HeadModel, features: np.ndarray, labels: np.ndarray,
         with torch.enable_grad():
             outputs.append(_attack_batch(model, inputs, target, config).to("cpu", torch.float64))
     return torch.cat(outputs).numpy() if outputs else features.copy()
-
-
-def adversarial_design(model: HeadModel, theta: torch.Tensor, features: np.ndarray,
-                       labels: np.ndarray, config: AttackConfig) -> torch.Tensor:
-    """Head-space design matrix of adversarial points crafted against (extractor, ``theta``)."""
-    if config.kind == "reflect_linear":
-        return reflect_linear(model.design(features), theta, config.kappa)
-    attacked = model if torch.equal(theta, model.theta()) else model.with_theta(theta)
-    return model.design(attack_inputs(attacked, features, labels, config))

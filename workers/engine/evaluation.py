@@ -72,11 +72,11 @@ def attack_label(config: AttackConfig) -> str:
 
 @dataclass
 class SplitContext:
-    """One split prepared once: data, sensitive groups, head design, frozen adversarial inputs."""
+    """One split prepared once: data, sensitive groups and the attacks crafted against the
+    original model (the frozen sets: inputs for FGSM/PGD, the original head for reflection)."""
 
     data: Dataset
     groups: np.ndarray
-    design: torch.Tensor
     privileged: str | None
     attacks: list[AttackConfig]
     frozen: dict[str, np.ndarray | torch.Tensor] = field(default_factory=dict)
@@ -84,25 +84,25 @@ class SplitContext:
     @classmethod
     def prepare(cls, model: HeadModel, data: Dataset, sensitive: str, privileged: str | None,
                 attacks: list[AttackConfig]) -> SplitContext:
-        """Compute the design and craft each attack against the original ``model`` (frozen set)."""
-        context = cls(data, data.sensitive[sensitive], model.design(data.features), privileged, attacks)
-        theta = model.theta()
+        """Craft each attack against the original ``model``."""
+        context = cls(data, data.sensitive[sensitive], privileged, attacks)
         for config in attacks:
             if config.kind == "reflect_linear":
-                context.frozen[attack_label(config)] = reflect_linear(context.design, theta, config.kappa)
+                context.frozen[attack_label(config)] = model.theta()
             else:
                 context.frozen[attack_label(config)] = attack_inputs(model, data.features, data.labels,
                                                                      config)
         return context
 
 
-def _robust_accuracy(model: HeadModel, context: SplitContext, config: AttackConfig) -> dict[str, Any]:
+def _robust_accuracy(model: HeadModel, design: torch.Tensor, context: SplitContext,
+                     config: AttackConfig) -> dict[str, Any]:
     labels = context.data.labels
     frozen = context.frozen[attack_label(config)]
     theta = model.theta()
     if isinstance(frozen, torch.Tensor):
-        frozen_pred = (frozen @ theta).cpu().numpy() >= 0
-        adaptive_pred = (reflect_linear(context.design, theta, config.kappa) @ theta).cpu().numpy() >= 0
+        frozen_pred = (reflect_linear(design, frozen, config.kappa) @ theta).cpu().numpy() >= 0
+        adaptive_pred = (reflect_linear(design, theta, config.kappa) @ theta).cpu().numpy() >= 0
     else:
         frozen_pred = model.logits(frozen).cpu().numpy() >= 0
         adversarial = attack_inputs(model, context.data.features, labels, config)
@@ -115,11 +115,12 @@ def _robust_accuracy(model: HeadModel, context: SplitContext, config: AttackConf
     }
 
 
-def _surrogates(theta: torch.Tensor, context: SplitContext) -> dict[str, float | None]:
+def _surrogates(theta: torch.Tensor, design: torch.Tensor, context: SplitContext,
+                ) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
     for metric in ("demographic_parity", "equal_opportunity", "equalized_odds"):
         try:
-            gap = GroupGap.build(metric, context.design, context.data.labels, context.groups,
+            gap = GroupGap.build(metric, design, context.data.labels, context.groups,
                                  context.privileged, context.data.name)
             out[metric] = gap.evaluate(theta)[0]
         except ValueError:
@@ -131,9 +132,11 @@ def evaluate_split(model: HeadModel, context: SplitContext) -> dict[str, Any]:
     """Every before/after number for one model on one split."""
     proba = torch.sigmoid(model.logits(context.data.features)).cpu().numpy()
     metrics = classification_metrics(proba, context.data.labels, context.groups)
-    metrics["surrogates"] = _surrogates(model.theta(), context)
+    design = model.design(context.data.features)
+    metrics["surrogates"] = _surrogates(model.theta(), design, context)
     if context.attacks:
-        robustness = {attack_label(c): _robust_accuracy(model, context, c) for c in context.attacks}
+        robustness = {attack_label(c): _robust_accuracy(model, design, context, c)
+                      for c in context.attacks}
         primary = robustness[attack_label(context.attacks[0])]
         metrics["robust_accuracy"] = primary["adaptive"]
         metrics["robust_accuracy_frozen"] = primary["frozen"]

@@ -6,6 +6,7 @@ the store. Nothing here knows about HTTP, queues or Redis.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import tempfile
@@ -20,9 +21,8 @@ import numpy as np
 import torch
 
 from workers.engine.architecture import ArchSpec
-from workers.engine.attacks import adversarial_design
 from workers.engine.checkpoint import load_checkpoint, save_checkpoint
-from workers.engine.config import AttackConfig, CorrectionSpec
+from workers.engine.config import HEAD_METHODS, AttackConfig, CorrectionSpec, check_compatibility
 from workers.engine.data import (
     Dataset,
     DatasetSchema,
@@ -33,11 +33,10 @@ from workers.engine.data import (
 )
 from workers.engine.errors import CorrectionCanceled, DatasetError, InputError
 from workers.engine.evaluation import SplitContext, attack_label, evaluate_split
-from workers.engine.influence import HeadProblem, factorize, fit_head, hessian, influences
 from workers.engine.model import HeadModel, pick_device
-from workers.engine.objectives import GroupGap, MeanLogLoss, Objective
 from workers.engine.report import build_report, render_html
-from workers.engine.unlearning import apply_step
+from workers.engine.scopes import CorrectionScope, HeadScope
+from workers.engine.targets import AuditTargets
 from workers.engine.weights import WeightResult, solve_weights
 
 __all__ = [
@@ -148,9 +147,8 @@ class _Run:
 @dataclass
 class _Setup:
     model: HeadModel
-    problem: HeadProblem
-    target: Objective
-    utility: MeanLogLoss
+    scope: CorrectionScope
+    targets: AuditTargets
     sensitive: str
     contexts: dict[str, SplitContext]
 
@@ -165,88 +163,117 @@ def _attacks(spec: CorrectionSpec) -> list[AttackConfig]:
     return attacks
 
 
-def _to_device(values: np.ndarray, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(values).to(device, torch.float64)
+def _make_scope(model: HeadModel, inputs: CorrectionInputs, targets: AuditTargets,
+                spec: CorrectionSpec) -> CorrectionScope:
+    if spec.influence.scope == "full":
+        from workers.engine.full_scope import FullScope
+
+        return FullScope(model, inputs.train.features, inputs.train.labels, targets, spec)
+    return HeadScope(model, inputs.train.features, inputs.train.labels, targets, spec)
 
 
 def _setup(inputs: CorrectionInputs, spec: CorrectionSpec, device: torch.device) -> _Setup:
+    try:
+        check_compatibility(spec, len(inputs.arch.linear_indices))
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
     model = HeadModel.from_state(inputs.arch, inputs.state, device)
     sensitive = spec.objective.sensitive_attribute or next(iter(inputs.train.sensitive))
-    privileged = spec.objective.privileged_group
-    cfg = spec.influence
-    problem = HeadProblem(model.design(inputs.train.features), _to_device(inputs.train.labels, device),
-                          cfg.l2_reg, cfg.damping, cfg.chunk_size)
-    audit = inputs.audit
-    audit_design = model.design(audit.features)
-    audit_labels = _to_device(audit.labels, device)
-    target: Objective
-    if spec.objective.metric == "robustness":
-        adversarial = adversarial_design(model, model.theta(), audit.features, audit.labels,
-                                         spec.objective.attack)
-        target = MeanLogLoss(adversarial, audit_labels, name="robustness")
-    else:
-        target = GroupGap.build(spec.objective.metric, audit_design, audit.labels,
-                                audit.sensitive[sensitive], privileged, "audit")
-    attacks = _attacks(spec)
-    splits = {"audit": audit, **({"eval": inputs.eval} if inputs.eval is not None else {})}
-    contexts = {name: SplitContext.prepare(model, data, sensitive, privileged, attacks)
+    targets = AuditTargets.prepare(model, inputs.audit, spec, sensitive)
+    splits = {"audit": inputs.audit, **({"eval": inputs.eval} if inputs.eval is not None else {})}
+    contexts = {name: SplitContext.prepare(model, data, sensitive, spec.objective.privileged_group,
+                                           _attacks(spec))
                 for name, data in splits.items()}
-    return _Setup(model, problem, target, MeanLogLoss(audit_design, audit_labels), sensitive, contexts)
+    return _Setup(model, _make_scope(model, inputs, targets, spec), targets, sensitive, contexts)
 
 
-def _iteration_record(index: int, target_before: float, target_after: float, utility_before: float,
-                      utility_after: float, weights: WeightResult, notes: list[str]) -> dict[str, Any]:
+def _iteration_record(index: int, target: tuple[float, float], utility: tuple[float, float],
+                      weights: WeightResult, notes: list[str], solver: dict[str, Any]) -> dict[str, Any]:
+    before, after = target
     return {
         "iteration": index,
-        "target_before": target_before,
-        "target_predicted": target_before - np.sign(target_before) * weights.requested_reduction
-        if weights.scheme != "hard" else target_before + np.sign(target_before)
-        * weights.predicted_target_change,
-        "target_after": target_after,
+        "target_before": before,
+        "target_after": after,
         "predicted_target_change": weights.predicted_target_change,
-        "realized_target_change": abs(target_after) - abs(target_before),
+        "realized_target_change": abs(after) - abs(before),
+        "utility_before": utility[0],
+        "utility_after": utility[1],
         "predicted_utility_change": weights.predicted_utility_change,
-        "realized_utility_change": utility_after - utility_before,
-        "utility_before": utility_before,
-        "utility_after": utility_after,
+        "realized_utility_change": utility[1] - utility[0],
+        "solver": solver,
         "notes": notes,
     }
 
 
-def _correct(setup: _Setup, spec: CorrectionSpec, run: _Run, theta: torch.Tensor,
-             ) -> tuple[torch.Tensor, list[dict[str, Any]], list[WeightResult], torch.Tensor]:
-    """Target tracking: influence → weights → step, until the audit target reaches the request."""
-    problem, method = setup.problem, spec.method
-    weights = torch.ones(problem.n, dtype=torch.float64, device=theta.device)
-    initial = abs(setup.target.evaluate(theta)[0])
-    goal = (1 - spec.objective.reduction) * initial
-    budget = 1 if spec.weighting.scheme == "hard" else method.max_iterations
-    tau_left = spec.objective.utility_tolerance
-    records: list[dict[str, Any]] = []
-    solved: list[WeightResult] = []
+@dataclass
+class _Tracking:
+    """The state of a correction across tracking iterations."""
+
+    goal: float
+    initial: float
+    tau_left: float
+    records: list[dict[str, Any]] = field(default_factory=list)
+    solved: list[WeightResult] = field(default_factory=list)
+
+
+def _influence_and_weights(scope: CorrectionScope, spec: CorrectionSpec, run: _Run, state: _Tracking,
+                           fraction: float) -> tuple[WeightResult, float, float, dict[str, Any]]:
+    value, target_grad = scope.target()
+    with run.stage("influence", fraction):
+        solver = scope.prepare()
+        utility, utility_grad = scope.utility()
+        sign = 1.0 if value >= 0 else -1.0
+        a = sign * scope.influences(target_grad)
+        b = scope.influences(utility_grad)
+    with run.stage("weights", fraction + 0.05):
+        result = solve_weights(a, b, abs(value) - state.goal, spec.weighting, state.tau_left,
+                               (scope.weights - 1).cpu().numpy())
+    state.tau_left = max(0.0, state.tau_left - max(0.0, result.predicted_utility_change))
+    state.solved.append(result)
+    return result, value, utility, solver
+
+
+def _track(scope: CorrectionScope, spec: CorrectionSpec, run: _Run, state: _Tracking) -> HeadModel:
+    """Head methods: influence → weights → step, repeated until the audit target is reached."""
+    budget = 1 if spec.weighting.scheme == "hard" else spec.method.max_iterations
     for index in range(budget):
-        value, target_grad = setup.target.evaluate(theta)
-        if index > 0 and abs(value) <= goal + method.target_tolerance * initial:
+        if index > 0 and abs(scope.target()[0]) <= state.goal + spec.method.target_tolerance * state.initial:
             break
         fraction = 0.2 + 0.5 * index / budget
-        with run.stage("influence", fraction):
-            factor = factorize(hessian(problem, theta, weights), "influence")
-            utility, utility_grad = setup.utility.evaluate(theta)
-            sign = 1.0 if value >= 0 else -1.0
-            a = sign * influences(problem, theta, factor.solve(target_grad, "influence"))
-            b = influences(problem, theta, factor.solve(utility_grad, "influence"))
-        with run.stage("weights", fraction + 0.1 / budget):
-            result = solve_weights(a.cpu().numpy(), b.cpu().numpy(), abs(value) - goal, spec.weighting,
-                                   tau_left, (weights - 1).cpu().numpy())
-        with run.stage("unlearn", fraction + 0.2 / budget):
-            step = apply_step(problem, theta, weights, result.eps, factor, method)
-        theta, weights = step.theta, step.weights
-        tau_left = max(0.0, tau_left - max(0.0, result.predicted_utility_change))
-        records.append(_iteration_record(index + 1, value, setup.target.evaluate(theta)[0], utility,
-                                         setup.utility.evaluate(theta)[0], result,
-                                         result.notes + step.notes))
-        solved.append(result)
-    return theta, records, solved, weights
+        result, value, utility, solver = _influence_and_weights(scope, spec, run, state, fraction)
+        with run.stage("unlearn", fraction + 0.1):
+            notes = scope.step(result.eps, spec.method)
+        state.records.append(_iteration_record(index + 1, (value, scope.target()[0]),
+                                               (utility, scope.utility()[0]), result,
+                                               result.notes + notes, solver))
+    return scope.current_model()
+
+
+def _network_step(setup: _Setup, inputs: CorrectionInputs, spec: CorrectionSpec, run: _Run,
+                  state: _Tracking) -> HeadModel:
+    """Network methods: weights from the influence at the original model, then one method run."""
+    from workers.engine.methods.base import NetworkTask
+    from workers.engine.methods.registry import apply_network_method
+
+    result, value, utility, solver = _influence_and_weights(setup.scope, spec, run, state, 0.2)
+    model = setup.scope.current_model()
+    with run.stage("unlearn", 0.3):
+        trainable = copy.deepcopy(model.network)
+        for parameter in trainable.parameters():
+            parameter.requires_grad_(True)
+        task = NetworkTask(
+            arch=inputs.arch, network=trainable.train(), original=model.network,
+            features=torch.as_tensor(inputs.train.features, device=model.device, dtype=model.dtype),
+            labels=torch.as_tensor(inputs.train.labels, device=model.device, dtype=model.dtype),
+            eps=torch.from_numpy(result.eps).to(model.device), config=spec.method, seed=spec.seed)
+        outcome = apply_network_method(task)
+        corrected = HeadModel.from_state(inputs.arch, outcome.state, model.device)
+    target, utility_objective = setup.targets.for_model(corrected)
+    theta = corrected.theta()
+    state.records.append(_iteration_record(
+        1, (value, target.evaluate(theta)[0]), (utility, utility_objective.evaluate(theta)[0]), result,
+        result.notes + outcome.notes, {**solver, "method_diagnostics": outcome.diagnostics}))
+    return corrected
 
 
 def run_correction(inputs: CorrectionInputs, spec: CorrectionSpec,
@@ -269,19 +296,23 @@ def run_correction(inputs: CorrectionInputs, spec: CorrectionSpec,
     with run.stage("load", 0.02):
         setup = _setup(inputs, spec, chosen)
     with run.stage("polish", 0.15):
-        theta, polish = fit_head(setup.problem, setup.model.theta(),
-                                 torch.ones(setup.problem.n, dtype=torch.float64, device=chosen),
-                                 spec.influence.polish_tolerance, spec.influence.polish_max_steps, "polish")
-    theta, iterations, solved, weights = _correct(setup, spec, run, theta)
+        polish = setup.scope.polish()
+    initial = abs(setup.scope.target()[0])
+    state = _Tracking(goal=(1 - spec.objective.reduction) * initial, initial=initial,
+                      tau_left=spec.objective.utility_tolerance)
+    if spec.method.name in HEAD_METHODS:
+        corrected = _track(setup.scope, spec, run, state)
+    else:
+        corrected = _network_step(setup, inputs, spec, run, state)
     with run.stage("evaluate", 0.75):
-        corrected = setup.model.with_theta(theta)
         before = {name: evaluate_split(setup.model, ctx) for name, ctx in setup.contexts.items()}
         after = {name: evaluate_split(corrected, ctx) for name, ctx in setup.contexts.items()}
     with run.stage("report", 0.97):
         report = build_report(
             spec=spec, inputs=inputs, sensitive=setup.sensitive, before=before, after=after,
-            iterations=iterations, weights=solved, final_weights=weights.cpu().numpy(),
-            polish=polish.to_dict(), timings=run.timings, device=str(chosen),
+            iterations=state.records, weights=state.solved,
+            final_weights=1.0 + sum((r.eps for r in state.solved), np.zeros(inputs.train.n)),
+            polish=polish, timings=run.timings, device=str(chosen),
         )
     report["timings"]["total"] = time.perf_counter() - started
     run.progress("done", 1.0)
