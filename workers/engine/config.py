@@ -103,7 +103,8 @@ class ObjectiveConfig:
     ``reduction`` ρ ∈ (0, 1] is the fraction of the current |gap| (or, for robustness, of the mean
     adversarial log-loss) to remove; ``utility_tolerance`` τ ≥ 0 is the allowed first-order
     increase of the mean audit log-loss. ``privileged_group`` orients a two-group gap as
-    privileged minus the rest; without it the gap is between the extreme groups.
+    privileged minus the rest; without it the gap is between the extreme groups. Without
+    ``sensitive_attribute`` the first sensitive column of the training data's schema is used.
     """
 
     metric: Metric = "demographic_parity"
@@ -119,11 +120,8 @@ class ObjectiveConfig:
         _check(0 < self.reduction <= 1, f"objective.reduction must be in (0, 1]; got {self.reduction}")
         _finite(self.utility_tolerance, "objective.utility_tolerance")
         _check(self.utility_tolerance >= 0, "objective.utility_tolerance must be >= 0")
-        if self.metric != "robustness":
-            _check(
-                bool(self.sensitive_attribute),
-                f"objective.sensitive_attribute is required for metric {self.metric}",
-            )
+        if self.sensitive_attribute is not None:
+            _check(bool(self.sensitive_attribute), "objective.sensitive_attribute must name a column")
 
 
 @dataclass(frozen=True)
