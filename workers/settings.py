@@ -24,7 +24,8 @@ MiB = 1024 * 1024
 class ServiceSettings(BaseSettings):
     """Configuration of ``softunlearn serve`` and ``softunlearn worker``."""
 
-    model_config = SettingsConfigDict(env_prefix="SOFTUNLEARN_", populate_by_name=True, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="SOFTUNLEARN_", populate_by_name=True, extra="ignore",
+                                      env_ignore_empty=True)
 
     redis_url: str = Field(default=DEFAULT_REDIS_URL,
                            validation_alias=AliasChoices("REDIS_URL", "redis_url"))

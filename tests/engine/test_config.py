@@ -29,6 +29,6 @@ def test_bad_specs_name_the_field(data: dict[str, object], message: str) -> None
 def test_layers_beyond_the_model_are_refused() -> None:
     spec = spec_from_dict({"objective": {"metric": "robustness"},
                            "method": {"name": "retrain_last_k", "layers": 4}})
-    with pytest.raises(ValueError, match="method.layers must be between 1 and 3"):
+    with pytest.raises(ValueError, match=r"method\.layers must be between 1 and 3"):
         check_compatibility(spec, 3)
     check_compatibility(CorrectionSpec(), 3)

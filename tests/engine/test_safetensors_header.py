@@ -73,7 +73,8 @@ def test_truncated_file_is_refused(tmp_path: Path) -> None:
 def test_shape_mismatch_names_the_tensor(tmp_path: Path) -> None:
     path = _valid(tmp_path / "m.safetensors")
     wider = parse_arch({"type": "mlp", "in_features": 3, "hidden": [4]})
-    with pytest.raises(CheckpointError, match=r"0.weight has shape \[2, 3\], the architecture needs \[4, 3\]"):
+    expected = r"0.weight has shape \[2, 3\], the architecture needs \[4, 3\]"
+    with pytest.raises(CheckpointError, match=expected):
         check_against_arch(read_header(path), wider)
 
 

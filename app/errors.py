@@ -1,0 +1,121 @@
+"""HTTP errors as RFC 9457 problem details; the one place where status codes are chosen.
+
+Every problem has a stable ``type`` (``urn:softunlearn:problem:<code>``) and ``code``; validation
+problems also list ``errors`` as ``{"field": "objective.reduction", "message": ...}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+__all__ = ["PROBLEM_JSON", "ApiError", "install_error_handlers", "problem_response", "problem_type"]
+
+log = logging.getLogger(__name__)
+_NAMED_FIELD = re.compile(r"^([a-z_]+(?:\.[a-z_]+)*)[: ]")
+PROBLEM_JSON = "application/problem+json"
+_TITLES = {
+    400: "Bad request", 401: "Unauthorized", 404: "Not found", 405: "Method not allowed",
+    409: "Conflict", 413: "Content too large", 415: "Unsupported media type",
+    422: "Unprocessable content", 500: "Internal server error", 503: "Service unavailable",
+}
+
+
+def problem_type(code: str) -> str:
+    """The ``type`` URI of problem ``code``."""
+    return f"urn:softunlearn:problem:{code}"
+
+
+class ApiError(Exception):
+    """An error answered as a problem document."""
+
+    def __init__(self, status: int, code: str, detail: str, *, errors: list[dict[str, str]] | None = None,
+                 headers: dict[str, str] | None = None, extra: dict[str, Any] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail = status, code, detail
+        self.errors, self.headers, self.extra = errors, headers, extra or {}
+
+
+def problem_response(request: Request, error: ApiError) -> JSONResponse:
+    """Render ``error`` as ``application/problem+json``."""
+    body: dict[str, Any] = {
+        "type": problem_type(error.code),
+        "title": _TITLES.get(error.status, "Error"),
+        "status": error.status,
+        "detail": error.detail,
+        "instance": request.url.path,
+        "code": error.code,
+        **error.extra,
+    }
+    if error.errors is not None:
+        body["errors"] = error.errors
+    return JSONResponse(body, status_code=error.status, headers=error.headers, media_type=PROBLEM_JSON)
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+def _message(error: dict[str, Any]) -> str:
+    message = str(error.get("msg", "invalid"))
+    return message.removeprefix("Value error, ")
+
+
+def _refine(field: str, message: str) -> str:
+    """Use the dotted field a config error names itself (``objective.reduction must be ...``)."""
+    match = _NAMED_FIELD.match(message.removeprefix("spec."))
+    if match and (field == "body" or match.group(1).startswith(field + ".")):
+        return match.group(1)
+    return field
+
+
+def validation_problem(errors: list[dict[str, Any]]) -> ApiError:
+    """A 422 naming every invalid field."""
+    items = []
+    for error in errors:
+        message = _message(error)
+        items.append({"field": _refine(_field(tuple(error.get("loc", ()))), message), "message": message})
+    detail = "; ".join(f"{item['field']}: {item['message']}" for item in items[:5])
+    return ApiError(422, "validation_error", detail, errors=items)
+
+
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
+    if not isinstance(exc, ApiError):
+        raise exc
+    return problem_response(request, exc)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    if not isinstance(exc, RequestValidationError):
+        raise exc
+    return problem_response(request, validation_problem(list(exc.errors())))
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    if not isinstance(exc, StarletteHTTPException):
+        raise exc
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    detail = exc.detail if isinstance(exc.detail, str) else "request refused"
+    error = ApiError(exc.status_code, codes.get(exc.status_code, "http_error"), detail,
+                     headers=dict(exc.headers or {}))
+    return problem_response(request, error)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return problem_response(request, ApiError(500, "internal_error", "an unexpected error occurred"))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the problem+json handlers on ``app``."""
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,59 @@
+"""Prometheus metrics of the API: requests, latencies, uploads, job submissions."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["Metrics", "MetricsMiddleware"]
+
+
+class Metrics:
+    """The app's own registry (one per app, so tests can build many apps)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("softunlearn_http_requests", "HTTP requests",
+                                ["method", "route", "status"], registry=self.registry)
+        self.latency = Histogram("softunlearn_http_request_seconds", "HTTP request latency",
+                                 ["method", "route"], registry=self.registry)
+        self.uploads = Counter("softunlearn_uploads", "Uploads by kind and outcome",
+                               ["kind", "outcome"], registry=self.registry)
+        self.upload_bytes = Counter("softunlearn_upload_bytes", "Bytes of accepted uploads",
+                                    ["kind"], registry=self.registry)
+        self.jobs = Counter("softunlearn_jobs_submitted", "Correction jobs submitted",
+                            ["queue"], registry=self.registry)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition."""
+        return generate_latest(self.registry)
+
+
+class MetricsMiddleware:
+    """Counts requests by method, route template (not raw path) and status."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = {"code": 500}
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route: Any = scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            self.metrics.requests.labels(scope["method"], template, str(status["code"])).inc()
+            self.metrics.latency.labels(scope["method"], template).observe(time.perf_counter() - started)

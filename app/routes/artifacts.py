@@ -1,0 +1,103 @@
+"""``/v1/models`` and ``/v1/datasets``: streamed uploads and metadata."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from app.deps import ServicesDep, TenantDep
+from app.errors import ApiError
+from app.schemas import DatasetPublic, ModelPublic, Problem
+from app.services.artifacts import UploadRequest, create_dataset, create_model
+from models_store import ArtifactRecord
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1", tags=["artifacts"])
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": Problem, "content": {"application/problem+json": {}}} for code in (401, 413, 415, 422)
+}
+
+
+def _multipart(json_field: str, example: str) -> dict[str, Any]:
+    schema = {
+        "type": "object",
+        "required": ["file", json_field],
+        "properties": {
+            "file": {"type": "string", "format": "binary"},
+            json_field: {"type": "string", "description": f"JSON, e.g. {example}"},
+        },
+    }
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
+
+
+def _upload_request(request: Request) -> UploadRequest:
+    return UploadRequest(request.stream(), request.headers.get("content-type"),
+                         request.headers.get("content-length"))
+
+
+def model_public(record: ArtifactRecord) -> ModelPublic:
+    """API view of a model record."""
+    return ModelPublic(id=record.id, sha256=record.sha256, size_bytes=record.size_bytes,
+                       filename=record.filename, architecture=record.architecture or {},
+                       created_at=record.created_at)
+
+
+def dataset_public(record: ArtifactRecord) -> DatasetPublic:
+    """API view of a dataset record."""
+    return DatasetPublic(
+        id=record.id, sha256=record.sha256, size_bytes=record.size_bytes, filename=record.filename,
+        format="csv" if record.format == "csv" else "parquet", schema=record.dataset_schema or {},
+        n_rows=record.n_rows or 0, columns=record.columns or [], feature_names=record.feature_names or [],
+        groups=record.groups or {}, created_at=record.created_at,
+    )
+
+
+@router.post("/models", status_code=201, response_model=ModelPublic, responses=_ERRORS,
+             openapi_extra=_multipart("architecture", '{"type": "mlp", "in_features": 103, '
+                                      '"hidden": [64, 32], "activation": "relu"}'))
+async def upload_model(request: Request, services: ServicesDep, tenant: TenantDep) -> ModelPublic:
+    """Upload a safetensors checkpoint with its architecture (multipart: ``file``, ``architecture``)."""
+    try:
+        record = await create_model(services.records, tenant, _upload_request(request),
+                                    services.settings.max_model_bytes)
+    except ApiError as exc:
+        services.metrics.uploads.labels("model", exc.code).inc()
+        raise
+    services.metrics.uploads.labels("model", "accepted").inc()
+    services.metrics.upload_bytes.labels("model").inc(record.size_bytes)
+    return model_public(record)
+
+
+@router.get("/models/{model_id}", response_model=ModelPublic, responses={404: {"model": Problem}})
+def get_model(model_id: str, services: ServicesDep, tenant: TenantDep) -> ModelPublic:
+    """An uploaded model's metadata."""
+    record = services.records.get_artifact(tenant, "models", model_id)
+    if record is None:
+        raise ApiError(404, "not_found", f"no model {model_id[:40]}")
+    return model_public(record)
+
+
+@router.post("/datasets", status_code=201, response_model=DatasetPublic, responses=_ERRORS,
+             openapi_extra=_multipart("schema", '{"label": "income", "sensitive": ["sex"]}'))
+async def upload_dataset(request: Request, services: ServicesDep, tenant: TenantDep) -> DatasetPublic:
+    """Upload a Parquet or CSV dataset with its schema (multipart: ``file``, ``schema``)."""
+    try:
+        record = await create_dataset(services.records, tenant, _upload_request(request),
+                                      services.settings.max_dataset_bytes)
+    except ApiError as exc:
+        services.metrics.uploads.labels("dataset", exc.code).inc()
+        raise
+    services.metrics.uploads.labels("dataset", "accepted").inc()
+    services.metrics.upload_bytes.labels("dataset").inc(record.size_bytes)
+    return dataset_public(record)
+
+
+@router.get("/datasets/{dataset_id}", response_model=DatasetPublic, responses={404: {"model": Problem}})
+def get_dataset(dataset_id: str, services: ServicesDep, tenant: TenantDep) -> DatasetPublic:
+    """An uploaded dataset's metadata."""
+    record = services.records.get_artifact(tenant, "datasets", dataset_id)
+    if record is None:
+        raise ApiError(404, "not_found", f"no dataset {dataset_id[:40]}")
+    return dataset_public(record)

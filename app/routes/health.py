@@ -1,0 +1,50 @@
+"""Unauthenticated operational endpoints: liveness, readiness, metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+from redis.exceptions import RedisError
+
+from app.deps import ServicesDep
+from app.errors import PROBLEM_JSON, problem_type
+from app.schemas import Health, Problem, Readiness
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", response_model=Health)
+def healthz() -> Health:
+    """Liveness: the process answers."""
+    return Health()
+
+
+@router.get("/readyz", response_model=Readiness, responses={503: {"model": Problem}})
+def readyz(services: ServicesDep) -> Readiness | JSONResponse:
+    """Readiness: Redis answers and the store is writable."""
+    checks: dict[str, str] = {}
+    try:
+        services.redis.ping()
+        checks["redis"] = "ok"
+    except RedisError as exc:
+        checks["redis"] = f"unavailable: {type(exc).__name__}"
+    try:
+        services.store.check_writable()
+        checks["store"] = "ok"
+    except OSError as exc:
+        checks["store"] = f"unavailable: {type(exc).__name__}"
+    if all(v == "ok" for v in checks.values()):
+        return Readiness(checks=checks)
+    body = {"type": problem_type("not_ready"), "title": "Service unavailable", "status": 503,
+            "detail": "a dependency is unavailable", "code": "not_ready", "instance": "/readyz",
+            "checks": checks}
+    return JSONResponse(body, status_code=503, media_type=PROBLEM_JSON, headers={"Retry-After": "5"})
+
+
+@router.get("/metrics", response_class=Response,
+            responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}})
+def metrics(services: ServicesDep) -> Response:
+    """Prometheus metrics."""
+    return Response(services.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -1,0 +1,92 @@
+"""``/v1/jobs``: submit, inspect, list, cancel, and download outputs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Header, Query, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from app.deps import ServicesDep, TenantDep
+from app.schemas import JobCreate, JobList, JobPublic, Problem
+from app.services import jobs as service
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+_PROBLEM: dict[str, Any] = {"model": Problem, "content": {"application/problem+json": {}}}
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {401: _PROBLEM, 404: _PROBLEM}
+_OUTPUT_ERRORS: dict[int | str, dict[str, Any]] = {**_NOT_FOUND, 409: _PROBLEM}
+
+
+@router.post("", status_code=202, response_model=JobPublic,
+             responses={401: _PROBLEM, 409: _PROBLEM, 422: _PROBLEM, 503: _PROBLEM})
+def create_job(
+    body: JobCreate, response: Response, services: ServicesDep, tenant: TenantDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> JobPublic:
+    """Submit a correction job; 202 with ``Location``. The same Idempotency-Key and body return
+    the same job; the same key with another body is a 409."""
+    record, _created = service.submit_job(services.records, services.redis, services.settings, tenant,
+                                          body, idempotency_key)
+    services.metrics.jobs.labels(record.queue).inc()
+    response.headers["Location"] = f"/v1/jobs/{record.id}"
+    return service.job_public(record)
+
+
+@router.get("", response_model=JobList, responses={401: _PROBLEM})
+def list_jobs(
+    services: ServicesDep, tenant: TenantDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    status: Literal["queued", "running", "succeeded", "failed", "canceled"] | None = None,
+) -> JobList:
+    """The tenant's jobs, newest first, a page at a time."""
+    return service.list_jobs(services.records, tenant, limit, offset, status)
+
+
+@router.get("/{job_id}", response_model=JobPublic, responses=_NOT_FOUND)
+def get_job(job_id: str, services: ServicesDep, tenant: TenantDep) -> JobPublic:
+    """A job's status, stage and progress."""
+    return service.job_public(service.get_job(services.records, services.redis, services.settings,
+                                              tenant, job_id))
+
+
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobPublic, responses=_OUTPUT_ERRORS)
+def cancel_job(job_id: str, services: ServicesDep, tenant: TenantDep) -> JobPublic:
+    """Cancel a job: a queued one at once, a running one by stopping its worker process."""
+    return service.job_public(service.cancel_job(services.records, services.redis, services.settings,
+                                                 tenant, job_id))
+
+
+def _output(services: ServicesDep, tenant: str, job_id: str, output: str) -> str:
+    return service.output_key(services.records, services.redis, services.settings, tenant, job_id, output)
+
+
+@router.get("/{job_id}/report", response_class=JSONResponse,
+            responses={**_OUTPUT_ERRORS, 200: {
+                "content": {"application/json": {"schema": {"type": "object"}}},
+                "description": "Report keys as in PRODUCT.md."}})
+def get_report(job_id: str, services: ServicesDep, tenant: TenantDep) -> Response:
+    """The before/after report (JSON): fairness, robustness and utility on audit and eval."""
+    key = _output(services, tenant, job_id, "report")
+    return Response(services.store.get_bytes(key), media_type="application/json")
+
+
+@router.get("/{job_id}/report.html", responses={**_OUTPUT_ERRORS, 200: {"content": {"text/html": {}}}})
+def get_report_html(job_id: str, services: ServicesDep, tenant: TenantDep) -> Response:
+    """The before/after report as a human-readable HTML page."""
+    key = _output(services, tenant, job_id, "report_html")
+    return Response(services.store.get_bytes(key), media_type="text/html; charset=utf-8")
+
+
+@router.get("/{job_id}/model", response_class=StreamingResponse,
+            responses={**_OUTPUT_ERRORS, 200: {"content": {"application/octet-stream": {}},
+                                               "description": "The corrected safetensors checkpoint."}})
+def get_model(job_id: str, services: ServicesDep, tenant: TenantDep) -> StreamingResponse:
+    """The corrected checkpoint (safetensors; same keys, shapes and dtypes as the input)."""
+    key = _output(services, tenant, job_id, "model")
+    headers = {"Content-Disposition": f'attachment; filename="corrected-{job_id}.safetensors"',
+               "Content-Length": str(services.store.size(key))}
+    return StreamingResponse(services.store.open_chunks(key), media_type="application/octet-stream",
+                             headers=headers)

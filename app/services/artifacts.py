@@ -1,0 +1,165 @@
+"""Uploading models and datasets: stream, sniff, validate, then publish (or keep nothing).
+
+Pickle-based and unknown formats are refused (415) from their leading bytes and never
+deserialized; a safetensors header is parsed by our own strict reader and checked against the
+declared architecture (422 with what is wrong); datasets are validated against their schema with
+the engine's own reader. Only then are the bytes committed under a key we generate.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+
+from app.errors import ApiError
+from app.services.uploads import Upload, read_multipart
+from models_store import ArtifactRecord, Records, StagedObject
+from models_store.keys import new_id, object_key
+from models_store.records import utcnow
+from workers.engine.architecture import parse_arch
+from workers.engine.data import load_dataset, parse_schema, read_columns
+from workers.engine.errors import InputError
+from workers.engine.safetensors_header import check_against_arch, read_header, sniff_format
+
+__all__ = ["UploadRequest", "create_dataset", "create_model"]
+
+MAX_GROUPS_SHOWN = 100
+
+
+class UploadRequest:
+    """The parts of an HTTP request an upload needs (no framework types)."""
+
+    def __init__(self, stream: AsyncIterator[bytes], content_type: str | None,
+                 content_length: str | None) -> None:
+        self.stream, self.content_type, self.content_length = stream, content_type, content_length
+
+
+def _invalid(field: str, message: str, code: str = "validation_error") -> ApiError:
+    return ApiError(422, code, f"{field}: {message}", errors=[{"field": field, "message": message}])
+
+
+def _json_field(upload: Upload, name: str, example: str) -> Any:
+    raw = upload.fields.get(name)
+    if raw is None:
+        raise _invalid(name, f"missing form field; send it as JSON, e.g. {example}")
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise _invalid(name, f"not valid JSON ({exc})") from exc
+
+
+def _refuse_pickle(head: bytes) -> str:
+    kind = sniff_format(head)
+    if kind in ("pickle", "zip"):
+        raise ApiError(415, "pickle_refused", "the file is pickle-based (torch.save, TorchScript or a zip "
+                       "archive); it was refused and never loaded, because unpickling runs code. Convert "
+                       "it where you trust it: safetensors.torch.save_file(model.state_dict(), path)")
+    return kind
+
+
+async def _receive(request: UploadRequest, staged: StagedObject, limit: int) -> Upload:
+    upload = await read_multipart(request.stream, request.content_type, request.content_length,
+                                  staged, "file", limit)
+    if not upload.has_file:
+        raise _invalid("file", "missing file part")
+    if staged.size == 0:
+        raise _invalid("file", "the file is empty")
+    return upload
+
+
+def _check_checkpoint(path: Path, architecture: Any) -> dict[str, Any]:
+    try:
+        arch = parse_arch(architecture)
+    except InputError as exc:
+        raise _invalid("architecture", str(exc).removeprefix("architecture: ")) from exc
+    try:
+        tensors = read_header(path, "file")
+    except InputError as exc:
+        raise _invalid("file", str(exc), "invalid_safetensors") from exc
+    try:
+        check_against_arch(tensors, arch)
+    except InputError as exc:
+        raise _invalid("file", str(exc), "architecture_mismatch") from exc
+    return arch.to_dict()
+
+
+async def create_model(records: Records, tenant: str, request: UploadRequest, limit: int) -> ArtifactRecord:
+    """Receive, validate and store a checkpoint.
+
+    Raises:
+        ApiError: 413, 415, 422 (nothing is kept).
+    """
+    with records.store.stage(limit) as staged:
+        upload = await _receive(request, staged, limit)
+        if _refuse_pickle(upload.head) != "safetensors":
+            raise ApiError(415, "unsupported_format", "the file is not a safetensors checkpoint; only "
+                           "safetensors is accepted (.pt/.pth/.bin/.ckpt, TorchScript and ONNX are not)")
+        architecture = _check_checkpoint(staged.path, _json_field(upload, "architecture",
+                                                                  '{"type": "mlp", "in_features": 10, '
+                                                                  '"hidden": [32], "activation": "relu"}'))
+        record = ArtifactRecord(
+            id=new_id(), tenant=tenant, kind="models", data_name="model.safetensors", format="safetensors",
+            sha256=staged.sha256, size_bytes=staged.size, filename=upload.filename, created_at=utcnow(),
+            architecture=architecture,
+        )
+        staged.commit(records.data_key(record))
+    records.put_artifact(record)
+    return record
+
+
+def _dataset_format(head: bytes) -> Literal["parquet", "csv"]:
+    if head[:4] == b"PAR1":
+        return "parquet"
+    _refuse_pickle(head)
+    text_ok = b"\x00" not in head
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        text_ok = False
+    if not text_ok:
+        raise ApiError(415, "unsupported_format", "datasets are accepted as Parquet or as UTF-8 CSV with "
+                       "a header row; this file is neither")
+    return "csv"
+
+
+def _inspect_dataset(path: Path, schema_raw: Any) -> dict[str, Any]:
+    """Schema check plus a full read with the engine's validation (runs in a worker thread)."""
+    try:
+        schema = parse_schema(schema_raw)
+    except InputError as exc:
+        raise _invalid("schema", str(exc).removeprefix("schema: ")) from exc
+    try:
+        columns = read_columns(path)
+        data = load_dataset(path, schema, "file")
+    except InputError as exc:
+        raise _invalid("file", str(exc), "invalid_dataset") from exc
+    groups = {c: sorted(set(map(str, v)))[:MAX_GROUPS_SHOWN] for c, v in data.sensitive.items()}
+    return {"dataset_schema": schema.to_dict(), "columns": columns, "n_rows": data.n,
+            "feature_names": list(data.feature_names), "groups": groups}
+
+
+async def create_dataset(records: Records, tenant: str, request: UploadRequest, limit: int) -> ArtifactRecord:
+    """Receive, validate and store a dataset.
+
+    Raises:
+        ApiError: 413, 415, 422 (nothing is kept).
+    """
+    with records.store.stage(limit) as staged:
+        upload = await _receive(request, staged, limit)
+        fmt = _dataset_format(upload.head)
+        schema_raw = _json_field(upload, "schema", '{"label": "y", "sensitive": ["sex"]}')
+        path = staged.path
+        found = await anyio.to_thread.run_sync(_inspect_dataset, path, schema_raw)
+        record = ArtifactRecord(
+            id=new_id(), tenant=tenant, kind="datasets", data_name=f"data.{fmt}", format=fmt,
+            sha256=staged.sha256, size_bytes=staged.size, filename=upload.filename, created_at=utcnow(),
+            **found,
+        )
+        staged.commit(object_key(tenant, "datasets", record.id, record.data_name))
+    records.put_artifact(record)
+    return record

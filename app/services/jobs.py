@@ -1,0 +1,224 @@
+"""Correction jobs: submission checks, idempotency, status, cancellation, outputs.
+
+Everything that can be checked without the engine's numerics is checked here, so a wrong job is
+a 422 naming the field at submission, not a failure discovered later by a worker.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from redis import Redis
+from redis.exceptions import RedisError
+
+from app.errors import ApiError
+from app.schemas import SPEC_PARTS, JobCreate, JobErrorPublic, JobList, JobPublic
+from models_store import ArtifactRecord, JobRecord, Records
+from models_store.keys import new_id
+from models_store.records import IdempotencyEntry, request_digest, utcnow
+from workers.engine.config import CorrectionSpec, spec_from_dict
+from workers.engine.data import parse_schema, resolve_features
+from workers.engine.errors import InputError
+from workers.queue import cancel_rq_job, enqueue_correction
+from workers.reconcile import reconcile_job
+from workers.settings import ServiceSettings
+
+__all__ = ["cancel_job", "get_job", "job_public", "list_jobs", "output_key", "submit_job"]
+
+log = logging.getLogger(__name__)
+DATASET_FIELDS = ("train_dataset_id", "audit_dataset_id", "eval_dataset_id")
+MAX_IDEMPOTENCY_KEY = 255
+OUTPUTS = {"model": "model.safetensors", "report": "report.json", "report_html": "report.html"}
+
+
+def _invalid(field: str, message: str) -> ApiError:
+    errors = [{"field": field, "message": message}]
+    return ApiError(422, "validation_error", f"{field}: {message}", errors=errors)
+
+
+def _artifact(records: Records, tenant: str, field: str, kind: str, artifact_id: str) -> ArtifactRecord:
+    found = records.get_artifact(tenant, kind, artifact_id)  # type: ignore[arg-type]
+    if found is not None:
+        return found
+    other = "datasets" if kind == "models" else "models"
+    if records.get_artifact(tenant, other, artifact_id) is not None:  # type: ignore[arg-type]
+        raise _invalid(field, f"{artifact_id} is a {other[:-1]}, not a {kind[:-1]}")
+    raise _invalid(field, f"no {kind[:-1]} with id {artifact_id}; upload it first")
+
+
+def _spec(body: JobCreate) -> CorrectionSpec:
+    raw = body.model_dump(mode="json", include=set(SPEC_PARTS), exclude_none=True)
+    try:
+        return spec_from_dict(raw)
+    except ValueError as exc:
+        message = str(exc).removeprefix("spec.")
+        raise _invalid(message.split(" ")[0].rstrip(":"), message) from exc
+
+
+def _check_dataset(field: str, dataset: ArtifactRecord, spec: CorrectionSpec, in_features: int) -> None:
+    schema = parse_schema(dataset.dataset_schema)
+    column = spec.objective.sensitive_attribute
+    if column is not None and column not in schema.sensitive:
+        raise _invalid("objective.sensitive_attribute", f"{column!r} is not a sensitive column of "
+                       f"{field} {dataset.id} (its schema lists {list(schema.sensitive)})")
+    try:
+        features = resolve_features(dataset.columns or [], schema)
+    except InputError as exc:
+        raise _invalid(field, str(exc)) from exc
+    widths = {len(features), len(features) + len(schema.sensitive) if schema.features is None else -1}
+    if in_features not in widths:
+        raise _invalid(field, f"the model takes {in_features} input features but dataset {dataset.id} "
+                       f"has {len(features)} feature columns; upload it with schema.features naming them")
+
+
+def _validate(records: Records, tenant: str, body: JobCreate) -> CorrectionSpec:
+    spec = _spec(body)
+    model = _artifact(records, tenant, "model_id", "models", body.model_id)
+    in_features = int((model.architecture or {}).get("in_features", 0))
+    datasets: dict[str, ArtifactRecord] = {}
+    for field in DATASET_FIELDS:
+        artifact_id = getattr(body, field)
+        if artifact_id is not None:
+            datasets[field] = _artifact(records, tenant, field, "datasets", artifact_id)
+            _check_dataset(field, datasets[field], spec, in_features)
+    reference = datasets["train_dataset_id"].feature_names
+    for field, dataset in datasets.items():
+        if dataset.feature_names != reference:
+            raise _invalid(field, "its feature columns differ from the train dataset's (names and order)")
+    return spec
+
+
+def job_public(record: JobRecord) -> JobPublic:
+    """The API view of a manifest."""
+    base = f"/v1/jobs/{record.id}"
+    links = {"self": base, "cancel": f"{base}/cancel"}
+    if record.status == "succeeded":
+        links |= {"report": f"{base}/report", "report_html": f"{base}/report.html", "model": f"{base}/model"}
+    request = record.request
+    return JobPublic(
+        id=record.id, status=record.status, stage=record.stage, progress=record.progress,
+        error=JobErrorPublic(**record.error.model_dump()) if record.error else None,
+        cancel_requested=record.cancel_requested, attempts=record.attempts, queue=record.queue,
+        device=record.device, model_id=request["model_id"], train_dataset_id=request["train_dataset_id"],
+        audit_dataset_id=request["audit_dataset_id"], eval_dataset_id=request.get("eval_dataset_id"),
+        spec=record.spec, created_at=record.created_at, updated_at=record.updated_at,
+        started_at=record.started_at, finished_at=record.finished_at, links=links,
+    )
+
+
+def _new_record(tenant: str, job_id: str, body: JobCreate, spec: CorrectionSpec, digest: str,
+                settings: ServiceSettings) -> JobRecord:
+    now = utcnow()
+    return JobRecord(
+        id=job_id, tenant=tenant, request=body.model_dump(mode="json", exclude_none=True),
+        spec=spec.to_dict(), queue=body.queue or settings.default_queue, created_at=now, updated_at=now,
+        request_hash=digest, enqueued_at=now,
+    )
+
+
+def _claim_key(records: Records, tenant: str, key: str, job_id: str, digest: str) -> str:
+    if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY or not key.isprintable():
+        raise _invalid("Idempotency-Key", f"must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters")
+    entry = IdempotencyEntry(job_id=job_id, request_hash=digest, created_at=utcnow())
+    bound = records.claim_idempotency_key(tenant, key, entry)
+    if bound.request_hash != digest:
+        raise ApiError(409, "idempotency_key_reused", "this Idempotency-Key was used for a different "
+                       "request body; use a new key for a new job")
+    return bound.job_id
+
+
+def submit_job(records: Records, redis: Redis, settings: ServiceSettings, tenant: str, body: JobCreate,
+               idempotency_key: str | None) -> tuple[JobRecord, bool]:
+    """Validate and enqueue a job; returns the manifest and whether it was created now.
+
+    Raises:
+        ApiError: 422 invalid spec or ids, 409 reused idempotency key, 503 queue unavailable.
+    """
+    spec = _validate(records, tenant, body)
+    digest = request_digest(body.model_dump(mode="json", exclude_unset=True))
+    job_id = new_id()
+    if idempotency_key is not None:
+        job_id = _claim_key(records, tenant, idempotency_key, job_id, digest)
+        existing = records.get_job(tenant, job_id)
+        if existing is not None:
+            return existing, False
+    record = _new_record(tenant, job_id, body, spec, digest, settings)
+    records.create_job(record)
+    try:
+        enqueue_correction(redis, settings, tenant, job_id, record.queue)
+    except RedisError as exc:
+        log.warning("enqueue of job %s failed: %s", job_id, exc)
+        records.store.delete_prefix(records.job_key(tenant, job_id).rsplit("/", 1)[0])
+        if idempotency_key is not None:
+            records.release_idempotency_key(tenant, idempotency_key)
+        raise ApiError(503, "queue_unavailable", "the job queue is unavailable; nothing was submitted, "
+                       "retry later", headers={"Retry-After": "5"}) from exc
+    return record, True
+
+
+def get_job(records: Records, redis: Redis, settings: ServiceSettings, tenant: str, job_id: str) -> JobRecord:
+    """The manifest of a job of ``tenant``, reconciled with RQ when it is not terminal.
+
+    Raises:
+        ApiError: 404 unknown id or another tenant's.
+    """
+    record = records.get_job(tenant, job_id)
+    if record is None:
+        raise ApiError(404, "not_found", f"no job {job_id[:40]}")
+    if not record.terminal:
+        try:
+            record = reconcile_job(records, redis, settings, record)
+        except RedisError as exc:
+            log.warning("could not reconcile job %s: %s", job_id, exc)
+    return record
+
+
+def list_jobs(records: Records, tenant: str, limit: int, offset: int, status: str | None) -> JobList:
+    """One page of the tenant's jobs, newest first."""
+    jobs = [j for j in records.list_jobs(tenant) if status is None or j.status == status]
+    page = jobs[offset: offset + limit]
+    next_offset = offset + limit if offset + limit < len(jobs) else None
+    return JobList(items=[job_public(j) for j in page], total=len(jobs), limit=limit, offset=offset,
+                   next_offset=next_offset)
+
+
+def cancel_job(
+    records: Records, redis: Redis, settings: ServiceSettings, tenant: str, job_id: str
+) -> JobRecord:
+    """Cancel a queued job now, or ask a running one to stop (its work horse is stopped).
+
+    Raises:
+        ApiError: 404 unknown id, 409 the job already finished.
+    """
+    record = get_job(records, redis, settings, tenant, job_id)
+    if record.terminal:
+        raise ApiError(409, "job_finished", f"the job already ended with status {record.status}")
+
+    def change(current: JobRecord) -> JobRecord | None:
+        if current.terminal:
+            return None
+        current.cancel_requested = True
+        if current.status == "queued":
+            current.status, current.finished_at = "canceled", utcnow()
+        return current
+
+    record = records.update_job(tenant, job_id, change)
+    try:
+        cancel_rq_job(redis, job_id)
+    except RedisError as exc:
+        log.warning("could not reach RQ to cancel job %s: %s", job_id, exc)
+    return record
+
+
+def output_key(records: Records, redis: Redis, settings: ServiceSettings, tenant: str, job_id: str,
+               output: str) -> str:
+    """Key of one published output of a succeeded job.
+
+    Raises:
+        ApiError: 404 unknown id, 409 the job has not succeeded.
+    """
+    record = get_job(records, redis, settings, tenant, job_id)
+    if record.status != "succeeded":
+        raise ApiError(409, "job_not_succeeded", f"the job is {record.status}; outputs exist only once "
+                       "it has succeeded", extra={"job_status": record.status})
+    return records.output_key(tenant, job_id, OUTPUTS[output])

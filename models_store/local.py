@@ -1,0 +1,279 @@
+"""The local-filesystem store: every write is tmp file + fsync + ``os.replace``.
+
+Layout under ``root``: objects at ``root/<key>``; staging files in ``root/.tmp`` (same
+filesystem, so the final rename is atomic); lock files in ``root/.locks``. A crash leaves at most
+stale staging files, never a partial object at a final key; :meth:`LocalStore.collect_garbage`
+removes stale staging files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from models_store.errors import InvalidKey, NotFound, TooLarge
+from models_store.keys import KEY_PATTERN
+
+__all__ = ["LocalStagedObject", "LocalStore"]
+
+STAGING_MAX_AGE_S = 24 * 3600
+"""Staging files older than this are removed by :meth:`LocalStore.collect_garbage`."""
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalStagedObject:
+    """A streamed write into ``root/.tmp`` with a byte cap and a running SHA-256."""
+
+    def __init__(self, store: LocalStore, max_bytes: int | None) -> None:
+        self._store = store
+        self._max = max_bytes
+        self._path = store.tmp_dir / f"stage-{uuid.uuid4().hex}"
+        self._handle: BinaryIO = open(self._path, "xb")  # noqa: SIM115 (closed by commit/discard)
+        self._hash = hashlib.sha256()
+        self._size = 0
+        self.committed = False
+
+    @property
+    def size(self) -> int:
+        """Bytes written so far."""
+        return self._size
+
+    @property
+    def sha256(self) -> str:
+        """Hex SHA-256 of the bytes written so far."""
+        return self._hash.hexdigest()
+
+    @property
+    def path(self) -> Path:
+        """The staging file (flushed on every access)."""
+        self._handle.flush()
+        return self._path
+
+    def write(self, data: bytes) -> None:
+        """Append ``data``.
+
+        Raises:
+            TooLarge: the cap would be exceeded; the staged bytes are discarded.
+        """
+        if self._max is not None and self._size + len(data) > self._max:
+            self.discard()
+            raise TooLarge(self._max)
+        self._handle.write(data)
+        self._hash.update(data)
+        self._size += len(data)
+
+    def sync(self) -> None:
+        """Flush and fsync the staged bytes."""
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def commit(self, key: str) -> None:
+        """Fsync and rename the staged file to ``key``."""
+        self.sync()
+        self._handle.close()
+        target = self._store.path_of(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self._path, target)
+        _fsync_dir(target.parent)
+        self.committed = True
+
+    def discard(self) -> None:
+        """Close and delete the staging file (idempotent)."""
+        if not self._handle.closed:
+            self._handle.close()
+        self._path.unlink(missing_ok=True)
+
+
+class LocalStore:
+    """Artifacts on a local filesystem under ``root``."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.tmp_dir = self.root / ".tmp"
+        self.lock_dir = self.root / ".locks"
+        for directory in (self.root, self.tmp_dir, self.lock_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+
+    def path_of(self, key: str) -> Path:
+        """The file of ``key``.
+
+        Raises:
+            InvalidKey: the key is not in the key grammar or escapes the root.
+        """
+        if not KEY_PATTERN.match(key) or len(key) > 512:
+            raise InvalidKey(f"invalid key {key[:80]!r}")
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root) or path == self.root:
+            raise InvalidKey(f"key {key[:80]!r} escapes the store")
+        return path
+
+    @contextlib.contextmanager
+    def stage(self, max_bytes: int | None = None) -> Iterator[LocalStagedObject]:
+        """Start a streamed write; discarded on exit unless committed."""
+        staged = LocalStagedObject(self, max_bytes)
+        try:
+            yield staged
+        finally:
+            if not staged.committed:
+                staged.discard()
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        """Write ``data`` at ``key`` atomically."""
+        with self.stage() as staged:
+            staged.write(data)
+            staged.commit(key)
+
+    def get_bytes(self, key: str) -> bytes:
+        """Read the object at ``key``."""
+        try:
+            return self.path_of(key).read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+            raise NotFound(key) from exc
+
+    def exists(self, key: str) -> bool:
+        """Whether a file is stored at ``key``."""
+        return self.path_of(key).is_file()
+
+    def size(self, key: str) -> int:
+        """Size of the object at ``key``."""
+        path = self.path_of(key)
+        if not path.is_file():
+            raise NotFound(key)
+        return path.stat().st_size
+
+    def open_chunks(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """Stream the object at ``key`` (opened eagerly, so NotFound is raised here)."""
+        path = self.path_of(key)
+        if not path.is_file():
+            raise NotFound(key)
+        handle = open(path, "rb")  # noqa: SIM115 (closed by the generator)
+
+        def chunks() -> Iterator[bytes]:
+            with handle:
+                while block := handle.read(chunk_size):
+                    yield block
+
+        return chunks()
+
+    @contextlib.contextmanager
+    def local_path(self, key: str) -> Iterator[Path]:
+        """The object's own file (read-only by convention)."""
+        path = self.path_of(key)
+        if not path.is_file():
+            raise NotFound(key)
+        yield path
+
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        """Write ``data`` at ``key`` unless something is there (atomic via ``os.link``)."""
+        target = self.path_of(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with self.stage() as staged:
+            staged.write(data)
+            staged.sync()
+            try:
+                os.link(staged.path, target)
+            except FileExistsError:
+                return False
+        return True
+
+    @contextlib.contextmanager
+    def _locked(self, key: str) -> Iterator[None]:
+        name = hashlib.sha256(key.encode()).hexdigest()
+        with open(self.lock_dir / name, "a+b") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    def update(self, key: str, mutate: Callable[[bytes | None], bytes]) -> bytes:
+        """Read-modify-write ``key`` under an exclusive ``flock`` (across processes)."""
+        with self._locked(key):
+            try:
+                current: bytes | None = self.get_bytes(key)
+            except NotFound:
+                current = None
+            new = mutate(current)
+            if new != current:
+                self.put_bytes(key, new)
+            return new
+
+    def publish_dir(self, prefix: str, source: Path) -> None:
+        """Copy ``source``'s files to staging, then rename the directory into place.
+
+        A previous publication at ``prefix`` (an earlier attempt of the same job) is replaced.
+        """
+        target = self.path_of(prefix)
+        staging = self.tmp_dir / f"dir-{uuid.uuid4().hex}"
+        staging.mkdir()
+        try:
+            for item in sorted(source.iterdir()):
+                if item.is_file() and KEY_PATTERN.match(item.name):
+                    shutil.copyfile(item, staging / item.name)
+                    with open(staging / item.name, "rb") as handle:
+                        os.fsync(handle.fileno())
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with self._locked(prefix):
+                if target.exists():
+                    old = self.tmp_dir / f"old-{uuid.uuid4().hex}"
+                    os.rename(target, old)
+                    shutil.rmtree(old, ignore_errors=True)
+                os.rename(staging, target)
+                _fsync_dir(target.parent)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Remove the file or directory at ``prefix``."""
+        path = self.path_of(prefix)
+        if path.is_dir():
+            old = self.tmp_dir / f"old-{uuid.uuid4().hex}"
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(path, old)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+    def list_children(self, prefix: str) -> list[str]:
+        """Entry names directly under ``prefix``."""
+        path = self.path_of(prefix)
+        if not path.is_dir():
+            return []
+        return sorted(p.name for p in path.iterdir() if not p.name.startswith("."))
+
+    def check_writable(self) -> None:
+        """Write, read back and delete a probe object."""
+        probe = f"health/{uuid.uuid4().hex}"
+        self.put_bytes(probe, b"ok")
+        if self.get_bytes(probe) != b"ok":
+            raise OSError("store probe read back different bytes")
+        self.delete_prefix(probe)
+
+    def collect_garbage(self, max_age_s: float = STAGING_MAX_AGE_S) -> int:
+        """Remove staging entries older than ``max_age_s``; returns how many."""
+        cutoff = time.time() - max_age_s
+        removed = 0
+        for entry in self.tmp_dir.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                if entry.stat().st_mtime < cutoff:
+                    if entry.is_dir():
+                        shutil.rmtree(entry, ignore_errors=True)
+                    else:
+                        entry.unlink()
+                    removed += 1
+        return removed

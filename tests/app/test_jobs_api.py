@@ -1,0 +1,64 @@
+"""Job submission: 422 naming the field, idempotency, listing, cancel of a queued job, 409s."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.app.support import TestClient, auth, job_body, upload_example
+from workers.engine.examples import ExampleInfo
+
+
+@pytest.fixture
+def ids(client: TestClient, adult_example: ExampleInfo) -> dict[str, str]:
+    return upload_example(client, adult_example)
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"objective": {"metric": "fairness", "sensitive_attribute": "sex"}}, "objective.metric"),
+    ({"objective": {"metric": "demographic_parity", "sensitive_attribute": "race"}},
+     "objective.sensitive_attribute"),
+    ({"objective": {"metric": "demographic_parity", "sensitive_attribute": "sex", "reduction": 1.5}},
+     "objective.reduction"),
+    ({"objective": {"metric": "demographic_parity", "sensitive_attribute": "sex", "reduction": 0}},
+     "objective.reduction"),
+    ({"objective": {"metric": "demographic_parity", "sensitive_attribute": "sex", "colour": 1}}, "objective"),
+    ({"method": {"name": "magic"}}, "method.name"),
+    ({"model_id": "not-an-id"}, "model_id"),
+])
+def test_bad_spec_is_422_naming_the_field(client: TestClient, ids: dict[str, str],
+                                          change: dict[str, object], field: str) -> None:
+    response = client.post("/v1/jobs", headers=auth(), json=job_body(ids, **change))
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert field in [e["field"] for e in body["errors"]], body
+
+
+def test_ids_of_another_kind_or_unknown_are_422(client: TestClient, ids: dict[str, str]) -> None:
+    swapped = job_body(ids, train_dataset_id=ids["model_id"])
+    body = client.post("/v1/jobs", headers=auth(), json=swapped).json()
+    assert body["status"] == 422 and body["errors"][0]["field"] == "train_dataset_id"
+    assert "is a model" in body["detail"]
+    unknown = job_body(ids, model_id="3f1c2a9e-8b7d-4c6e-9f10-2a3b4c5d6e7f")
+    body = client.post("/v1/jobs", headers=auth(), json=unknown).json()
+    assert body["status"] == 422 and body["errors"][0]["field"] == "model_id"
+
+
+def test_submit_get_list_cancel_and_idempotency(client: TestClient, ids: dict[str, str]) -> None:
+    first = client.post("/v1/jobs", headers={**auth(), "Idempotency-Key": "k-1"}, json=job_body(ids))
+    assert first.status_code == 202, first.text
+    job = first.json()
+    assert first.headers["location"] == f"/v1/jobs/{job['id']}"
+    assert job["status"] == "queued" and job["spec"]["weighting"]["scheme"] == "soft-2.3"
+    again = client.post("/v1/jobs", headers={**auth(), "Idempotency-Key": "k-1"}, json=job_body(ids))
+    assert again.status_code == 202 and again.json()["id"] == job["id"]
+    other = client.post("/v1/jobs", headers={**auth(), "Idempotency-Key": "k-1"}, json=job_body(ids, seed=3))
+    assert (other.status_code, other.json()["code"]) == (409, "idempotency_key_reused")
+    second = client.post("/v1/jobs", headers=auth(), json=job_body(ids)).json()
+    page = client.get("/v1/jobs", headers=auth(), params={"limit": 1}).json()
+    assert page["total"] == 2 and page["next_offset"] == 1 and page["items"][0]["id"] == second["id"]
+    assert client.get(f"/v1/jobs/{job['id']}/report", headers=auth()).json()["code"] == "job_not_succeeded"
+    canceled = client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth())
+    assert canceled.status_code == 202 and canceled.json()["status"] == "canceled"
+    assert client.get(f"/v1/jobs/{job['id']}", headers=auth()).json()["status"] == "canceled"
+    assert client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth()).status_code == 409

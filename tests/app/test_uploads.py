@@ -1,0 +1,147 @@
+"""Uploads: pickle refused unread, malformed safetensors and mismatches refused, size caps, no leftovers."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import struct
+from pathlib import Path
+
+import pytest
+
+from app.main import create_app
+from tests.app.support import TestClient, auth, make_settings, store_files
+from workers.settings import ServiceSettings
+
+ARCH = {"type": "mlp", "in_features": 3, "hidden": [2], "activation": "relu"}
+
+
+def safetensors_bytes(shapes: dict[str, list[int]], header_extra: int = 0) -> bytes:
+    """A float32 safetensors file with zero-filled tensors of ``shapes``."""
+    header, offset = {}, 0
+    for name, shape in shapes.items():
+        size = 4
+        for dim in shape:
+            size *= dim
+        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header).encode()
+    return struct.pack("<Q", len(raw) + header_extra) + raw + b"\x00" * offset
+
+
+GOOD = {"0.weight": [2, 3], "0.bias": [2], "2.weight": [1, 2], "2.bias": [1]}
+
+
+def post_model(client: TestClient, content: bytes, name: str = "model.safetensors",
+               arch: object = ARCH) -> tuple[int, dict[str, object]]:
+    response = client.post("/v1/models", headers=auth(), data={"architecture": json.dumps(arch)},
+                           files={"file": (name, content)})
+    return response.status_code, response.json()
+
+
+class Payload:
+    """Unpickling this touches a sentinel file (it must never happen)."""
+
+    def __init__(self, sentinel: Path) -> None:
+        self.sentinel = sentinel
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (open, (f"{self.sentinel}", "w"))
+
+
+def test_valid_checkpoint_is_stored_with_its_hash(client: TestClient, settings: ServiceSettings) -> None:
+    import hashlib
+
+    content = safetensors_bytes(GOOD)
+    status, body = post_model(client, content, name="../../etc/passwd")
+    assert status == 201, body
+    assert body["sha256"] == hashlib.sha256(content).hexdigest()
+    assert body["architecture"] == ARCH
+    files = store_files(settings.store)
+    assert f"t/acme/models/{body['id']}/model.safetensors" in files
+    assert all(f.startswith("t/acme/models/") for f in files), files
+    assert client.get(f"/v1/models/{body['id']}", headers=auth()).json()["sha256"] == body["sha256"]
+
+
+@pytest.mark.parametrize("name", ["model.pt", "model.safetensors"])
+def test_pickle_checkpoint_is_refused_unread(client: TestClient, settings: ServiceSettings,
+                                             tmp_path: Path, name: str) -> None:
+    sentinel = tmp_path / "pwned"
+    for protocol in (2, 4):
+        status, body = post_model(client, pickle.dumps({"w": Payload(sentinel)}, protocol=protocol), name)
+        assert status == 415, body
+        assert body["code"] == "pickle_refused"
+    zipped = b"PK\x03\x04" + b"\x00" * 100
+    status, body = post_model(client, zipped, name)
+    assert (status, body["code"]) == (415, "pickle_refused")
+    assert not sentinel.exists()
+    assert store_files(settings.store) == []
+
+
+def test_unknown_format_is_415(client: TestClient, settings: ServiceSettings) -> None:
+    status, body = post_model(client, b"ONNX" + b"\x01" * 50, "model.onnx")
+    assert (status, body["code"]) == (415, "unsupported_format")
+    assert store_files(settings.store) == []
+
+
+def test_truncated_and_lying_headers_are_422(client: TestClient, settings: ServiceSettings) -> None:
+    good = safetensors_bytes(GOOD)
+    truncated = good[:-5]
+    lying = safetensors_bytes(GOOD, header_extra=10_000)
+    for content in (truncated, lying):
+        status, body = post_model(client, content)
+        assert status == 422, body
+        assert body["code"] == "invalid_safetensors"
+        assert body["type"] == "urn:softunlearn:problem:invalid_safetensors"
+    assert store_files(settings.store) == []
+
+
+def test_shape_mismatch_with_architecture_is_422(client: TestClient, settings: ServiceSettings) -> None:
+    status, body = post_model(client, safetensors_bytes({**GOOD, "0.weight": [2, 4]}))
+    assert (status, body["code"]) == (422, "architecture_mismatch")
+    assert "0.weight" in str(body["detail"])
+    status, body = post_model(client, safetensors_bytes(GOOD), arch={"type": "cnn"})
+    assert status == 422 and body["errors"][0]["field"] == "architecture"  # type: ignore[index]
+    assert store_files(settings.store) == []
+
+
+def test_over_the_size_cap_is_413(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "store", "capped", max_model_bytes=1000, max_dataset_bytes=1000)
+    with TestClient(create_app(settings, reconcile=False)) as client:
+        big = safetensors_bytes({"0.weight": [20, 30]})
+        status, body = post_model(client, big)
+        assert (status, body["code"]) == (413, "upload_too_large")
+
+        def chunks() -> object:  # no Content-Length: the streaming cap must catch it
+            boundary = b"xyzzy"
+            yield b"--" + boundary + b'\r\nContent-Disposition: form-data; name="file"; filename="m"\r\n\r\n'
+            for _ in range(100):
+                yield b"\x00" * 100
+            yield b"\r\n--" + boundary + b"--\r\n"
+
+        response = client.post("/v1/models", headers={**auth(), "Content-Type":
+                               "multipart/form-data; boundary=xyzzy"}, content=chunks())  # type: ignore[arg-type]
+        assert response.status_code == 413
+    assert store_files(settings.store) == []
+
+
+def test_dataset_upload_csv_and_refusals(client: TestClient, settings: ServiceSettings) -> None:
+    csv = b"x1,x2,sex,y\n0.1,1.0,F,0\n0.3,0.5,M,1\n0.2,0.1,F,1\n"
+    ok = client.post("/v1/datasets", headers=auth(), data={"schema": '{"label": "y", "sensitive": ["sex"]}'},
+                     files={"file": ("d.csv", csv)})
+    assert ok.status_code == 201, ok.text
+    body = ok.json()
+    assert (body["format"], body["n_rows"], body["feature_names"]) == ("csv", 3, ["x1", "x2"])
+    assert body["groups"] == {"sex": ["F", "M"]} and body["schema"]["label"] == "y"
+    before = store_files(settings.store)
+    missing = client.post("/v1/datasets", headers=auth(), files={"file": ("d.csv", csv)},
+                          data={"schema": '{"label": "z", "sensitive": ["sex"]}'})
+    assert (missing.status_code, missing.json()["code"]) == (422, "invalid_dataset")
+    binary = client.post("/v1/datasets", headers=auth(), files={"file": ("d.pkl", pickle.dumps([1, 2]))},
+                         data={"schema": '{"label": "y", "sensitive": ["sex"]}'})
+    assert binary.status_code == 415
+    no_schema = client.post("/v1/datasets", headers=auth(), files={"file": ("d.csv", csv)})
+    assert no_schema.status_code == 422 and no_schema.json()["errors"][0]["field"] == "schema"
+    not_multipart = client.post("/v1/datasets", headers=auth(), content=csv)
+    assert not_multipart.status_code == 415
+    assert store_files(settings.store) == before

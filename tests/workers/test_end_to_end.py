@@ -1,0 +1,74 @@
+"""End to end with a real forked RQ worker: upload → submit → succeeded → download; same as the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from tests.app.support import ROOT, TestClient, auth, job_body, upload_example, worker_process
+from workers.engine.examples import ExampleInfo
+from workers.settings import ServiceSettings
+
+COMPARED = ("before", "after", "predicted", "weights", "target", "spec")
+
+
+def cli_report(example: ExampleInfo, spec: dict[str, object], out: Path) -> dict[str, object]:
+    """What ``softunlearn correct --spec`` writes for the same spec and seed."""
+    spec_file = out.parent / "spec.json"
+    spec_file.write_text(json.dumps(spec))
+    d = example.out_dir
+    args = ["correct", "--objective", "demographic_parity", "--model", str(d / "model.safetensors"),
+            "--arch", str(d / "arch.json"), "--train", str(d / "train.parquet"),
+            "--audit", str(d / "audit.parquet"), "--eval", str(d / "eval.parquet"),
+            "--schema", str(d / "schema.json"), "--spec", str(spec_file), "--device", "cpu",
+            "--out", str(out), "--quiet"]
+    command = [sys.executable, "-m", "workers.cli.main", *args]
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
+    report: dict[str, object] = json.loads((out / "report.json").read_text())
+    return report
+
+
+def test_correction_over_http_matches_the_cli(client: TestClient, settings: ServiceSettings,
+                                              adult_example: ExampleInfo, tmp_path: Path) -> None:
+    ids = upload_example(client, adult_example)
+    body = job_body(ids)
+    with worker_process(settings, tmp_path / "worker.log"):
+        started = time.monotonic()
+        job = client.post("/v1/jobs", headers=auth(), json=body).json()
+        seen = set()
+        while job["status"] not in ("succeeded", "failed", "canceled"):
+            seen.add(job["stage"])
+            time.sleep(0.1)
+            job = client.get(f"/v1/jobs/{job['id']}", headers=auth()).json()
+        elapsed = time.monotonic() - started
+    assert job["status"] == "succeeded", (job, (tmp_path / "worker.log").read_text()[-3000:])
+    print(f"end-to-end job time {elapsed:.1f} s; stages seen {sorted(map(str, seen))}")
+    assert job["progress"] == 1.0 and job["attempts"] == 1 and job["device"] == "cpu"
+
+    model = client.get(f"/v1/jobs/{job['id']}/model", headers=auth())
+    assert model.status_code == 200 and model.headers["content-type"] == "application/octet-stream"
+    (tmp_path / "corrected.safetensors").write_bytes(model.content)
+    corrected = load_file(tmp_path / "corrected.safetensors")
+    original = load_file(adult_example.out_dir / "model.safetensors")
+    assert {k: (v.shape, v.dtype) for k, v in corrected.items()} == \
+        {k: (v.shape, v.dtype) for k, v in original.items()}
+    arch = json.loads((adult_example.out_dir / "arch.json").read_text())
+    widths = [arch["in_features"], *arch["hidden"], 1]
+    layers: list[torch.nn.Module] = []
+    for i in range(len(widths) - 1):
+        layers += [torch.nn.Linear(widths[i], widths[i + 1]), torch.nn.ReLU()]
+    torch.nn.Sequential(*layers[:-1]).load_state_dict(corrected)
+
+    report = client.get(f"/v1/jobs/{job['id']}/report", headers=auth()).json()
+    html = client.get(f"/v1/jobs/{job['id']}/report.html", headers=auth())
+    assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")
+    spec = {k: body[k] for k in ("objective", "weighting", "method", "evaluation")}
+    reference = cli_report(adult_example, spec, tmp_path / "cli")
+    for key in COMPARED:
+        assert report[key] == reference[key], key
