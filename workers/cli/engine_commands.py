@@ -7,13 +7,11 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
-from workers.engine.config import CorrectionSpec, spec_from_dict
+from workers.engine.config import CorrectionSpec, MethodName, Metric, Scheme, Solver, spec_from_dict
 
 __all__ = ["register", "spec_from_args"]
-
-METRICS = ("demographic_parity", "equal_opportunity", "equalized_odds", "robustness")
 
 
 def _add_example(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -41,7 +39,7 @@ def _add_correct(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     io.add_argument("--features", help="comma-separated feature columns (default: all others)")
     io.add_argument("--out", required=True, type=Path, help="output directory")
     target = parser.add_argument_group("target")
-    target.add_argument("--objective", required=True, choices=METRICS)
+    target.add_argument("--objective", required=True, choices=get_args(Metric))
     target.add_argument("--reduction", type=float, help="fraction ρ of the audit target to remove")
     target.add_argument("--utility-tolerance", type=float, help="allowed predicted log-loss increase τ")
     target.add_argument("--privileged-group", help="orient the gap as this group minus the rest")
@@ -51,15 +49,25 @@ def _add_correct(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     target.add_argument("--attack-epsilon", type=float)
     target.add_argument("--attack-steps", type=int)
     how = parser.add_argument_group("weights and method")
-    how.add_argument("--scheme", choices=("hard", "soft-2.1", "soft-2.3", "qp"))
+    how.add_argument("--scheme", choices=get_args(Scheme))
     how.add_argument("--k-fraction", type=float, help="hard scheme: fraction of samples removed")
     how.add_argument("--lower", type=float, help="qp: lower bound of ε (>= -1)")
     how.add_argument("--upper", type=float, help="qp: upper bound of ε")
-    how.add_argument("--method", choices=("newton", "refit"))
+    how.add_argument("--method", choices=get_args(MethodName))
     how.add_argument("--hessian", choices=("original", "reweighted"))
     how.add_argument("--max-iterations", type=int, help="target-tracking iterations (1 = one shot)")
     how.add_argument("--l2-reg", type=float, help="λ of the head objective")
     how.add_argument("--damping", type=float, help="extra damping on the Hessian")
+    how.add_argument("--scope", choices=("last_layer", "full"), help="parameters the influence covers")
+    how.add_argument("--solver", choices=get_args(Solver), help="full scope: inverse-HVP solver")
+    net = parser.add_argument_group("network methods")
+    net.add_argument("--layers", type=int, help="last k Linear layers to retrain/fine-tune (0 = all)")
+    net.add_argument("--epochs", type=int)
+    net.add_argument("--learning-rate", type=float)
+    net.add_argument("--batch-size", type=int)
+    net.add_argument("--weight-decay", type=float)
+    net.add_argument("--alpha", type=float, help="weight of the retained task loss (NegGrad+, bad teacher)")
+    net.add_argument("--temperature", type=float, help="distillation temperature (scrub, bad teacher)")
     parser.add_argument("--spec", type=Path, help="JSON job spec; flags override its fields")
     parser.add_argument("--no-robust-eval", action="store_true", help="skip robust accuracy")
     parser.add_argument("--seed", type=int)
@@ -92,6 +100,9 @@ FLAG_FIELDS = {
     "k_fraction": "weighting.k_fraction", "lower": "weighting.lower", "upper": "weighting.upper",
     "method": "method.name", "hessian": "method.hessian", "max_iterations": "method.max_iterations",
     "l2_reg": "influence.l2_reg", "damping": "influence.damping", "seed": "seed",
+    "scope": "influence.scope", "solver": "influence.solver", "layers": "method.layers",
+    "epochs": "method.epochs", "learning_rate": "method.learning_rate", "batch_size": "method.batch_size",
+    "weight_decay": "method.weight_decay", "alpha": "method.alpha", "temperature": "method.temperature",
 }
 
 

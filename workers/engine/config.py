@@ -183,7 +183,7 @@ class MethodConfig:
     learning_rate: float = 1e-3
     batch_size: int = 512
     weight_decay: float = 0.0
-    alpha: float = 1.0
+    alpha: float = 4.0
     max_epochs: int = 2
     temperature: float = 2.0
     fisher_alpha: float = 1e-7
