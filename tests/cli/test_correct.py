@@ -127,3 +127,27 @@ def test_scheme_and_method_variants_reduce_eval_dp(adult_example: ExampleInfo, t
     report = json.loads((tmp_path / "report.json").read_text())
     assert (report["after"]["eval"]["demographic_parity_difference"]
             < 0.7 * report["before"]["eval"]["demographic_parity_difference"])
+
+
+@pytest.mark.parametrize("method", ["retrain_last_k", "finetune", "gradient_ascent", "scrub", "fisher",
+                                    "bad_teacher"])
+def test_network_methods_through_the_cli(adult_example: ExampleInfo, tmp_path: Path, method: str) -> None:
+    assert main(example_args(adult_example, tmp_path, "--objective", "demographic_parity",
+                             "--method", method, "--no-robust-eval")) == 0
+    before = _independent_metrics(adult_example.out_dir / "model.safetensors", adult_example)
+    after = _independent_metrics(tmp_path / "model.safetensors", adult_example)
+    assert after["dp"] < 0.9 * before["dp"], (method, before, after)
+    assert after["accuracy"] >= before["accuracy"] - 0.03, (method, before, after)
+
+
+def test_full_scope_influence_corrects_the_whole_network(adult_example: ExampleInfo, tmp_path: Path) -> None:
+    assert main(example_args(adult_example, tmp_path, "--objective", "demographic_parity",
+                             "--scope", "full", "--no-robust-eval")) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["predicted"]["iterations"][0]["solver"]["solver"] == "cg"
+    original = load_file(str(adult_example.out_dir / "model.safetensors"))
+    corrected = load_file(str(tmp_path / "model.safetensors"))
+    assert not torch.equal(original["0.weight"], corrected["0.weight"])
+    before = _independent_metrics(adult_example.out_dir / "model.safetensors", adult_example)
+    after = _independent_metrics(tmp_path / "model.safetensors", adult_example)
+    assert after["dp"] <= 0.5 * before["dp"] and after["accuracy"] >= before["accuracy"] - 0.015

@@ -44,6 +44,7 @@ NegativeWeightPolicy = Literal["clip", "reject"]
 InfeasiblePolicy = Literal["error", "best_effort"]
 Scope = Literal["last_layer", "full"]
 Solver = Literal["auto", "exact", "cg", "lissa"]
+Curvature = Literal["gauss_newton", "hessian"]
 
 DEFAULT_REDUCTION = 0.6
 """Fraction of the audit target removed when the spec names none. On the Adult example it
@@ -224,7 +225,10 @@ class InfluenceConfig:
     ``exact_max_parameters``), ``cg`` (conjugate gradient on Hessian-vector products, to
     ``cg_tolerance`` relative residual) or ``lissa`` (stochastic Neumann series); ``auto`` picks
     exact when small enough, else CG. The full Hessian of a network need not be positive
-    definite: ``damping`` shifts it (``full_damping`` default 0.01·n is used when damping is 0).
+    definite, and a trained ReLU network is rarely at an exact optimum: ``curvature`` is
+    ``gauss_newton`` by default (Σ wᵢpᵢ(1−pᵢ)∇zᵢ∇zᵢᵀ + λI, positive definite by construction, the
+    usual choice for network influence) or ``hessian`` (the exact Hessian, which may be indefinite).
+    ``damping`` shifts either (when it is 0, 1e-3 per unit of total sample weight is used).
     ``max_memory_gb`` refuses a job whose estimated working memory is larger, before it starts.
     """
 
@@ -235,8 +239,9 @@ class InfluenceConfig:
     polish_tolerance: float = 1e-8
     chunk_size: int = 8192
     solver: Solver = "auto"
+    curvature: Curvature = "gauss_newton"
     exact_max_parameters: int = 5000
-    cg_tolerance: float = 1e-8
+    cg_tolerance: float = 1e-6
     cg_max_iterations: int = 2000
     lissa_depth: int = 2000
     lissa_scale: float | None = None
@@ -246,6 +251,7 @@ class InfluenceConfig:
     def __post_init__(self) -> None:
         _check_choice(self.scope, Scope, "influence.scope")
         _check_choice(self.solver, Solver, "influence.solver")
+        _check_choice(self.curvature, Curvature, "influence.curvature")
         _finite(self.l2_reg, "influence.l2_reg")
         _check(self.l2_reg >= 0, "influence.l2_reg must be >= 0")
         _finite(self.damping, "influence.damping")
@@ -339,3 +345,7 @@ def check_compatibility(spec: CorrectionSpec, linear_layers: int) -> None:
         raise ValueError("method.hessian 'reweighted' applies to method 'newton' only")
     if spec.influence.scope == "full" and method.name == "refit":
         raise ValueError("method 'refit' refits the logistic head; use influence.scope 'last_layer'")
+    if (spec.influence.scope == "full" and spec.objective.metric == "robustness"
+            and spec.objective.attack.kind == "reflect_linear"):
+        raise ValueError("objective.attack.kind 'reflect_linear' acts in head-feature space; with "
+                         "influence.scope 'full' use 'pgd' or 'fgsm' (input space)")

@@ -67,10 +67,12 @@ class CorrectionInputs:
 
 @dataclass
 class CorrectionResult:
-    """The corrected state dict (same keys, shapes, dtypes) and the report."""
+    """The corrected state dict (same keys, shapes, dtypes), the report, and the per-sample
+    effective weights 1 + ε of the training rows (summed over tracking iterations)."""
 
     state: dict[str, torch.Tensor]
     report: dict[str, Any]
+    weights: np.ndarray
 
 
 def _with_sensitive_features(path: Path, schema: DatasetSchema, arch: ArchSpec,
@@ -307,16 +309,16 @@ def run_correction(inputs: CorrectionInputs, spec: CorrectionSpec,
     with run.stage("evaluate", 0.75):
         before = {name: evaluate_split(setup.model, ctx) for name, ctx in setup.contexts.items()}
         after = {name: evaluate_split(corrected, ctx) for name, ctx in setup.contexts.items()}
+    final_weights = 1.0 + sum((r.eps for r in state.solved), np.zeros(inputs.train.n))
     with run.stage("report", 0.97):
         report = build_report(
             spec=spec, inputs=inputs, sensitive=setup.sensitive, before=before, after=after,
-            iterations=state.records, weights=state.solved,
-            final_weights=1.0 + sum((r.eps for r in state.solved), np.zeros(inputs.train.n)),
+            iterations=state.records, weights=state.solved, final_weights=final_weights,
             polish=polish, timings=run.timings, device=str(chosen),
         )
     report["timings"]["total"] = time.perf_counter() - started
     run.progress("done", 1.0)
-    return CorrectionResult(state=corrected.state, report=report)
+    return CorrectionResult(state=corrected.state, report=report, weights=final_weights)
 
 
 def _staged(path: Path) -> Path:

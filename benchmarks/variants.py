@@ -1,0 +1,137 @@
+"""The benchmark's configurations, as data: one :class:`Variant` per table row.
+
+To add a row, append a :class:`Variant` to :data:`VARIANTS` (or build one with the helpers
+below). An ``engine`` variant is a partial job spec (the same JSON shape as ``--spec`` /
+``POST /v1/jobs``) merged over the benchmark's base spec; a ``retrain`` variant names the spec
+whose final per-sample weights are used to retrain the whole MLP from scratch; a ``fairlearn``
+variant carries the ``eps`` of ``ExponentiatedGradient``; ``logreg`` is its unconstrained base
+estimator.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from workers.engine.config import HEAD_METHODS
+
+__all__ = [
+    "NETWORK_METHODS",
+    "VARIANTS",
+    "Kind",
+    "Variant",
+    "engine_variant",
+    "method_available",
+    "select",
+]
+
+Kind = Literal["original", "engine", "retrain", "fairlearn", "logreg"]
+
+NETWORK_METHODS = ("retrain_last_k", "finetune", "gradient_ascent", "scrub", "fisher", "bad_teacher")
+"""``method.name`` values of the whole-network methods (issue 4); rows for them are listed below
+and report 'not available' until the engine registers the method."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the benchmark table.
+
+    Attributes:
+        name: the row label.
+        kind: how the row is produced (see the module docstring).
+        family: a grouping for the commentary: original, soft, hard, retrain, fairlearn, network.
+        spec: partial job spec (``engine``: the correction; ``retrain``: the correction whose
+            final weights are used).
+        params: numeric settings of a baseline (``retrain``: ``seed``; ``fairlearn``: ``eps``).
+        quick: whether ``--quick`` runs it.
+    """
+
+    name: str
+    kind: Kind
+    family: str
+    spec: Mapping[str, Any] = field(default_factory=dict)
+    params: Mapping[str, float] = field(default_factory=dict)
+    quick: bool = False
+
+    @property
+    def method(self) -> str:
+        """The unlearning method of an engine/retrain row (``newton`` by default)."""
+        method = self.spec.get("method", {})
+        name = method.get("name", "newton") if isinstance(method, Mapping) else "newton"
+        return str(name)
+
+
+def engine_variant(name: str, scheme: str, method: str = "newton", *, family: str = "soft",
+                   quick: bool = False, **fields: Any) -> Variant:
+    """An engine row: ``scheme`` + ``method``, plus ``reduction`` / ``k_fraction`` / bounds.
+
+    ``fields`` may hold ``reduction`` (objective), ``k_fraction``, ``lower``, ``upper`` (weighting).
+    """
+    objective: dict[str, Any] = {k: fields.pop(k) for k in ("reduction",) if k in fields}
+    weighting: dict[str, Any] = {"scheme": scheme}
+    weighting |= {k: fields.pop(k) for k in ("k_fraction", "lower", "upper") if k in fields}
+    if fields:
+        raise ValueError(f"engine_variant: unknown field(s) {sorted(fields)}")
+    spec: dict[str, Any] = {"weighting": weighting, "method": {"name": method}}
+    if objective:
+        spec["objective"] = objective
+    return Variant(name, "engine", family, spec, quick=quick)
+
+
+def _soft(rho: float, quick: bool = False) -> Variant:
+    return engine_variant(f"soft-2.3 newton ρ={rho:g}", "soft-2.3", reduction=rho, quick=quick)
+
+
+def _hard(k: float, quick: bool = False) -> Variant:
+    return engine_variant(f"hard newton k={k:g}", "hard", family="hard", k_fraction=k, quick=quick)
+
+
+SOFT_RHO = 0.6
+HARD_K = 0.05
+
+VARIANTS: tuple[Variant, ...] = (
+    Variant("original model", "original", "original", quick=True),
+    *(_soft(rho, quick=rho in (0.6, 0.9)) for rho in (0.1, 0.2, 0.3, 0.5, 0.6, 0.8, 0.9)),
+    engine_variant("soft-2.3 refit ρ=0.6", "soft-2.3", "refit", reduction=0.6),
+    engine_variant("qp [-1,1] refit ρ=0.6", "qp", "refit", reduction=0.6, lower=-1.0, upper=1.0,
+                   quick=True),
+    engine_variant("qp [-1,1] refit ρ=0.9", "qp", "refit", reduction=0.9, lower=-1.0, upper=1.0),
+    *(_hard(k, quick=k == HARD_K) for k in (0.01, 0.05, 0.1, 0.2)),
+    Variant(f"retrain MLP, weights soft-2.3 ρ={SOFT_RHO:g}", "retrain", "retrain",
+            {"weighting": {"scheme": "soft-2.3"}, "objective": {"reduction": SOFT_RHO}},
+            {"seed": 0}, quick=True),
+    Variant(f"retrain MLP, weights hard k={HARD_K:g}", "retrain", "retrain",
+            {"weighting": {"scheme": "hard", "k_fraction": HARD_K}}, {"seed": 0}),
+    Variant("retrain MLP, unweighted, seed 1 (noise floor)", "retrain", "retrain", {}, {"seed": 1}),
+    Variant("logistic regression, unconstrained (Fairlearn's base)", "logreg", "fairlearn"),
+    Variant("fairlearn EG-DP eps=0.01 (default)", "fairlearn", "fairlearn", params={"eps": 0.01}),
+    Variant("fairlearn EG-DP eps=0.002", "fairlearn", "fairlearn", params={"eps": 0.002}),
+    *(engine_variant(f"soft-2.3 {name} ρ=0.6", "soft-2.3", name, family="network", reduction=0.6)
+      for name in NETWORK_METHODS),
+)
+"""Every row of the full benchmark, in run order. ``retrain`` rows with an empty spec retrain
+without weights (all ones) — a seed-noise reference for the retraining rows."""
+
+
+def select(quick: bool) -> list[Variant]:
+    """The rows to run: all of :data:`VARIANTS`, or the ``quick`` ones."""
+    return [v for v in VARIANTS if v.quick or not quick]
+
+
+def method_available(name: str) -> bool:
+    """Whether the engine really implements unlearning method ``name``.
+
+    The head methods (``newton``, ``refit``) always are; a network method when
+    ``workers.engine.methods.registry.NETWORK_METHODS`` lists it. (The job spec accepts every
+    name of ``MethodName``, so the spec alone proves nothing.)
+    """
+    if name in HEAD_METHODS:
+        return True
+    try:
+        registry = importlib.import_module("workers.engine.methods.registry")
+    except ImportError:
+        return False
+    methods = getattr(registry, "NETWORK_METHODS", None)
+    return isinstance(methods, Mapping) and name in methods
