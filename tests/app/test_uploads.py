@@ -45,7 +45,7 @@ class Payload:
     def __init__(self, sentinel: Path) -> None:
         self.sentinel = sentinel
 
-    def __reduce__(self) -> tuple[object, tuple[str]]:
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
         return (open, (f"{self.sentinel}", "w"))
 
 
