@@ -16,7 +16,8 @@ from app.schemas import SPEC_PARTS, JobCreate, JobErrorPublic, JobList, JobPubli
 from models_store import ArtifactRecord, JobRecord, Records
 from models_store.keys import new_id
 from models_store.records import IdempotencyEntry, request_digest, utcnow
-from workers.engine.config import CorrectionSpec, spec_from_dict
+from workers.engine.architecture import parse_arch
+from workers.engine.config import CorrectionSpec, check_compatibility, spec_from_dict
 from workers.engine.data import parse_schema, resolve_features
 from workers.engine.errors import InputError
 from workers.queue import cancel_rq_job, enqueue_correction
@@ -75,6 +76,11 @@ def _validate(records: Records, tenant: str, body: JobCreate) -> CorrectionSpec:
     spec = _spec(body)
     model = _artifact(records, tenant, "model_id", "models", body.model_id)
     in_features = int((model.architecture or {}).get("in_features", 0))
+    try:
+        check_compatibility(spec, len(parse_arch(model.architecture).linear_indices))
+    except ValueError as exc:
+        first = str(exc).split(" ")[0]
+        raise _invalid(first if "." in first else "method", str(exc)) from exc
     datasets: dict[str, ArtifactRecord] = {}
     for field in DATASET_FIELDS:
         artifact_id = getattr(body, field)

@@ -23,6 +23,9 @@ def ids(client: TestClient, adult_example: ExampleInfo) -> dict[str, str]:
      "objective.reduction"),
     ({"objective": {"metric": "demographic_parity", "sensitive_attribute": "sex", "colour": 1}}, "objective"),
     ({"method": {"name": "magic"}}, "method.name"),
+    ({"method": {"name": "retrain_last_k", "layers": 7}}, "method.layers"),
+    ({"method": {"name": "finetune", "learning_rate": -0.01}}, "method.learning_rate"),
+    ({"method": {"name": "refit"}, "influence": {"scope": "full"}}, "method"),
     ({"model_id": "not-an-id"}, "model_id"),
 ])
 def test_bad_spec_is_422_naming_the_field(client: TestClient, ids: dict[str, str],

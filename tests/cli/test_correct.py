@@ -151,3 +151,22 @@ def test_full_scope_influence_corrects_the_whole_network(adult_example: ExampleI
     before = _independent_metrics(adult_example.out_dir / "model.safetensors", adult_example)
     after = _independent_metrics(tmp_path / "model.safetensors", adult_example)
     assert after["dp"] <= 0.5 * before["dp"] and after["accuracy"] >= before["accuracy"] - 0.015
+
+
+def test_full_scope_robustness_target_uses_an_input_space_attack(adult_example: ExampleInfo,
+                                                                  tmp_path: Path) -> None:
+    assert main(example_args(adult_example, tmp_path, "--objective", "robustness", "--scope", "full",
+                             "--attack", "fgsm", "--attack-epsilon", "0.05", "--reduction", "0.3",
+                             "--no-robust-eval")) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["spec"]["objective"]["attack"]["kind"] == "fgsm"
+    assert abs(report["target"]["audit_after"]) < abs(report["target"]["audit_before"])
+    assert (report["after"]["audit"]["robust_accuracy_frozen"]
+            > report["before"]["audit"]["robust_accuracy_frozen"])
+
+
+def test_reflect_attack_is_refused_for_full_scope(adult_example: ExampleInfo, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(example_args(adult_example, tmp_path, "--objective", "robustness", "--scope", "full",
+                             "--attack", "reflect_linear")) == 2
+    assert "reflect_linear" in capsys.readouterr().err
