@@ -99,6 +99,11 @@ def run_engine(example: Example, overrides: Mapping[str, Any], *, robust_eval: b
     return result, result.weights
 
 
-def correction_seconds(timings: Mapping[str, float]) -> float:
-    """Seconds spent correcting (load → unlearn), leaving out evaluation and the report."""
-    return float(sum(timings.get(stage, 0.0) for stage in CORRECTION_STAGES))
+def correction_seconds(timings: Mapping[str, float], *, with_load: bool = True) -> float:
+    """Seconds spent correcting (load → unlearn), leaving out evaluation and the report.
+
+    ``with_load=False`` also leaves out ``load`` (polish → unlearn): with robust evaluation on,
+    ``load`` includes crafting the frozen evaluation attacks, which is not part of the method.
+    """
+    stages = CORRECTION_STAGES if with_load else CORRECTION_STAGES[1:]
+    return float(sum(timings.get(stage, 0.0) for stage in stages))

@@ -1,13 +1,15 @@
-"""Run the benchmark: ``python -m benchmarks.run [--datasets adult bank] [--quick]``.
+"""Run the benchmark: ``python -m benchmarks.run [--datasets adult bank] [--quick] [--tables ...]``.
 
 For each dataset: build the shipped example (baseline MLP), time the default correction stage by
-stage, then measure every configuration of :data:`benchmarks.variants.VARIANTS` on the eval split.
-Prints markdown tables and writes the full results as JSON under ``benchmarks/results/``.
+stage, then measure every configuration of :data:`benchmarks.variants.VARIANTS` (of the chosen
+tables) on the eval split. Prints markdown tables and writes the full results as JSON under
+``benchmarks/results/``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -28,12 +30,14 @@ from benchmarks.engine_runs import Example, correction_seconds, prepare_example,
 from benchmarks.table import (
     Row,
     mark_pareto,
+    markdown_methods,
     markdown_results,
+    markdown_robustness,
     markdown_soft_vs_hard,
     markdown_timings,
     row_from_metrics,
 )
-from benchmarks.variants import Variant, method_available, select
+from benchmarks.variants import TABLES, Table, Variant, method_available, select
 from workers.engine.examples import ExampleName
 
 __all__ = ["main", "run_dataset"]
@@ -50,10 +54,14 @@ def _engine_row(example: Example, variant: Variant, seed: int) -> Row:
                    f"not available (method '{variant.method}' not registered)")
     report = run_engine(example, variant.spec, seed=seed)[0].report
     weights = report["weights"]
+    metric_keys = ("accuracy", "demographic_parity_difference", "equalized_odds_difference",
+                   "robust_accuracy", "robust_accuracy_frozen")
     details = {
         "spec": {"weighting": report["spec"]["weighting"], "method": report["spec"]["method"]["name"],
                  "reduction": report["spec"]["objective"]["reduction"]},
         "timings": report["timings"],
+        "method_seconds": correction_seconds(report["timings"], with_load=False),
+        "eval_before": {k: report["before"]["eval"].get(k) for k in metric_keys},
         "audit_target": report["target"],
         "audit_after": {k: report["after"]["audit"].get(k) for k in
                         ("accuracy", "demographic_parity_difference", "equalized_odds_difference")},
@@ -103,12 +111,14 @@ def _measure(example: Example, variant: Variant, original: dict[str, Any], seed:
 
 
 def _safe_measure(example: Example, variant: Variant, original: dict[str, Any], seed: int) -> Row:
-    """:func:`_measure`, with a failure recorded as the row's status instead of aborting."""
+    """:func:`_measure`, with a failure recorded as the row's status instead of aborting; the
+    row carries the variant's table."""
     try:
-        return _measure(example, variant, original, seed)
+        row = _measure(example, variant, original, seed)
     except Exception as exc:  # a failing configuration must not lose the others' results
         message = " ".join(str(exc).split())[:160]
-        return Row(example.name, variant.name, variant.family, f"failed: {type(exc).__name__}: {message}")
+        row = Row(example.name, variant.name, variant.family, f"failed: {type(exc).__name__}: {message}")
+    return dataclasses.replace(row, table=variant.table)
 
 
 def run_dataset(name: ExampleName, variants: Sequence[Variant], work: Path, seed: int, say: Say,
@@ -127,7 +137,7 @@ def run_dataset(name: ExampleName, variants: Sequence[Variant], work: Path, seed
         started = time.perf_counter()
         rows.append(_safe_measure(example, variant, original, seed))
         say(f"[{name}] {variant.name}: {rows[-1].status} ({time.perf_counter() - started:.1f} s)")
-    mark_pareto(rows)
+    mark_pareto([r for r in rows if r.table == "main"])
     info = example.info
     facts = {"n_train": info.n_train, "n_audit": info.n_audit, "n_eval": info.n_eval,
              "in_features": info.in_features, "sensitive": example.sensitive,
@@ -165,6 +175,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's, one per core); 1 keeps "
                              "timings stable when other processes share the cores")
+    parser.add_argument("--tables", nargs="+", choices=TABLES, default=list(TABLES),
+                        help="which tables to measure: main (soft vs hard, retraining, Fairlearn), "
+                             "methods (every unlearning method, hard vs soft), robustness "
+                             "(robustness objective); default all")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return parser
 
@@ -178,7 +192,7 @@ def _write(out: Path, payload: dict[str, Any]) -> Path:
 
 
 def _run(args: argparse.Namespace, work: Path, say: Say) -> dict[str, Any]:
-    variants = select(args.quick)
+    variants = select(args.quick, cast(list[Table], args.tables))
     started = time.perf_counter()
     machine = _machine()
     timings: dict[str, dict[str, float]] = {}
@@ -188,11 +202,15 @@ def _run(args: argparse.Namespace, work: Path, say: Say) -> dict[str, Any]:
         dataset_timings, dataset_rows, facts[name] = run_dataset(name, variants, work, args.seed, say)
         timings |= dataset_timings
         rows += dataset_rows
+    main_rows, method_rows, robustness_rows = ([r for r in rows if r.table == table] for table in TABLES)
     return {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "quick": args.quick,
-            "seed": args.seed, "machine": machine, "wall_seconds": time.perf_counter() - started,
-            "stage_timings": timings, "datasets": facts, "rows": [r.to_dict() for r in rows],
-            "markdown": {"timings": markdown_timings(timings), "results": markdown_results(rows),
-                         "soft_vs_hard": markdown_soft_vs_hard(rows)}}
+            "tables": args.tables, "seed": args.seed, "machine": machine,
+            "wall_seconds": time.perf_counter() - started, "stage_timings": timings,
+            "datasets": facts, "rows": [r.to_dict() for r in rows],
+            "markdown": {"timings": markdown_timings(timings), "results": markdown_results(main_rows),
+                         "soft_vs_hard": markdown_soft_vs_hard(main_rows),
+                         "methods": markdown_methods(method_rows),
+                         "robustness": markdown_robustness(robustness_rows)}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,12 +225,20 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="softunlearn-bench-") as tmp:
             payload = _run(args, Path(tmp), say)
     path = _write(args.out, payload)
+    tables = payload["markdown"]
     print("## Stage timings of the default correction (seconds, CPU)\n")
-    print(payload["markdown"]["timings"])
-    print("## Eval-split results (sorted by DP difference; ★ = accuracy/DP Pareto front)\n")
-    print(payload["markdown"]["results"])
-    print("## Soft (soft-2.3, newton, ρ curve) vs hard at equal eval DP\n")
-    print(payload["markdown"]["soft_vs_hard"])
+    print(tables["timings"])
+    if "main" in args.tables:
+        print("## Eval-split results (sorted by DP difference; ★ = accuracy/DP Pareto front)\n")
+        print(tables["results"])
+        print("## Soft (soft-2.3, newton, ρ curve) vs hard at equal eval DP\n")
+        print(tables["soft_vs_hard"])
+    if "methods" in args.tables:
+        print("## Unlearning methods, hard vs soft (eval split; robust evaluation on)\n")
+        print(tables["methods"])
+    if "robustness" in args.tables:
+        print("## Objective robustness (PGD L∞ ε = 0.05), newton, hard vs soft\n")
+        print(tables["robustness"])
     print(f"total {payload['wall_seconds']:.0f} s; results written to {path}")
     return 0
 

@@ -8,20 +8,34 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 __all__ = [
+    "ACC_TIE",
+    "DP_TIE",
     "Row",
     "mark_pareto",
+    "markdown_methods",
     "markdown_results",
+    "markdown_robustness",
     "markdown_soft_vs_hard",
     "markdown_timings",
     "row_from_metrics",
+    "trade_off_verdict",
 ]
 
 STAGE_COLUMNS = ("load", "polish", "influence", "weights", "unlearn", "evaluate", "total")
+ACC_TIE = 0.001
+"""Eval-accuracy differences up to this (0.1 pp, ≈ 8 eval rows) count as a tie in a verdict."""
+DP_TIE = 0.005
+"""Eval DP differences up to this count as a tie in a verdict."""
 
 
 @dataclass
 class Row:
-    """One measured configuration on one dataset (eval-split metrics)."""
+    """One measured configuration on one dataset (eval-split metrics).
+
+    ``robust_accuracy`` is the adaptive robust accuracy (the attack recomputed on the corrected
+    model), ``robust_accuracy_frozen`` the accuracy on the original model's adversarial points;
+    both only with robust evaluation on. ``table`` is the :class:`~benchmarks.variants.Variant`'s.
+    """
 
     dataset: str
     variant: str
@@ -34,6 +48,9 @@ class Row:
     seconds: float | None = None
     pareto: bool = False
     details: dict[str, Any] = field(default_factory=dict)
+    robust_accuracy: float | None = None
+    robust_accuracy_frozen: float | None = None
+    table: str = "main"
 
     @property
     def ok(self) -> bool:
@@ -47,10 +64,13 @@ class Row:
 
 def row_from_metrics(dataset: str, variant: str, family: str, metrics: Mapping[str, Any],
                      seconds: float, details: dict[str, Any] | None = None) -> Row:
-    """A measured row from :func:`workers.engine.evaluation.classification_metrics` output."""
+    """A measured row from :func:`workers.engine.evaluation.classification_metrics` output
+    (or an engine report's ``after.eval``, which adds the robust accuracies)."""
     return Row(dataset, variant, family, "ok", metrics["accuracy"],
                metrics["demographic_parity_difference"], metrics["equalized_odds_difference"],
-               metrics["equal_opportunity_difference"], seconds, details=details or {})
+               metrics["equal_opportunity_difference"], seconds, details=details or {},
+               robust_accuracy=metrics.get("robust_accuracy"),
+               robust_accuracy_frozen=metrics.get("robust_accuracy_frozen"))
 
 
 def _dominates(a: Row, b: Row) -> bool:
@@ -153,4 +173,120 @@ def markdown_soft_vs_hard(rows: Sequence[Row]) -> str:
             soft, between = found if found else (None, "outside the soft curve")
             lines.append(f"| {dataset} | {row.variant} | {_num(row.dp)} | {_num(row.accuracy)} | "
                          f"{_num(soft)} | {_delta(soft, row.accuracy)} | {between} |")
+    return "\n".join(lines) + "\n"
+
+
+def _compare(difference: float, tie: float) -> int:
+    """+1 / −1 when ``difference`` is above ``tie`` / below −``tie``, else 0."""
+    return 0 if abs(difference) <= tie else (1 if difference > 0 else -1)
+
+
+def trade_off_verdict(soft: Row, hard: Row) -> str:
+    """Whether ``soft`` improves on ``hard``'s eval accuracy/DP trade-off.
+
+    Differences up to :data:`ACC_TIE` (accuracy) and :data:`DP_TIE` (DP) count as ties. Soft
+    dominates when it is no worse on both and better on one; hard dominates likewise; otherwise
+    the verdict names which is fairer and which keeps accuracy. The numbers are soft − hard.
+    """
+    if soft.accuracy is None or soft.dp is None or hard.accuracy is None or hard.dp is None:
+        return "–"
+    d_acc, d_dp = soft.accuracy - hard.accuracy, soft.dp - hard.dp
+    more_accurate, fairer = _compare(d_acc, ACC_TIE), _compare(-d_dp, DP_TIE)
+    numbers = f"({100 * d_acc:+.2f} pp, DP {d_dp:+.3f})"
+    if more_accurate == fairer == 0:
+        return f"tie {numbers}"
+    if more_accurate >= 0 and fairer >= 0:
+        return f"**yes**, soft dominates {numbers}"
+    if more_accurate <= 0 and fairer <= 0:
+        return f"**no**, hard dominates {numbers}"
+    if fairer > 0:
+        return f"neither: soft lower DP, hard more accurate {numbers}"
+    return f"neither: hard lower DP, soft more accurate {numbers}"
+
+
+def _split_name(row: Row) -> tuple[str, str]:
+    """(method, weights) of a method/robustness-table row, named ``"<method>, <weights>"``."""
+    method, _, weights = row.variant.partition(", ")
+    return method, weights
+
+
+def _original_cells(rows: Sequence[Row]) -> dict[str, Any] | None:
+    """The original model's eval metrics, as an engine row's report recorded them."""
+    return next((r.details["eval_before"] for r in rows if r.ok and "eval_before" in r.details), None)
+
+
+def _method_line(method: str, weights: str, row: Row, verdict: str) -> str:
+    if not row.ok:
+        return f"| {method} | {weights} | {row.status} | | | | | |"
+    return (f"| {method} | {weights} | {_num(row.accuracy)} | {_num(row.dp)} | {_num(row.eo)} | "
+            f"{_num(row.robust_accuracy)} | {_num(row.details.get('method_seconds'), 2)} | {verdict} |")
+
+
+def _equal_dp(hard: Row, candidates: Sequence[Row]) -> Row | None:
+    """The measured soft row whose eval DP is closest to ``hard``'s."""
+    measured = [r for r in candidates if r.ok and r.dp is not None]
+    if hard.dp is None or not measured:
+        return None
+    target = hard.dp
+    return min(measured, key=lambda r: abs((r.dp or 0.0) - target))
+
+
+def markdown_methods(rows: Sequence[Row]) -> str:
+    """The method table, one per dataset: per method, hard, soft at ρ = 0.6, and soft at the ρ
+    of the sweep whose eval DP is closest to hard's ("nearest DP"), with the verdict of each soft row
+    against hard (:func:`trade_off_verdict`). Seconds: polish → unlearn."""
+    parts: list[str] = []
+    for dataset in dict.fromkeys(r.dataset for r in rows):
+        subset = [r for r in rows if r.dataset == dataset]
+        parts += [f"### {dataset}", "",
+                  "| method | weights | eval acc | eval DP | eval EO | robust acc (adaptive) | "
+                  "seconds | soft better than hard? |",
+                  "|---|---|---:|---:|---:|---:|---:|---|"]
+        original = _original_cells(subset)
+        if original is not None:
+            parts.append(f"| original model | – | {_num(original.get('accuracy'))} | "
+                         f"{_num(original.get('demographic_parity_difference'))} | "
+                         f"{_num(original.get('equalized_odds_difference'))} | "
+                         f"{_num(original.get('robust_accuracy'))} | – | |")
+        for method in dict.fromkeys(_split_name(r)[0] for r in subset):
+            own = [r for r in subset if _split_name(r)[0] == method]
+            hard = next((r for r in own if r.family == "hard"), None)
+            soft = next((r for r in own if r.family == "soft"), None)
+            if hard is None or soft is None:
+                continue
+            parts.append(_method_line(method, _split_name(hard)[1], hard, ""))
+            parts.append(_method_line(method, _split_name(soft)[1], soft,
+                                      trade_off_verdict(soft, hard) if hard.ok else "–"))
+            matched = _equal_dp(hard, [r for r in own if r.family in ("soft", "soft ρ-sweep")])
+            if matched is not None:
+                parts.append(_method_line(method, f"{_split_name(matched)[1]} (nearest DP)", matched,
+                                          trade_off_verdict(matched, hard)))
+        parts.append("")
+    return "\n".join(parts)
+
+
+def markdown_robustness(rows: Sequence[Row]) -> str:
+    """The robustness-objective table: eval accuracy, adaptive and frozen robust accuracy, eval
+    DP, and the audit target (mean adversarial log-loss) before → goal → after, per dataset."""
+    lines = ["| dataset | configuration | eval acc | robust acc (adaptive) | robust acc (frozen) | "
+             "eval DP | audit adv. log-loss: before → goal → after (iterations) | seconds |",
+             "|---|---|---:|---:|---:|---:|---|---:|"]
+    for dataset in dict.fromkeys(r.dataset for r in rows):
+        subset = [r for r in rows if r.dataset == dataset]
+        original = _original_cells(subset)
+        if original is not None:
+            lines.append(f"| {dataset} | original model | {_num(original.get('accuracy'))} | "
+                         f"{_num(original.get('robust_accuracy'))} | "
+                         f"{_num(original.get('robust_accuracy_frozen'))} | "
+                         f"{_num(original.get('demographic_parity_difference'))} | | |")
+        for row in subset:
+            if not row.ok:
+                lines.append(f"| {dataset} | {row.variant} | {row.status} | | | | | |")
+                continue
+            target = row.details.get("audit_target", {})
+            audit = (f"{_num(target.get('audit_before'), 3)} → {_num(target.get('audit_goal'), 3)} → "
+                     f"{_num(target.get('audit_after'), 3)} ({target.get('iterations', '–')})")
+            lines.append(f"| {dataset} | {row.variant} | {_num(row.accuracy)} | "
+                         f"{_num(row.robust_accuracy)} | {_num(row.robust_accuracy_frozen)} | "
+                         f"{_num(row.dp)} | {audit} | {_num(row.details.get('method_seconds'), 2)} |")
     return "\n".join(lines) + "\n"

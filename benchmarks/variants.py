@@ -6,21 +6,33 @@ below). An ``engine`` variant is a partial job spec (the same JSON shape as ``--
 whose final per-sample weights are used to retrain the whole MLP from scratch; a ``fairlearn``
 variant carries the ``eps`` of ``ExponentiatedGradient``; ``logreg`` is its unconstrained base
 estimator.
+
+Each variant belongs to one ``table``: ``main`` (soft vs hard, retraining, Fairlearn; issue 2),
+``methods`` (every unlearning method with hard and soft weights, robust evaluation on; issue 4)
+or ``robustness`` (the objective ``robustness``, newton, hard vs soft).
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from benchmarks.engine_runs import merge
 from workers.engine.config import HEAD_METHODS
 
 __all__ = [
+    "EQUAL_DP_RHOS",
+    "HARD_K",
+    "METHODS",
     "NETWORK_METHODS",
+    "ROBUSTNESS_RHO",
+    "SOFT_RHO",
+    "TABLES",
     "VARIANTS",
     "Kind",
+    "Table",
     "Variant",
     "engine_variant",
     "method_available",
@@ -28,6 +40,8 @@ __all__ = [
 ]
 
 Kind = Literal["original", "engine", "retrain", "fairlearn", "logreg"]
+Table = Literal["main", "methods", "robustness"]
+TABLES: tuple[Table, ...] = ("main", "methods", "robustness")
 
 NETWORK_METHODS = ("retrain_last_k", "finetune", "gradient_ascent", "scrub", "fisher", "bad_teacher")
 """``method.name`` values of the whole-network methods (issue 4); rows for them are listed below
@@ -46,6 +60,7 @@ class Variant:
             final weights are used).
         params: numeric settings of a baseline (``retrain``: ``seed``; ``fairlearn``: ``eps``).
         quick: whether ``--quick`` runs it.
+        table: the table the row belongs to (see the module docstring).
     """
 
     name: str
@@ -54,6 +69,7 @@ class Variant:
     spec: Mapping[str, Any] = field(default_factory=dict)
     params: Mapping[str, float] = field(default_factory=dict)
     quick: bool = False
+    table: Table = "main"
 
     @property
     def method(self) -> str:
@@ -64,10 +80,13 @@ class Variant:
 
 
 def engine_variant(name: str, scheme: str, method: str = "newton", *, family: str = "soft",
-                   quick: bool = False, **fields: Any) -> Variant:
+                   quick: bool = False, table: Table = "main", robust_eval: bool = False,
+                   extra: Mapping[str, Any] | None = None, **fields: Any) -> Variant:
     """An engine row: ``scheme`` + ``method``, plus ``reduction`` / ``k_fraction`` / bounds.
 
     ``fields`` may hold ``reduction`` (objective), ``k_fraction``, ``lower``, ``upper`` (weighting).
+    ``robust_eval`` turns on the robust evaluation (PGD on audit and eval); ``extra`` is a partial
+    job spec merged in last (e.g. another objective).
     """
     objective: dict[str, Any] = {k: fields.pop(k) for k in ("reduction",) if k in fields}
     weighting: dict[str, Any] = {"scheme": scheme}
@@ -77,7 +96,9 @@ def engine_variant(name: str, scheme: str, method: str = "newton", *, family: st
     spec: dict[str, Any] = {"weighting": weighting, "method": {"name": method}}
     if objective:
         spec["objective"] = objective
-    return Variant(name, "engine", family, spec, quick=quick)
+    if robust_eval:
+        spec["evaluation"] = {"robustness": True}
+    return Variant(name, "engine", family, merge(spec, extra or {}), quick=quick, table=table)
 
 
 def _soft(rho: float, quick: bool = False) -> Variant:
@@ -89,7 +110,37 @@ def _hard(k: float, quick: bool = False) -> Variant:
 
 
 SOFT_RHO = 0.6
+"""ρ of the soft rows compared with hard ones (the engine's default reduction)."""
 HARD_K = 0.05
+"""Fraction of training samples the hard rows remove (the engine's default ``k_fraction``)."""
+METHODS = (*HEAD_METHODS, *NETWORK_METHODS)
+"""Every unlearning method, in the order of the method table."""
+EQUAL_DP_RHOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.8, 0.9)
+"""The ρ tried (besides :data:`SOFT_RHO`) for the method table's soft row at hard's eval DP. The
+grid is wide because hard's DP varies a lot: on Bank, hard newton lands at DP ≈ 0.013, which
+soft newton reaches only at ρ ≈ 0.8."""
+ROBUSTNESS_RHO = 0.5
+"""ρ of the robustness-objective table. Hard weights ignore ρ (they remove the k most helpful
+samples in one shot); the hard row sets it only so that both rows report the same audit goal."""
+ROBUSTNESS_ATTACK: Mapping[str, Any] = {"kind": "pgd", "norm": "linf", "epsilon": 0.05}
+"""``objective.attack`` of the robustness table: PGD, L∞ ball of radius 0.05 (the default)."""
+
+
+def _method_rows(method: str) -> tuple[Variant, ...]:
+    """The method table's rows of ``method``: hard k = :data:`HARD_K`, soft ρ = :data:`SOFT_RHO`,
+    and the soft ρ-sweep from which the row closest to hard's eval DP is picked."""
+    quick = method == "newton"
+    hard = engine_variant(f"{method}, hard k={HARD_K:g}", "hard", method, family="hard",
+                          k_fraction=HARD_K, quick=quick, table="methods", robust_eval=True)
+    soft = engine_variant(f"{method}, soft-2.3 ρ={SOFT_RHO:g}", "soft-2.3", method, family="soft",
+                          reduction=SOFT_RHO, quick=quick, table="methods", robust_eval=True)
+    sweep = (engine_variant(f"{method}, soft-2.3 ρ={rho:g}", "soft-2.3", method, family="soft ρ-sweep",
+                            reduction=rho, quick=quick, table="methods", robust_eval=True)
+             for rho in EQUAL_DP_RHOS)
+    return hard, soft, *sweep
+
+
+_ROBUSTNESS_OBJECTIVE = {"objective": {"metric": "robustness", "attack": ROBUSTNESS_ATTACK}}
 
 VARIANTS: tuple[Variant, ...] = (
     Variant("original model", "original", "original", quick=True),
@@ -110,14 +161,24 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("fairlearn EG-DP eps=0.002", "fairlearn", "fairlearn", params={"eps": 0.002}),
     *(engine_variant(f"soft-2.3 {name} ρ=0.6", "soft-2.3", name, family="network", reduction=0.6)
       for name in NETWORK_METHODS),
+    *(row for method in METHODS for row in _method_rows(method)),
+    engine_variant(f"newton, hard k={HARD_K:g}", "hard", family="hard", k_fraction=HARD_K,
+                   reduction=ROBUSTNESS_RHO, quick=True, table="robustness", robust_eval=True,
+                   extra=_ROBUSTNESS_OBJECTIVE),
+    engine_variant(f"newton, soft-2.3 ρ={ROBUSTNESS_RHO:g}", "soft-2.3", reduction=ROBUSTNESS_RHO,
+                   quick=True, table="robustness", robust_eval=True, extra=_ROBUSTNESS_OBJECTIVE),
+    engine_variant(f"newton, soft-2.3 ρ={ROBUSTNESS_RHO:g}, one step (max_iterations=1)", "soft-2.3",
+                   reduction=ROBUSTNESS_RHO, quick=True, table="robustness", robust_eval=True,
+                   extra=merge(_ROBUSTNESS_OBJECTIVE, {"method": {"max_iterations": 1}})),
 )
 """Every row of the full benchmark, in run order. ``retrain`` rows with an empty spec retrain
 without weights (all ones) — a seed-noise reference for the retraining rows."""
 
 
-def select(quick: bool) -> list[Variant]:
-    """The rows to run: all of :data:`VARIANTS`, or the ``quick`` ones."""
-    return [v for v in VARIANTS if v.quick or not quick]
+def select(quick: bool, tables: Iterable[Table] = TABLES) -> list[Variant]:
+    """The rows to run: those of :data:`VARIANTS` in ``tables`` (all, or only the ``quick`` ones)."""
+    wanted = set(tables)
+    return [v for v in VARIANTS if v.table in wanted and (v.quick or not quick)]
 
 
 def method_available(name: str) -> bool:

@@ -170,3 +170,13 @@ def test_reflect_attack_is_refused_for_full_scope(adult_example: ExampleInfo, tm
     assert main(example_args(adult_example, tmp_path, "--objective", "robustness", "--scope", "full",
                              "--attack", "reflect_linear")) == 2
     assert "reflect_linear" in capsys.readouterr().err
+
+
+def test_tracking_undoes_a_step_that_does_not_deliver(bank_example: ExampleInfo, tmp_path: Path) -> None:
+    args = example_args(bank_example, tmp_path, "--objective", "robustness", "--reduction", "0.5",
+                        "--no-robust-eval")
+    assert main(args) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert any("tracking stopped" in note for note in report["notes"])
+    assert report["after"]["eval"]["accuracy"] >= report["before"]["eval"]["accuracy"] - 0.01
+    assert abs(report["target"]["audit_after"]) < abs(report["target"]["audit_before"])

@@ -141,6 +141,16 @@ class FullScope:
         return [f"full Newton step solved by {info['solver']} (relative residual "
                 f"{info.get('relative_residual', 0.0):.1e}, damping {info['damping']:.3g})"]
 
+    def snapshot(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Copies of the flat parameters and the weights."""
+        return self.engine.flat_parameters(), self.weights.clone()
+
+    def restore(self, snapshot: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Go back to a snapshot."""
+        self.weights = snapshot[1].clone()
+        self.engine.set_parameters(snapshot[0])
+        self.engine.set_weights(self.weights)
+
     def current_model(self) -> HeadModel:
         """The model at the current parameters, in the checkpoint's dtype."""
         state = flat_to_state(self.engine.network, self.engine.flat_parameters())

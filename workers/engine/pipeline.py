@@ -50,6 +50,8 @@ __all__ = [
 
 ProgressCallback = Callable[[str, float], None]
 OUTPUT_MODE = 0o644
+MIN_PROGRESS_RATIO = 0.5
+"""A tracking iteration must realize at least this fraction of its predicted target reduction."""
 STAGES = ("load", "polish", "influence", "weights", "unlearn", "evaluate", "report")
 
 
@@ -236,18 +238,33 @@ def _influence_and_weights(scope: CorrectionScope, spec: CorrectionSpec, run: _R
 
 
 def _track(scope: CorrectionScope, spec: CorrectionSpec, run: _Run, state: _Tracking) -> HeadModel:
-    """Head methods: influence → weights → step, repeated until the audit target is reached."""
+    """Head methods: influence → weights → step, repeated until the audit target is reached.
+
+    A tracking iteration (after the first) whose realized target reduction is below
+    ``MIN_PROGRESS_RATIO`` of the first-order prediction is undone and tracking stops: the
+    linearization no longer describes the model there, and further steps only trade utility
+    for little or no target progress.
+    """
     budget = 1 if spec.weighting.scheme == "hard" else spec.method.max_iterations
     for index in range(budget):
         if index > 0 and abs(scope.target()[0]) <= state.goal + spec.method.target_tolerance * state.initial:
             break
         fraction = 0.2 + 0.5 * index / budget
+        snapshot = scope.snapshot()
         result, value, utility, solver = _influence_and_weights(scope, spec, run, state, fraction)
         with run.stage("unlearn", fraction + 0.1):
             notes = scope.step(result.eps, spec.method)
-        state.records.append(_iteration_record(index + 1, (value, scope.target()[0]),
-                                               (utility, scope.utility()[0]), result,
-                                               result.notes + notes, solver))
+        after = scope.target()[0]
+        realized, predicted = abs(value) - abs(after), -result.predicted_target_change
+        if index > 0 and realized < MIN_PROGRESS_RATIO * predicted:
+            scope.restore(snapshot)
+            state.solved.pop()
+            state.records[-1]["notes"].append(
+                f"tracking stopped: iteration {index + 1} realized a target reduction of {realized:.4g} "
+                f"against {predicted:.4g} predicted and was undone")
+            break
+        state.records.append(_iteration_record(index + 1, (value, after), (utility, scope.utility()[0]),
+                                               result, result.notes + notes, solver))
     return scope.current_model()
 
 

@@ -48,6 +48,12 @@ class CorrectionScope(Protocol):
     def current_model(self) -> HeadModel:
         """The model at the current parameters."""
 
+    def snapshot(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Copies of (parameters, weights), to undo a step with :meth:`restore`."""
+
+    def restore(self, snapshot: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Go back to a :meth:`snapshot`."""
+
 
 class HeadScope:
     """The logistic head of the model, extractor frozen."""
@@ -108,3 +114,12 @@ class HeadScope:
     def current_model(self) -> HeadModel:
         """The model with the current head."""
         return self.model.with_theta(self.theta)
+
+    def snapshot(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Copies of the head and the weights."""
+        return self.theta.clone(), self.weights.clone()
+
+    def restore(self, snapshot: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Go back to a snapshot."""
+        self.theta, self.weights = snapshot[0].clone(), snapshot[1].clone()
+        self._factor = None
