@@ -1,12 +1,18 @@
-"""Shared fixtures: real examples built once per test session from the vendored UCI data."""
+"""Shared fixtures: real examples built once per test session from the vendored UCI data, and
+a fresh API app on a private store and the test Redis DB (API and worker tests)."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from app.main import create_app
+from tests.app.support import TestClient, flush_test_db, make_settings
 from workers.engine.examples import ExampleInfo, build_example
+from workers.settings import ServiceSettings
 
 
 @pytest.fixture(scope="session")
@@ -28,3 +34,18 @@ def example_args(example: ExampleInfo, out: Path, *extra: str) -> list[str]:
             "--train", str(d / "train.parquet"), "--audit", str(d / "audit.parquet"),
             "--eval", str(d / "eval.parquet"), "--label", example.label,
             "--sensitive", example.sensitive[0], "--out", str(out), "--quiet", *extra]
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Iterator[ServiceSettings]:
+    """Settings with a private store and queue prefix; the test DB is flushed around the test."""
+    flush_test_db()
+    yield make_settings(tmp_path / "store", f"t{uuid.uuid4().hex[:10]}")
+    flush_test_db()
+
+
+@pytest.fixture
+def client(settings: ServiceSettings) -> Iterator[TestClient]:
+    """A TestClient on a new app (no background reconciler: tests reconcile on read)."""
+    with TestClient(create_app(settings, reconcile=False)) as test_client:
+        yield test_client
