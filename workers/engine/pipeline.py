@@ -31,7 +31,7 @@ from workers.engine.data import (
     read_columns,
     resolve_features,
 )
-from workers.engine.errors import CorrectionCanceled, DatasetError, InputError
+from workers.engine.errors import CorrectionCanceled, DatasetError, InfeasibleError, InputError
 from workers.engine.evaluation import SplitContext, attack_label, evaluate_split
 from workers.engine.model import HeadModel, pick_device
 from workers.engine.report import build_report, render_html
@@ -230,8 +230,13 @@ def _influence_and_weights(scope: CorrectionScope, spec: CorrectionSpec, run: _R
         a = sign * scope.influences(target_grad)
         b = scope.influences(utility_grad)
     with run.stage("weights", fraction + 0.05):
-        result = solve_weights(a, b, abs(value) - state.goal, spec.weighting, state.tau_left,
-                               (scope.weights - 1).cpu().numpy())
+        try:
+            result = solve_weights(a, b, abs(value) - state.goal, spec.weighting, state.tau_left,
+                                   (scope.weights - 1).cpu().numpy())
+        except InfeasibleError as exc:
+            reachable = (state.initial - abs(value) + exc.max_reduction) / state.initial
+            raise InfeasibleError(f"{exc} (as a fraction of the audit target: objective.reduction "
+                                  f"at most {max(reachable, 0.0):.3f})", exc.max_reduction) from exc
     state.tau_left = max(0.0, state.tau_left - max(0.0, result.predicted_utility_change))
     state.solved.append(result)
     return result, value, utility, solver
