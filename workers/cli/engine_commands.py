@@ -72,6 +72,8 @@ def _add_correct(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     parser.add_argument("--no-robust-eval", action="store_true", help="skip robust accuracy")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (small models on a busy "
+                        "machine run fastest with 1)")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     parser.set_defaults(handler=run_correct)
 
@@ -151,6 +153,10 @@ def run_correct(args: argparse.Namespace) -> int:
     from workers.engine.pipeline import load_inputs, run_correction, write_outputs
     from workers.engine.report import format_summary
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(max(1, args.threads))
     try:
         schema = schema_from_args(args)
         args.sensitive = args.sensitive or schema.sensitive[0]
