@@ -16,6 +16,7 @@ with the highest and the lowest mean at the current θ (non-negative).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -26,18 +27,19 @@ from workers.engine.errors import DatasetError
 __all__ = ["GroupGap", "MeanLogLoss", "Objective", "group_masks"]
 
 
-class Objective:
+class Objective(Protocol):
     """A differentiable function of the head parameters."""
 
-    name = "objective"
+    @property
+    def name(self) -> str:
+        """What the objective measures."""
 
     def evaluate(self, theta: torch.Tensor) -> tuple[float, torch.Tensor]:
         """Signed value and gradient at ``theta``."""
-        raise NotImplementedError
 
 
 @dataclass
-class MeanLogLoss(Objective):
+class MeanLogLoss:
     """Mean binary log-loss of the head on a design matrix (utility, or robustness when the
     design holds frozen adversarial points)."""
 
@@ -103,14 +105,15 @@ def _conditioned(design: torch.Tensor, groups: np.ndarray, keep: np.ndarray, pri
 
 
 @dataclass
-class GroupGap(Objective):
+class GroupGap:
     """A fairness gap surrogate: demographic parity, equal opportunity or equalized odds."""
 
     metric: str
     gaps: list[_Gap]
 
     @property
-    def name(self) -> str:  # type: ignore[override]
+    def name(self) -> str:
+        """The fairness metric."""
         return self.metric
 
     @classmethod
