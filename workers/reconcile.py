@@ -41,6 +41,9 @@ def _failure(state: RQState) -> JobError:
     if "Work-horse terminated unexpectedly" in text:
         return JobError(code="worker_crashed", message=f"the worker process died while running the "
                         f"job (out of memory?): {text}")
+    if "AbandonedJobError" in text:  # whole worker gone (kill -9, node lost): its heartbeat expired
+        return JobError(code="worker_crashed", message=f"the worker running the job stopped sending "
+                        f"heartbeats (process killed or machine lost): {text}")
     if "JobTimeoutException" in text or "timeout" in text.lower():
         return JobError(code="timeout", message=f"the job ran past its time limit: {text}")
     return JobError(code="internal_error", message=text)
@@ -102,6 +105,8 @@ def reconcile_job(
 
     def change(current: JobRecord) -> JobRecord | None:
         nonlocal requeue
+        if (current.status, current.attempts) != (record.status, record.attempts):
+            return None  # a worker moved the job after RQ's state was read: that state is stale
         changed, requeue = _decide(current, state, settings)
         return changed
 
