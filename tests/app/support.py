@@ -22,6 +22,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", StarletteDeprecationWarning)
     from fastapi.testclient import TestClient
 
+from models_store import LocalStore, Records
 from workers.engine.examples import ExampleInfo
 from workers.settings import ServiceSettings
 
@@ -144,3 +145,15 @@ def store_files(root: Path) -> list[str]:
     """Every file under the store root except lock files (used to prove nothing partial is left)."""
     return sorted(str(p.relative_to(root)) for p in root.rglob("*")
                   if p.is_file() and ".locks" not in p.parts)
+
+
+def running_horse_pid(store: Path, job_id: str, timeout: float = 60.0) -> int:
+    """The work horse's pid once tenant acme's job is running past its ``load`` stage."""
+    records = Records(LocalStore(store))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        record = records.get_job("acme", job_id)
+        if record is not None and record.status == "running" and record.worker_pid and record.stage != "load":
+            return record.worker_pid
+        time.sleep(0.05)
+    raise AssertionError("the job never started running")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from tests.app.support import (
     auth,
     flush_test_db,
     job_body,
+    running_horse_pid,
     upload_example,
     wait_for,
     worker_process,
@@ -32,17 +32,6 @@ def outputs(settings: ServiceSettings, job_id: str) -> list[str]:
     return records.store.list_children(records.output_prefix("acme", job_id))
 
 
-def running_pid(settings: ServiceSettings, job_id: str, timeout: float = 60) -> int:
-    records = Records(LocalStore(settings.store))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        record = records.get_job("acme", job_id)
-        if record is not None and record.status == "running" and record.worker_pid and record.stage != "load":
-            return record.worker_pid
-        time.sleep(0.05)
-    raise AssertionError("the job never started running")
-
-
 def submit(client: TestClient, ids: dict[str, str]) -> str:
     response = client.post("/v1/jobs", headers=auth(), json=job_body(ids))
     assert response.status_code == 202, response.text
@@ -56,7 +45,7 @@ def test_cancel_a_running_job(client: TestClient, settings: ServiceSettings, adu
     slow = settings.model_copy(update=DELAY)
     with worker_process(slow, tmp_path / "worker.log") as worker:
         job_id = submit(client, ids)
-        running_pid(settings, job_id)
+        running_horse_pid(settings.store, job_id)
         response = client.post(f"/v1/jobs/{job_id}/cancel", headers=auth())
         assert response.status_code == 202 and response.json()["cancel_requested"]
         job = wait_for(client, job_id, ("canceled", "failed", "succeeded"), timeout=30)
@@ -73,7 +62,7 @@ def test_sigkilled_work_horse_never_stays_running(settings: ServiceSettings,
     with TestClient(create_app(slow, reconcile=False)) as client, \
             worker_process(slow, tmp_path / "worker.log"):
         job_id = submit(client, upload_example(client, adult_example))
-        os.kill(running_pid(settings, job_id), signal.SIGKILL)
+        os.kill(running_horse_pid(settings.store, job_id), signal.SIGKILL)
         job = wait_for(client, job_id, ("failed", "succeeded", "canceled"), timeout=60)
     if retries:
         assert (job["status"], job["attempts"]) == ("succeeded", 2), job

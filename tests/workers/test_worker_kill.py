@@ -30,7 +30,15 @@ from safetensors.torch import load_file
 
 from app.main import create_app
 from models_store import LocalStore, Records
-from tests.app.support import ROOT, TestClient, auth, job_body, upload_example, worker_env
+from tests.app.support import (
+    ROOT,
+    TestClient,
+    auth,
+    job_body,
+    running_horse_pid,
+    upload_example,
+    worker_env,
+)
 from workers.engine.examples import ExampleInfo
 from workers.queue import connect
 from workers.settings import ServiceSettings
@@ -69,17 +77,6 @@ def _worker(settings: ServiceSettings, log: Path) -> Iterator[subprocess.Popen[b
             yield process
         finally:
             _kill_tree(process)
-
-
-def _running_horse(records: Records, job_id: str, timeout: float = 60.0) -> int:
-    """The pid of the work horse once the job is running past its ``load`` stage."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        record = records.get_job("acme", job_id)
-        if record is not None and record.status == "running" and record.worker_pid and record.stage != "load":
-            return record.worker_pid
-        time.sleep(0.05)
-    raise AssertionError("the job never started running")
 
 
 def _wait_gone(pid: int, timeout: float = 10.0) -> None:
@@ -126,7 +123,7 @@ def test_killed_worker_never_leaves_job_running(settings: ServiceSettings, adult
         response = client.post("/v1/jobs", headers=auth(), json=job_body(ids))
         assert response.status_code == 202, response.text
         job_id: str = response.json()["id"]
-        horse = _running_horse(records, job_id)
+        horse = running_horse_pid(settings.store, job_id)
         assert horse != first.pid and os.getpgid(horse) == horse, "expected RQ's horse in its own group"
 
         # kill -9 the whole worker: parent first (so it cannot notice its horse dying), then the horse
