@@ -220,9 +220,10 @@ class _Tracking:
     solved: list[WeightResult] = field(default_factory=list)
 
 
-def _influence_and_weights(scope: CorrectionScope, spec: CorrectionSpec, run: _Run, state: _Tracking,
-                           fraction: float) -> tuple[WeightResult, float, float, dict[str, Any]]:
-    value, target_grad = scope.target()
+def _influence_and_weights(scope: CorrectionScope, target: tuple[float, torch.Tensor], spec: CorrectionSpec,
+                           run: _Run, state: _Tracking, fraction: float,
+                           ) -> tuple[WeightResult, float, float, dict[str, Any]]:
+    value, target_grad = target
     with run.stage("influence", fraction):
         solver = scope.prepare()
         utility, utility_grad = scope.utility()
@@ -251,15 +252,17 @@ def _track(scope: CorrectionScope, spec: CorrectionSpec, run: _Run, state: _Trac
     for little or no target progress.
     """
     budget = 1 if spec.weighting.scheme == "hard" else spec.method.max_iterations
+    current = scope.target()
     for index in range(budget):
-        if index > 0 and abs(scope.target()[0]) <= state.goal + spec.method.target_tolerance * state.initial:
+        if index > 0 and abs(current[0]) <= state.goal + spec.method.target_tolerance * state.initial:
             break
         fraction = 0.2 + 0.5 * index / budget
         snapshot = scope.snapshot()
-        result, value, utility, solver = _influence_and_weights(scope, spec, run, state, fraction)
+        result, value, utility, solver = _influence_and_weights(scope, current, spec, run, state, fraction)
         with run.stage("unlearn", fraction + 0.1):
             notes = scope.step(result.eps, spec.method)
-        after = scope.target()[0]
+        current = scope.target()
+        after = current[0]
         realized, predicted = abs(value) - abs(after), -result.predicted_target_change
         if index > 0 and realized < MIN_PROGRESS_RATIO * predicted:
             scope.restore(snapshot)
@@ -279,7 +282,8 @@ def _network_step(setup: _Setup, inputs: CorrectionInputs, spec: CorrectionSpec,
     from workers.engine.methods.base import NetworkTask
     from workers.engine.methods.registry import apply_network_method
 
-    result, value, utility, solver = _influence_and_weights(setup.scope, spec, run, state, 0.2)
+    result, value, utility, solver = _influence_and_weights(setup.scope, setup.scope.target(), spec, run,
+                                                            state, 0.2)
     model = setup.scope.current_model()
     with run.stage("unlearn", 0.3):
         trainable = copy.deepcopy(model.network)
