@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 from app.client import SoftUnlearnClient
 from workers.settings import DEFAULT_REDIS_URL
 
-__all__ = ["run_demo"]
+__all__ = ["run_demo", "stop_process"]
 
 
 def _free_port() -> int:
@@ -43,11 +43,12 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 15) -> None:
+    """Terminate ``process`` and wait; kill it if it does not exit within ``timeout`` seconds."""
     if process.poll() is None:
         process.terminate()
         try:
-            process.wait(timeout=15)
+            process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
@@ -70,7 +71,7 @@ def ensure_redis(url: str, workdir: Path, stack: ExitStack) -> str:
     process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                                 "--appendonly", "no", "--dir", str(workdir)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    stack.callback(_stop, process)
+    stack.callback(stop_process, process)
     local = f"redis://127.0.0.1:{port}/0"
     for _ in range(100):
         if _answers(local):
@@ -84,7 +85,7 @@ def _spawn(args: list[str], env: dict[str, str], log: Path, stack: ExitStack) ->
     handle = stack.enter_context(open(log, "wb"))  # noqa: SIM115 (closed by the stack)
     process = subprocess.Popen([sys.executable, "-m", "workers.cli.main", *args], env=env,
                                stdout=handle, stderr=subprocess.STDOUT)
-    stack.callback(_stop, process)
+    stack.callback(stop_process, process)
     return process
 
 

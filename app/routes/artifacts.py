@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
 from fastapi import APIRouter, Request
 
-from app.deps import ServicesDep, TenantDep
+from app.deps import Services, ServicesDep, TenantDep
 from app.errors import ApiError
 from app.schemas import DatasetPublic, ModelPublic, Problem
 from app.services.artifacts import UploadRequest, create_dataset, create_model
@@ -37,6 +38,18 @@ def _upload_request(request: Request) -> UploadRequest:
                          request.headers.get("content-length"))
 
 
+async def _counted(kind: str, upload: Awaitable[ArtifactRecord], services: Services) -> ArtifactRecord:
+    """Await an upload, counting it in the metrics as accepted or by its error code."""
+    try:
+        record = await upload
+    except ApiError as exc:
+        services.metrics.uploads.labels(kind, exc.code).inc()
+        raise
+    services.metrics.uploads.labels(kind, "accepted").inc()
+    services.metrics.upload_bytes.labels(kind).inc(record.size_bytes)
+    return record
+
+
 def model_public(record: ArtifactRecord) -> ModelPublic:
     """API view of a model record."""
     return ModelPublic(id=record.id, sha256=record.sha256, size_bytes=record.size_bytes,
@@ -59,15 +72,9 @@ def dataset_public(record: ArtifactRecord) -> DatasetPublic:
                                       '"hidden": [64, 32], "activation": "relu"}'))
 async def upload_model(request: Request, services: ServicesDep, tenant: TenantDep) -> ModelPublic:
     """Upload a safetensors checkpoint with its architecture (multipart: ``file``, ``architecture``)."""
-    try:
-        record = await create_model(services.records, tenant, _upload_request(request),
-                                    services.settings.max_model_bytes)
-    except ApiError as exc:
-        services.metrics.uploads.labels("model", exc.code).inc()
-        raise
-    services.metrics.uploads.labels("model", "accepted").inc()
-    services.metrics.upload_bytes.labels("model").inc(record.size_bytes)
-    return model_public(record)
+    upload = create_model(services.records, tenant, _upload_request(request),
+                          services.settings.max_model_bytes)
+    return model_public(await _counted("model", upload, services))
 
 
 @router.get("/models/{model_id}", response_model=ModelPublic, responses={404: {"model": Problem}})
@@ -83,15 +90,9 @@ def get_model(model_id: str, services: ServicesDep, tenant: TenantDep) -> ModelP
              openapi_extra=_multipart("schema", '{"label": "income", "sensitive": ["sex"]}'))
 async def upload_dataset(request: Request, services: ServicesDep, tenant: TenantDep) -> DatasetPublic:
     """Upload a Parquet or CSV dataset with its schema (multipart: ``file``, ``schema``)."""
-    try:
-        record = await create_dataset(services.records, tenant, _upload_request(request),
-                                      services.settings.max_dataset_bytes)
-    except ApiError as exc:
-        services.metrics.uploads.labels("dataset", exc.code).inc()
-        raise
-    services.metrics.uploads.labels("dataset", "accepted").inc()
-    services.metrics.upload_bytes.labels("dataset").inc(record.size_bytes)
-    return dataset_public(record)
+    upload = create_dataset(services.records, tenant, _upload_request(request),
+                            services.settings.max_dataset_bytes)
+    return dataset_public(await _counted("dataset", upload, services))
 
 
 @router.get("/datasets/{dataset_id}", response_model=DatasetPublic, responses={404: {"model": Problem}})

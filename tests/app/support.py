@@ -23,6 +23,7 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 from models_store import LocalStore, Records
+from workers.demo import stop_process
 from workers.engine.examples import ExampleInfo
 from workers.settings import ServiceSettings
 
@@ -77,13 +78,7 @@ def worker_process(settings: ServiceSettings, log: Path) -> Iterator[subprocess.
         try:
             yield process
         finally:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            stop_process(process, timeout=20)
 
 
 def flush_test_db() -> None:
