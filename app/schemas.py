@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from workers.engine.config import (
     EvaluationConfig,
+    GuardConfig,
     InfluenceConfig,
     MethodConfig,
     ObjectiveConfig,
@@ -35,7 +36,7 @@ __all__ = [
 ]
 
 ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
-SPEC_PARTS = ("objective", "weighting", "method", "influence", "evaluation", "seed")
+SPEC_PARTS = ("objective", "weighting", "method", "influence", "evaluation", "guard", "seed")
 """Fields of :class:`JobCreate` that make up the engine's CorrectionSpec."""
 _EXAMPLE_ID = "3f1c2a9e-8b7d-4c6e-9f10-2a3b4c5d6e7f"
 
@@ -122,6 +123,7 @@ class JobCreate(BaseModel):
     method: MethodConfig | None = Field(default=None, description="Default: name newton.")
     influence: InfluenceConfig | None = None
     evaluation: EvaluationConfig | None = None
+    guard: GuardConfig | None = Field(default=None, description="When a correction step is accepted.")
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     queue: Literal["cpu", "gpu"] | None = Field(default=None, description="Worker queue (default: server's).")
 

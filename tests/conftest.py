@@ -3,9 +3,11 @@ a fresh API app on a private store and the test Redis DB (API and worker tests).
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,6 +27,18 @@ def adult_example(tmp_path_factory: pytest.TempPathFactory) -> ExampleInfo:
 def bank_example(tmp_path_factory: pytest.TempPathFactory) -> ExampleInfo:
     """The Bank example (seed 0)."""
     return build_example("bank", tmp_path_factory.mktemp("examples") / "bank", seed=0)
+
+
+def run_correct(args: list[str], out: Path) -> dict[str, Any]:
+    """Run ``softunlearn correct``; its exit code must say what the report's ``target_met`` says
+    (0 met, 3 missed). Returns the report."""
+    from workers.cli.main import main
+
+    code = main(args)
+    assert code in (0, 3), f"exit {code}"
+    report: dict[str, Any] = json.loads((out / "report.json").read_text())
+    assert code == (0 if report["target_met"] else 3), (code, report["target_met"], report["warnings"])
+    return report
 
 
 def example_args(example: ExampleInfo, out: Path, *extra: str) -> list[str]:

@@ -11,7 +11,14 @@ from typing import Any, get_args
 
 from workers.engine.config import CorrectionSpec, MethodName, Metric, Scheme, Solver, spec_from_dict
 
-__all__ = ["register", "spec_from_args"]
+__all__ = ["EXIT_BAD_INPUT", "EXIT_OK", "EXIT_TARGET_MISSED", "register", "spec_from_args"]
+
+EXIT_OK = 0
+"""The job succeeded and its target was met."""
+EXIT_BAD_INPUT = 2
+"""Bad input: the message names what to change; nothing was written."""
+EXIT_TARGET_MISSED = 3
+"""The job succeeded (outputs written) but its target was not met (report ``target_met`` false)."""
 
 
 def _add_example(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -128,7 +135,7 @@ def run_example(args: argparse.Namespace) -> int:
                              progress=lambda message: print(message, file=sys.stderr))
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     print(f"wrote {args.out}: {info.n_train} train / {info.n_audit} audit / {info.n_eval} eval rows, "
           f"{info.in_features} features; baseline eval accuracy {info.eval_accuracy:.4f}")
     print(f"label {info.label!r}, sensitive {info.sensitive!r}")
@@ -169,7 +176,7 @@ def run_correct(args: argparse.Namespace) -> int:
         paths = write_outputs(result, args.out)
     except (EngineError, ValueError, OSError, argparse.ArgumentTypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     print(format_summary(result.report))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
-    return 0
+    return EXIT_OK if result.report["target_met"] else EXIT_TARGET_MISSED

@@ -19,6 +19,7 @@ __all__ = [
     "AttackConfig",
     "CorrectionSpec",
     "EvaluationConfig",
+    "GuardConfig",
     "InfluenceConfig",
     "MethodConfig",
     "MethodName",
@@ -45,6 +46,7 @@ InfeasiblePolicy = Literal["error", "best_effort"]
 Scope = Literal["last_layer", "full"]
 Solver = Literal["auto", "exact", "cg", "lissa"]
 Curvature = Literal["gauss_newton", "hessian"]
+PolishPolicy = Literal["auto", "always", "never"]
 
 DEFAULT_REDUCTION = 0.6
 """Fraction of the audit target removed when the spec names none. On the Adult example it
@@ -230,11 +232,24 @@ class InfluenceConfig:
     usual choice for network influence) or ``hessian`` (the exact Hessian, which may be indefinite).
     ``damping`` shifts either (when it is 0, 1e-3 per unit of total sample weight is used).
     ``max_memory_gb`` refuses a job whose estimated working memory is larger, before it starts.
+
+    ``polish`` (head scope): influence assumes the head sits at the optimum of its regularized
+    training objective. ``auto`` (default) moves it there only when that leaves the model as the
+    user had it: audit log-loss within ``polish_max_log_loss_change``, audit accuracy within
+    ``polish_max_accuracy_change`` and the audit target within ``polish_max_target_change``
+    (relative). Otherwise, and always with ``never``, the head stays at the user's parameters and
+    the objective is tilted by its gradient there, ``L(θ; w) − g₀ᵀθ``, so that the user's head is
+    its exact optimum and influence, Newton steps and refits are taken about it (docs/ENGINE.md).
+    ``always`` polishes whatever it costs (the report shows the cost).
     """
 
     scope: Scope = "last_layer"
     l2_reg: float = 1.0
     damping: float = 0.0
+    polish: PolishPolicy = "auto"
+    polish_max_log_loss_change: float = 0.01
+    polish_max_accuracy_change: float = 0.005
+    polish_max_target_change: float = 0.1
     polish_max_steps: int = 50
     polish_tolerance: float = 1e-8
     chunk_size: int = 8192
@@ -252,6 +267,10 @@ class InfluenceConfig:
         _check_choice(self.scope, Scope, "influence.scope")
         _check_choice(self.solver, Solver, "influence.solver")
         _check_choice(self.curvature, Curvature, "influence.curvature")
+        _check_choice(self.polish, PolishPolicy, "influence.polish")
+        for name in ("polish_max_log_loss_change", "polish_max_accuracy_change", "polish_max_target_change"):
+            _finite(getattr(self, name), f"influence.{name}")
+            _check(getattr(self, name) >= 0, f"influence.{name} must be >= 0")
         _finite(self.l2_reg, "influence.l2_reg")
         _check(self.l2_reg >= 0, "influence.l2_reg must be >= 0")
         _finite(self.damping, "influence.damping")
@@ -274,10 +293,55 @@ class InfluenceConfig:
 
 @dataclass(frozen=True)
 class EvaluationConfig:
-    """What the before/after report measures besides accuracy and fairness."""
+    """What the before/after report measures besides accuracy and fairness.
+
+    ``n_boot`` / ``ci_level``: paired bootstrap confidence intervals of every before/after
+    metric and of its change (resampled within sensitive groups, seeded by the job's seed).
+    ``min_group_rows``: a group with fewer rows in any split gets a ``small_group`` warning;
+    ``min_changed_predictions``: fewer changed eval (else audit) predictions get a
+    ``few_predictions_changed`` warning.
+    """
 
     robustness: bool = True
     attack: AttackConfig = field(default_factory=AttackConfig)
+    n_boot: int = 1000
+    ci_level: float = 0.95
+    min_group_rows: int = 30
+    min_changed_predictions: int = 20
+
+    def __post_init__(self) -> None:
+        _check(100 <= self.n_boot <= 100_000, "evaluation.n_boot must be in [100, 100000]")
+        _finite(self.ci_level, "evaluation.ci_level")
+        _check(0.5 <= self.ci_level < 1, "evaluation.ci_level must be in [0.5, 1)")
+        _check(1 <= self.min_group_rows <= 1_000_000, "evaluation.min_group_rows must be in [1, 1000000]")
+        _check(0 <= self.min_changed_predictions <= 1_000_000,
+               "evaluation.min_changed_predictions must be in [0, 1000000]")
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    """When a correction step is accepted (every tracking iteration, the first included).
+
+    A step is undone when it makes the audit target (surrogate or hard-label metric) worse,
+    realizes less than ``min_progress_ratio`` of its first-order predicted reduction (head
+    methods), raises the mean audit log-loss by more than ``objective.utility_tolerance`` +
+    ``max_log_loss_increase`` over the input model, or lowers audit accuracy by more than
+    ``max_accuracy_drop``; for robustness also when adaptive robust accuracy on audit does not
+    improve. Before giving up on a step its size is halved up to ``line_search_steps`` times.
+    """
+
+    min_progress_ratio: float = 0.5
+    max_log_loss_increase: float = 0.05
+    max_accuracy_drop: float = 0.03
+    line_search_steps: int = 4
+
+    def __post_init__(self) -> None:
+        for name in ("min_progress_ratio", "max_log_loss_increase", "max_accuracy_drop"):
+            _finite(getattr(self, name), f"guard.{name}")
+        _check(0 <= self.min_progress_ratio <= 1, "guard.min_progress_ratio must be in [0, 1]")
+        _check(self.max_log_loss_increase >= 0, "guard.max_log_loss_increase must be >= 0")
+        _check(0 <= self.max_accuracy_drop <= 1, "guard.max_accuracy_drop must be in [0, 1]")
+        _check(0 <= self.line_search_steps <= 20, "guard.line_search_steps must be in [0, 20]")
 
 
 @dataclass(frozen=True)
@@ -289,6 +353,7 @@ class CorrectionSpec:
     method: MethodConfig = field(default_factory=MethodConfig)
     influence: InfluenceConfig = field(default_factory=InfluenceConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:

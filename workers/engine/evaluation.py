@@ -2,8 +2,10 @@
 
 Fairness differences are max − min over groups of the selection rate (demographic parity), the
 true-positive rate (equal opportunity) and max(TPR difference, FPR difference) (equalized odds),
-as ``fairlearn.metrics`` defines them. Groups without positives (or negatives) are left out of
-the TPR (FPR) comparison; a difference over fewer than two groups is reported as null.
+as ``fairlearn.metrics`` defines them. As in Fairlearn (scikit-learn's row-normalised confusion
+matrix with nan read as 0), a group without positives (negatives) enters the TPR (FPR) comparison
+with a rate of 0, and a split with a single group has differences of 0; the per-group table still
+reports such a rate as null, next to the group's positive and negative counts.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from workers.engine.data import Dataset
 from workers.engine.model import HeadModel
 from workers.engine.objectives import GroupGap
 
-__all__ = ["SplitContext", "attack_label", "classification_metrics", "evaluate_split"]
+__all__ = ["SplitContext", "SplitEvaluation", "attack_label", "classification_metrics", "evaluate_split"]
 
 LOG_EPS = 1e-12
 
@@ -29,36 +31,52 @@ def _rate(values: np.ndarray) -> float | None:
     return float(values.mean()) if values.size else None
 
 
-def _spread(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return float(max(present) - min(present)) if len(present) >= 2 else None
+def _rate_or_zero(rate: float | None) -> float:
+    # Fairlearn's rates come from confusion_matrix(normalize="true"), whose empty rows are nan → 0.
+    return 0.0 if rate is None else rate
+
+
+def _spread(values: list[float]) -> float | None:
+    return float(max(values) - min(values)) if values else None
+
+
+def _worse(first: float | None, second: float | None) -> float | None:
+    return None if first is None or second is None else max(first, second)
+
+
+def _group_row(y: np.ndarray, yhat: np.ndarray) -> dict[str, Any]:
+    positives = int((y == 1).sum())
+    return {
+        "n": int(y.shape[0]),
+        "positives": positives,
+        "negatives": int(y.shape[0]) - positives,
+        "selection_rate": _rate(yhat),
+        "tpr": _rate(yhat[y == 1]),
+        "fpr": _rate(yhat[y == 0]),
+        "accuracy": _rate((yhat == y).astype(np.float64)),
+    }
 
 
 def classification_metrics(proba: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> dict[str, Any]:
-    """Accuracy, log-loss, hard-label fairness differences and the per-group table."""
+    """Accuracy, log-loss, hard-label fairness differences and the per-group table.
+
+    The three differences equal ``fairlearn.metrics`` ``demographic_parity_difference``,
+    ``equal_opportunity_difference`` and ``equalized_odds_difference`` (``agg="worst_case"``) of
+    the labels at threshold 0.5; they are null only for an empty split.
+    """
     predicted = (proba >= 0.5).astype(np.float64)
     clipped = np.clip(proba, LOG_EPS, 1 - LOG_EPS)
-    table: dict[str, dict[str, Any]] = {}
-    for group in sorted(set(groups.tolist())):
-        rows = groups == group
-        y, yhat = labels[rows], predicted[rows]
-        table[str(group)] = {
-            "n": int(rows.sum()),
-            "selection_rate": _rate(yhat),
-            "tpr": _rate(yhat[y == 1]),
-            "fpr": _rate(yhat[y == 0]),
-            "accuracy": _rate((yhat == y).astype(np.float64)),
-        }
-    tpr_diff = _spread([row["tpr"] for row in table.values()])
-    fpr_diff = _spread([row["fpr"] for row in table.values()])
-    odds = [d for d in (tpr_diff, fpr_diff) if d is not None]
+    masks = {str(group): groups == group for group in sorted(set(groups.tolist()))}
+    table = {name: _group_row(labels[rows], predicted[rows]) for name, rows in masks.items()}
+    tpr_diff = _spread([_rate_or_zero(row["tpr"]) for row in table.values()])
+    fpr_diff = _spread([_rate_or_zero(row["fpr"]) for row in table.values()])
     return {
         "n": int(labels.shape[0]),
         "accuracy": float((predicted == labels).mean()),
         "log_loss": float(-(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped)).mean()),
         "demographic_parity_difference": _spread([row["selection_rate"] for row in table.values()]),
         "equal_opportunity_difference": tpr_diff,
-        "equalized_odds_difference": max(odds) if odds else None,
+        "equalized_odds_difference": _worse(tpr_diff, fpr_diff),
         "groups": table,
     }
 
@@ -96,7 +114,8 @@ class SplitContext:
 
 
 def _robust_accuracy(model: HeadModel, design: torch.Tensor, context: SplitContext,
-                     config: AttackConfig) -> dict[str, Any]:
+                     config: AttackConfig) -> tuple[dict[str, Any], np.ndarray]:
+    """Robust accuracy against the frozen and the adaptive attack; per-row adaptive correctness."""
     labels = context.data.labels
     frozen = context.frozen[attack_label(config)]
     theta = model.theta()
@@ -107,12 +126,14 @@ def _robust_accuracy(model: HeadModel, design: torch.Tensor, context: SplitConte
         frozen_pred = model.logits(frozen).cpu().numpy() >= 0
         adversarial = attack_inputs(model, context.data.features, labels, config)
         adaptive_pred = model.logits(adversarial).cpu().numpy() >= 0
-    return {
+    adaptive_correct = adaptive_pred == (labels == 1)
+    summary = {
         "attack": {"kind": config.kind, "norm": config.norm, "epsilon": config.epsilon,
                    "steps": config.steps, "kappa": config.kappa},
         "frozen": float((frozen_pred == (labels == 1)).mean()),
-        "adaptive": float((adaptive_pred == (labels == 1)).mean()),
+        "adaptive": float(adaptive_correct.mean()),
     }
+    return summary, adaptive_correct
 
 
 def _surrogates(theta: torch.Tensor, design: torch.Tensor, context: SplitContext,
@@ -128,17 +149,32 @@ def _surrogates(theta: torch.Tensor, design: torch.Tensor, context: SplitContext
     return out
 
 
-def evaluate_split(model: HeadModel, context: SplitContext) -> dict[str, Any]:
+@dataclass
+class SplitEvaluation:
+    """Every before/after number of one model on one split, and the per-row outcomes behind
+    them (for the bootstrap)."""
+
+    metrics: dict[str, Any]
+    proba: np.ndarray
+    robust_correct: dict[str, np.ndarray] = field(default_factory=dict)
+    """Adaptive correctness per row, by attack label."""
+
+
+def evaluate_split(model: HeadModel, context: SplitContext) -> SplitEvaluation:
     """Every before/after number for one model on one split."""
     proba = torch.sigmoid(model.logits(context.data.features)).cpu().numpy()
     metrics = classification_metrics(proba, context.data.labels, context.groups)
     design = model.design(context.data.features)
     metrics["surrogates"] = _surrogates(model.theta(), design, context)
+    evaluation = SplitEvaluation(metrics, proba)
     if context.attacks:
-        robustness = {attack_label(c): _robust_accuracy(model, design, context, c)
-                      for c in context.attacks}
+        robustness = {}
+        for config in context.attacks:
+            label = attack_label(config)
+            robustness[label], evaluation.robust_correct[label] = _robust_accuracy(model, design, context,
+                                                                                   config)
         primary = robustness[attack_label(context.attacks[0])]
         metrics["robust_accuracy"] = primary["adaptive"]
         metrics["robust_accuracy_frozen"] = primary["frozen"]
         metrics["robustness"] = robustness
-    return metrics
+    return evaluation

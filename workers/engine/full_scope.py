@@ -85,13 +85,18 @@ class FullScope:
     def _build_target(self) -> TargetFn:
         objective = self.spec.objective
         if objective.metric == "robustness":
-            adversarial = torch.as_tensor(self.targets.frozen, device=self._audit.device,
-                                          dtype=torch.float64)
-            labels = self._audit_labels
-            return lambda net: F.binary_cross_entropy_with_logits(_logits(net, adversarial), labels)
+            return self._adversarial_loss()
         audit, groups = self.targets.audit, self.targets.audit.sensitive[self.targets.sensitive]
         return lambda net: soft_gap(objective.metric, torch.sigmoid(_logits(net, self._audit)),
                                     audit.labels, groups, objective.privileged_group)
+
+    def _adversarial_loss(self) -> TargetFn:
+        """Mean log-loss on the audit points attacked *now*, against the current network (the
+        robustness target is adaptive; the points are then held fixed for its gradient)."""
+        adversarial = torch.as_tensor(self.targets.adversarial_inputs(self.current_model()),
+                                      device=self._audit.device, dtype=torch.float64)
+        labels = self._audit_labels
+        return lambda net: F.binary_cross_entropy_with_logits(_logits(net, adversarial), labels)
 
     def _utility_fn(self, net: nn.Module) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(_logits(net, self._audit), self._audit_labels)
@@ -105,11 +110,14 @@ class FullScope:
     def polish(self) -> dict[str, Any]:
         """Report the gradient norm at the trained parameters; the network is not moved."""
         norm = float(self.engine.gradient("polish").norm())
-        return {"newton_steps": 0, "gradient_norm_before": norm, "gradient_norm_after": norm,
+        return {"policy": self.spec.influence.polish, "applied": False, "mode": "tilted",
+                "newton_steps": 0, "gradient_norm_before": norm, "gradient_norm_after": norm,
                 "converged": False, "note": NO_POLISH_REASON}
 
     def target(self) -> tuple[float, torch.Tensor]:
         """Audit target and its gradient over all parameters."""
+        if self.spec.objective.metric == "robustness":
+            return self._evaluate(self._adversarial_loss())
         return self._evaluate(self._target_fn)
 
     def utility(self) -> tuple[float, torch.Tensor]:

@@ -28,6 +28,7 @@ __all__ = [
     "factorize",
     "fit_head",
     "influences",
+    "tilt_at",
     "weighted_gradient_sum",
 ]
 
@@ -49,6 +50,8 @@ class HeadProblem:
     damping: float = 0.0
     chunk_size: int = 8192
     loss: Loss = "logistic"
+    tilt: torch.Tensor | None = None
+    """g₀ of the tilted objective L(θ; w) − g₀ᵀθ (None: untilted); see :func:`tilt_at`."""
     reg_mask: torch.Tensor = field(init=False)
 
     def __post_init__(self) -> None:
@@ -99,15 +102,31 @@ def objective(problem: HeadProblem, theta: torch.Tensor, weights: torch.Tensor) 
     total = 0.0
     for rows in problem.chunks():
         total += float(weights[rows] @ problem.losses(rows, theta))
+    if problem.tilt is not None:
+        total -= float(problem.tilt @ theta)
     return total + 0.5 * problem.l2_reg * float((problem.reg_mask * theta) @ theta)
 
 
 def gradient(problem: HeadProblem, theta: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """∇L(θ; w) = Φᵀ(w ⊙ (p − y)) + λ mask ⊙ θ."""
     total = problem.l2_reg * problem.reg_mask * theta
+    if problem.tilt is not None:
+        total = total - problem.tilt
     for rows in problem.chunks():
         total = total + problem.design[rows].T @ (weights[rows] * problem.residual(rows, theta))
     return total
+
+
+def tilt_at(problem: HeadProblem, theta: torch.Tensor, weights: torch.Tensor) -> None:
+    """Tilt the objective so that ``theta`` is its exact optimum under ``weights``.
+
+    With g₀ = ∇L(θ₀; w) the tilted objective L̃(θ; w) = L(θ; w) − g₀ᵀθ has the same Hessian,
+    is still convex, and ∇L̃(θ₀; w) = 0. Influence, Newton steps and refits on L̃ then describe
+    reweighting *about the user's parameters* instead of about a re-fitted head (the first-order
+    change of the optimum under a weight change ε is −H⁻¹Σεᵢgᵢ for both objectives).
+    """
+    problem.tilt = None
+    problem.tilt = _check_finite(gradient(problem, theta, weights), "polish", "the head gradient")
 
 
 def hessian(problem: HeadProblem, theta: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

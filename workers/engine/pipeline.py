@@ -6,13 +6,11 @@ the store. Nothing here knows about HTTP, queues or Redis.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,13 +29,15 @@ from workers.engine.data import (
     read_columns,
     resolve_features,
 )
-from workers.engine.errors import CorrectionCanceled, DatasetError, InfeasibleError, InputError
-from workers.engine.evaluation import SplitContext, attack_label, evaluate_split
+from workers.engine.errors import DatasetError, InputError
+from workers.engine.evaluation import SplitContext, attack_label, classification_metrics, evaluate_split
 from workers.engine.model import HeadModel, pick_device
+from workers.engine.progress import ProgressCallback, StageClock
 from workers.engine.report import build_report, render_html
 from workers.engine.scopes import CorrectionScope, HeadScope
-from workers.engine.targets import AuditTargets
-from workers.engine.weights import WeightResult, solve_weights
+from workers.engine.targets import AuditTargets, acceptance_attack
+from workers.engine.tracking import Tracking, guarded_network_step, measure, track_head
+from workers.engine.verdict import assess
 
 __all__ = [
     "CorrectionInputs",
@@ -48,10 +48,7 @@ __all__ = [
     "write_outputs",
 ]
 
-ProgressCallback = Callable[[str, float], None]
 OUTPUT_MODE = 0o644
-MIN_PROGRESS_RATIO = 0.5
-"""A tracking iteration must realize at least this fraction of its predicted target reduction."""
 STAGES = ("load", "polish", "influence", "weights", "unlearn", "evaluate", "report")
 
 
@@ -130,24 +127,6 @@ def load_inputs(model_path: Path, arch: ArchSpec, train: tuple[Path, DatasetSche
                             sorted(set(notes)))
 
 
-class _Run:
-    """Progress, cancellation and timing of one job."""
-
-    def __init__(self, progress: ProgressCallback | None, should_cancel: Callable[[], bool] | None):
-        self.progress = progress or (lambda stage, fraction: None)
-        self.should_cancel = should_cancel or (lambda: False)
-        self.timings: dict[str, float] = {}
-
-    @contextmanager
-    def stage(self, name: str, fraction: float) -> Iterator[None]:
-        if self.should_cancel():
-            raise CorrectionCanceled(f"canceled before stage '{name}'")
-        self.progress(name, fraction)
-        start = time.perf_counter()
-        yield
-        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
-
-
 @dataclass
 class _Setup:
     model: HeadModel
@@ -161,9 +140,11 @@ def _attacks(spec: CorrectionSpec) -> list[AttackConfig]:
     attacks: list[AttackConfig] = []
     if spec.objective.metric == "robustness":
         attacks.append(spec.objective.attack)
-    if spec.evaluation.robustness and all(attack_label(a) != attack_label(spec.evaluation.attack)
-                                          for a in attacks):
-        attacks.append(spec.evaluation.attack)
+    acceptance = acceptance_attack(spec)
+    extra = [a for a in (acceptance, spec.evaluation.attack if spec.evaluation.robustness else None) if a]
+    for attack in extra:
+        if all(attack_label(a) != attack_label(attack) for a in attacks):
+            attacks.append(attack)
     return attacks
 
 
@@ -184,124 +165,41 @@ def _setup(inputs: CorrectionInputs, spec: CorrectionSpec, device: torch.device)
     model = HeadModel.from_state(inputs.arch, inputs.state, device)
     sensitive = spec.objective.sensitive_attribute or next(iter(inputs.train.sensitive))
     targets = AuditTargets.prepare(model, inputs.audit, spec, sensitive)
-    splits = {"audit": inputs.audit, **({"eval": inputs.eval} if inputs.eval is not None else {})}
     contexts = {name: SplitContext.prepare(model, data, sensitive, spec.objective.privileged_group,
                                            _attacks(spec))
-                for name, data in splits.items()}
+                for name, data in _splits(inputs).items()}
     return _Setup(model, _make_scope(model, inputs, targets, spec), targets, sensitive, contexts)
 
 
-def _iteration_record(index: int, target: tuple[float, float], utility: tuple[float, float],
-                      weights: WeightResult, notes: list[str], solver: dict[str, Any]) -> dict[str, Any]:
-    before, after = target
-    return {
-        "iteration": index,
-        "target_before": before,
-        "target_after": after,
-        "predicted_target_change": weights.predicted_target_change,
-        "realized_target_change": abs(after) - abs(before),
-        "utility_before": utility[0],
-        "utility_after": utility[1],
-        "predicted_utility_change": weights.predicted_utility_change,
-        "realized_utility_change": utility[1] - utility[0],
-        "solver": solver,
-        "notes": notes,
-    }
+def _splits(inputs: CorrectionInputs) -> dict[str, Dataset]:
+    return {"audit": inputs.audit, **({"eval": inputs.eval} if inputs.eval is not None else {})}
 
 
-@dataclass
-class _Tracking:
-    """The state of a correction across tracking iterations."""
-
-    goal: float
-    initial: float
-    tau_left: float
-    records: list[dict[str, Any]] = field(default_factory=list)
-    solved: list[WeightResult] = field(default_factory=list)
-
-
-def _influence_and_weights(scope: CorrectionScope, target: tuple[float, torch.Tensor], spec: CorrectionSpec,
-                           run: _Run, state: _Tracking, fraction: float,
-                           ) -> tuple[WeightResult, float, float, dict[str, Any]]:
-    value, target_grad = target
-    with run.stage("influence", fraction):
-        solver = scope.prepare()
-        utility, utility_grad = scope.utility()
-        sign = 1.0 if value >= 0 else -1.0
-        a = sign * scope.influences(target_grad)
-        b = scope.influences(utility_grad)
-    with run.stage("weights", fraction + 0.05):
-        try:
-            result = solve_weights(a, b, abs(value) - state.goal, spec.weighting, state.tau_left,
-                                   (scope.weights - 1).cpu().numpy())
-        except InfeasibleError as exc:
-            reachable = (state.initial - abs(value) + exc.max_reduction) / state.initial
-            raise InfeasibleError(f"{exc} (as a fraction of the audit target: objective.reduction "
-                                  f"at most {max(reachable, 0.0):.3f})", exc.max_reduction) from exc
-    state.tau_left = max(0.0, state.tau_left - max(0.0, result.predicted_utility_change))
-    state.solved.append(result)
-    return result, value, utility, solver
+def _polish_effect_on_eval(setup: _Setup, polish: dict[str, Any]) -> None:
+    """Add the polish's effect on the eval split to its report (reported, never used to decide)."""
+    context = setup.contexts.get("eval")
+    polished = getattr(setup.scope, "polished_theta", None)
+    if context is None or polished is None:
+        return
+    rows = {}
+    for when, model in (("before", setup.model), ("after", setup.model.with_theta(polished))):
+        proba = torch.sigmoid(model.logits(context.data.features)).cpu().numpy()
+        metrics = classification_metrics(proba, context.data.labels, context.groups)
+        rows[f"accuracy_{when}"] = metrics["accuracy"]
+        rows[f"log_loss_{when}"] = metrics["log_loss"]
+    polish["eval"] = rows
 
 
-def _track(scope: CorrectionScope, spec: CorrectionSpec, run: _Run, state: _Tracking) -> HeadModel:
-    """Head methods: influence → weights → step, repeated until the audit target is reached.
-
-    A tracking iteration (after the first) whose realized target reduction is below
-    ``MIN_PROGRESS_RATIO`` of the first-order prediction is undone and tracking stops: the
-    linearization no longer describes the model there, and further steps only trade utility
-    for little or no target progress.
-    """
-    budget = 1 if spec.weighting.scheme == "hard" else spec.method.max_iterations
-    current = scope.target()
-    for index in range(budget):
-        if index > 0 and abs(current[0]) <= state.goal + spec.method.target_tolerance * state.initial:
-            break
-        fraction = 0.2 + 0.5 * index / budget
-        snapshot = scope.snapshot()
-        result, value, utility, solver = _influence_and_weights(scope, current, spec, run, state, fraction)
-        with run.stage("unlearn", fraction + 0.1):
-            notes = scope.step(result.eps, spec.method)
-        current = scope.target()
-        after = current[0]
-        realized, predicted = abs(value) - abs(after), -result.predicted_target_change
-        if index > 0 and realized < MIN_PROGRESS_RATIO * predicted:
-            scope.restore(snapshot)
-            state.solved.pop()
-            state.records[-1]["notes"].append(
-                f"tracking stopped: iteration {index + 1} realized a target reduction of {realized:.4g} "
-                f"against {predicted:.4g} predicted and was undone")
-            break
-        state.records.append(_iteration_record(index + 1, (value, after), (utility, scope.utility()[0]),
-                                               result, result.notes + notes, solver))
-    return scope.current_model()
-
-
-def _network_step(setup: _Setup, inputs: CorrectionInputs, spec: CorrectionSpec, run: _Run,
-                  state: _Tracking) -> HeadModel:
-    """Network methods: weights from the influence at the original model, then one method run."""
-    from workers.engine.methods.base import NetworkTask
-    from workers.engine.methods.registry import apply_network_method
-
-    result, value, utility, solver = _influence_and_weights(setup.scope, setup.scope.target(), spec, run,
-                                                            state, 0.2)
-    model = setup.scope.current_model()
-    with run.stage("unlearn", 0.3):
-        trainable = copy.deepcopy(model.network)
-        for parameter in trainable.parameters():
-            parameter.requires_grad_(True)
-        task = NetworkTask(
-            arch=inputs.arch, network=trainable.train(), original=model.network,
-            features=torch.as_tensor(inputs.train.features, device=model.device, dtype=model.dtype),
-            labels=torch.as_tensor(inputs.train.labels, device=model.device, dtype=model.dtype),
-            eps=torch.from_numpy(result.eps).to(model.device), config=spec.method, seed=spec.seed)
-        outcome = apply_network_method(task)
-        corrected = HeadModel.from_state(inputs.arch, outcome.state, model.device)
-    target, utility_objective = setup.targets.for_model(corrected)
-    theta = corrected.theta()
-    state.records.append(_iteration_record(
-        1, (value, target.evaluate(theta)[0]), (utility, utility_objective.evaluate(theta)[0]), result,
-        result.notes + outcome.notes, {**solver, "method_diagnostics": outcome.diagnostics}))
-    return corrected
+def _correct(setup: _Setup, inputs: CorrectionInputs, spec: CorrectionSpec, clock: StageClock,
+             state: Tracking) -> HeadModel:
+    """The guarded correction; the input model itself when no step passes the guard."""
+    start = measure(setup.scope.current_model(), setup.targets)
+    if spec.method.name in HEAD_METHODS:
+        track_head(setup.scope, spec, setup.targets, clock, state, start)
+        corrected = setup.scope.current_model() if state.records else None
+    else:
+        corrected = guarded_network_step(setup.scope, inputs.train, spec, setup.targets, clock, state, start)
+    return corrected if corrected is not None else setup.model
 
 
 def run_correction(inputs: CorrectionInputs, spec: CorrectionSpec,
@@ -318,32 +216,36 @@ def run_correction(inputs: CorrectionInputs, spec: CorrectionSpec,
         device: ``cpu``/``cuda``; default CUDA when available.
     """
     torch.manual_seed(spec.seed)
-    run = _Run(progress, should_cancel)
+    clock = StageClock(progress, should_cancel)
     started = time.perf_counter()
     chosen = pick_device(device)
-    with run.stage("load", 0.02):
+    with clock.stage("load", 0.02):
         setup = _setup(inputs, spec, chosen)
-    with run.stage("polish", 0.15):
+        origin = measure(setup.model, setup.targets)
+    with clock.stage("polish", 0.15):
         polish = setup.scope.polish()
-    initial = abs(setup.scope.target()[0])
-    state = _Tracking(goal=(1 - spec.objective.reduction) * initial, initial=initial,
-                      tau_left=spec.objective.utility_tolerance)
-    if spec.method.name in HEAD_METHODS:
-        corrected = _track(setup.scope, spec, run, state)
-    else:
-        corrected = _network_step(setup, inputs, spec, run, state)
-    with run.stage("evaluate", 0.75):
+        _polish_effect_on_eval(setup, polish)
+    initial = abs(origin.target)
+    state = Tracking(goal=(1 - spec.objective.reduction) * initial, initial=initial,
+                     tau_left=spec.objective.utility_tolerance, origin=origin)
+    corrected = _correct(setup, inputs, spec, clock, state)
+    with clock.stage("evaluate", 0.75):
+        final = measure(corrected, setup.targets) if state.records else origin
         before = {name: evaluate_split(setup.model, ctx) for name, ctx in setup.contexts.items()}
         after = {name: evaluate_split(corrected, ctx) for name, ctx in setup.contexts.items()}
+        verdict = assess(spec, _splits(inputs), inputs.train, setup.sensitive, before, after, state,
+                         final.target, polish)
     final_weights = 1.0 + sum((r.eps for r in state.solved), np.zeros(inputs.train.n))
-    with run.stage("report", 0.97):
+    with clock.stage("report", 0.97):
         report = build_report(
-            spec=spec, inputs=inputs, sensitive=setup.sensitive, before=before, after=after,
-            iterations=state.records, weights=state.solved, final_weights=final_weights,
-            polish=polish, timings=run.timings, device=str(chosen),
+            spec=spec, inputs=inputs, sensitive=setup.sensitive,
+            before={name: e.metrics for name, e in before.items()},
+            after={name: e.metrics for name, e in after.items()},
+            state=state, final=final, verdict=verdict, final_weights=final_weights,
+            polish=polish, timings=clock.timings, device=str(chosen),
         )
     report["timings"]["total"] = time.perf_counter() - started
-    run.progress("done", 1.0)
+    clock.progress("done", 1.0)
     return CorrectionResult(state=corrected.state, report=report, weights=final_weights)
 
 

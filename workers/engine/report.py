@@ -13,10 +13,12 @@ from workers.engine.weights import WeightResult
 
 if TYPE_CHECKING:
     from workers.engine.pipeline import CorrectionInputs
+    from workers.engine.tracking import Measurement, Tracking
+    from workers.engine.verdict import Verdict
 
 __all__ = ["REPORT_VERSION", "build_report", "format_summary", "render_html"]
 
-REPORT_VERSION = 1
+REPORT_VERSION = 2
 HEADLINE = ("accuracy", "log_loss", "demographic_parity_difference", "equal_opportunity_difference",
             "equalized_odds_difference", "robust_accuracy", "robust_accuracy_frozen")
 
@@ -60,17 +62,55 @@ def _predicted(iterations: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+SURROGATES = {
+    "demographic_parity": "the gap in mean predicted probability between the groups",
+    "equal_opportunity": "the gap in mean predicted probability among positives (a soft TPR gap)",
+    "equalized_odds": "the soft TPR gap plus the soft FPR gap",
+    "robustness": "the mean log-loss on the audit points under the attack",
+}
+"""What the differentiable surrogate of each objective is (the influence is taken on it)."""
+HARD_KEYS = {
+    "demographic_parity": "demographic_parity_difference",
+    "equal_opportunity": "equal_opportunity_difference",
+    "equalized_odds": "equalized_odds_difference",
+    "robustness": "robust_accuracy",
+}
+
+
+def _target_section(spec: CorrectionSpec, state: Tracking, final: Measurement, verdict: Verdict,
+                    ) -> dict[str, Any]:
+    origin = state.origin
+    sign = 1.0 if origin.target >= 0 else -1.0
+    robust = spec.objective.metric == "robustness"
+    return {
+        "metric": spec.objective.metric,
+        "hard_metric": HARD_KEYS[spec.objective.metric],
+        "surrogate": SURROGATES[spec.objective.metric],
+        "audit_before": origin.target,
+        "audit_goal": sign * state.goal,
+        "audit_after": final.target,
+        "audit_hard_before": origin.robust_accuracy if robust else origin.hard,
+        "audit_hard_after": final.robust_accuracy if robust else final.hard,
+        "goal_reached": verdict.goal_reached,
+        "decision_split": verdict.decision_split,
+        "iterations": len(state.records),
+        "stopped_because": state.stop_reason,
+    }
+
+
 def build_report(*, spec: CorrectionSpec, inputs: CorrectionInputs, sensitive: str,
-                 before: dict[str, Any], after: dict[str, Any], iterations: list[dict[str, Any]],
-                 weights: list[WeightResult], final_weights: np.ndarray, polish: dict[str, Any],
+                 before: dict[str, Any], after: dict[str, Any], state: Tracking, final: Measurement,
+                 verdict: Verdict, final_weights: np.ndarray, polish: dict[str, Any],
                  timings: dict[str, float], device: str) -> dict[str, Any]:
     """Assemble the report of one correction (every number JSON-serializable)."""
+    iterations = state.records
     notes = list(inputs.notes)
     for row in iterations:
         notes.extend(row["notes"])
-    target_before = iterations[0]["target_before"] if iterations else None
     return {
         "report_version": REPORT_VERSION,
+        "target_met": verdict.target_met,
+        "warnings": list(verdict.warnings),
         "spec": spec.to_dict(),
         "model": {"architecture": inputs.arch.to_dict(), "parameters": inputs.arch.parameter_count(),
                   "influence_scope": spec.influence.scope,
@@ -82,18 +122,15 @@ def build_report(*, spec: CorrectionSpec, inputs: CorrectionInputs, sensitive: s
             "audit_rows": inputs.audit.n,
             "eval_rows": inputs.eval.n if inputs.eval is not None else None,
         },
-        "target": {
-            "metric": spec.objective.metric,
-            "audit_before": target_before,
-            "audit_goal": None if target_before is None
-            else (1 - spec.objective.reduction) * abs(target_before),
-            "audit_after": iterations[-1]["target_after"] if iterations else None,
-            "iterations": len(iterations),
-        },
+        "target": _target_section(spec, state, final, verdict),
         "before": before,
         "after": after,
+        "confidence": verdict.confidence,
         "predicted": _predicted(iterations),
-        "weights": _weights_summary(final_weights - 1.0, weights, spec),
+        "tracking": {"accepted_steps": len(iterations), "undone": state.undone,
+                     "stopped_because": state.stop_reason, "input": state.origin.to_dict(),
+                     "result": final.to_dict()},
+        "weights": _weights_summary(final_weights - 1.0, state.solved, spec),
         "influence": {"polish": polish, "l2_reg": spec.influence.l2_reg,
                       "damping": spec.influence.damping, "hessian": spec.method.hessian},
         "timings": dict(timings),
@@ -134,6 +171,19 @@ def _groups_table(report: dict[str, Any], split: str) -> str:
             "<th>FPR</th><th>accuracy</th></tr>" + "".join(rows) + "</table>")
 
 
+def _verdict_html(report: dict[str, Any]) -> str:
+    target = report["target"]
+    status = "TARGET MET" if report["target_met"] else "TARGET NOT MET"
+    colour = "#1a7f37" if report["target_met"] else "#b3261e"
+    parts = [f"<p style='font-size:1.3em;color:{colour}'><b>{status}</b>: audit "
+             f"{_fmt(target['hard_metric'])} {_fmt(target['audit_hard_before'])} → "
+             f"{_fmt(target['audit_hard_after'])}; stopped: {_fmt(target['stopped_because'])}</p>"]
+    if report["warnings"]:
+        parts.append("<ul>" + "".join(f"<li><b>{html.escape(w['code'])}</b>: {html.escape(w['message'])}</li>"
+                                      for w in report["warnings"]) + "</ul>")
+    return "".join(parts)
+
+
 def render_html(report: dict[str, Any]) -> str:
     """A self-contained HTML page of the report (no scripts, every value escaped)."""
     parts = [
@@ -141,6 +191,7 @@ def render_html(report: dict[str, Any]) -> str:
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}</style></head><body>",
         "<h1>SoftUnlearn correction report</h1>",
+        _verdict_html(report),
         f"<p>Target: <b>{_fmt(report['target']['metric'])}</b> on "
         f"<b>{_fmt(report['data']['sensitive_attribute'])}</b>; audit surrogate "
         f"{_fmt(report['target']['audit_before'])} → {_fmt(report['target']['audit_after'])} "
@@ -177,9 +228,13 @@ def format_summary(report: dict[str, Any]) -> str:
     """A plain-text before/after table of the headline metrics, for terminals."""
     lines = []
     target = report["target"]
-    lines.append(f"target {target['metric']} on {report['data']['sensitive_attribute']}: audit surrogate "
-                 f"{_plain(target['audit_before'])} -> {_plain(target['audit_after'])} "
-                 f"(goal {_plain(target['audit_goal'])}, {target['iterations']} iteration(s))")
+    lines.append(f"TARGET {'MET' if report['target_met'] else 'NOT MET'}: {target['metric']} on "
+                 f"{report['data']['sensitive_attribute']}, audit {target['hard_metric']} "
+                 f"{_plain(target['audit_hard_before'])} -> {_plain(target['audit_hard_after'])}")
+    lines.append(f"audit surrogate ({target['surrogate']}) {_plain(target['audit_before'])} -> "
+                 f"{_plain(target['audit_after'])} (goal {_plain(target['audit_goal'])}, "
+                 f"{target['iterations']} step(s); stopped: {target['stopped_because']})")
+    lines.extend(f"warning [{w['code']}]: {w['message']}" for w in report["warnings"])
     for split in report["before"]:
         lines.append(f"\n{split:<34}{'before':>10}{'after':>10}{'change':>10}")
         for key in HEADLINE:

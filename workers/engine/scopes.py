@@ -13,7 +13,15 @@ import numpy as np
 import torch
 
 from workers.engine.config import CorrectionSpec, MethodConfig
-from workers.engine.influence import HeadProblem, HessianFactor, factorize, fit_head, hessian, influences
+from workers.engine.influence import (
+    HeadProblem,
+    HessianFactor,
+    factorize,
+    fit_head,
+    hessian,
+    influences,
+    tilt_at,
+)
 from workers.engine.model import HeadModel
 from workers.engine.objectives import MeanLogLoss, Objective
 from workers.engine.targets import AuditTargets
@@ -28,7 +36,8 @@ class CorrectionScope(Protocol):
     weights: torch.Tensor
 
     def polish(self) -> dict[str, Any]:
-        """Move to the optimum of the regularized training objective; report how far it was."""
+        """Move to the optimum of the regularized training objective when that leaves the model
+        as it was (else tilt the objective about the current parameters); report which."""
 
     def target(self) -> tuple[float, torch.Tensor]:
         """Audit target value and gradient at the current parameters."""
@@ -68,19 +77,72 @@ class HeadScope:
                                    torch.from_numpy(train_labels).to(device, torch.float64),
                                    cfg.l2_reg, cfg.damping, cfg.chunk_size)
         self.theta = model.theta()
+        self.polished_theta = self.theta
+        self.targets = targets
         self.weights = torch.ones(self.problem.n, dtype=torch.float64, device=device)
         objectives: tuple[Objective, MeanLogLoss] = targets.for_model(model)
         self._target, self._utility = objectives
         self._factor: HessianFactor | None = None
 
     def polish(self) -> dict[str, Any]:
-        """Newton-polish the head to the optimum of the regularized objective."""
-        self.theta, report = fit_head(self.problem, self.theta, self.weights, self.config.polish_tolerance,
-                                      self.config.polish_max_steps, "polish")
-        return report.to_dict()
+        """Newton-polish the head to the optimum of the regularized objective, if the policy and
+        the polish's measured effect on the audit set allow; otherwise tilt the objective so the
+        user's head is its optimum (``InfluenceConfig.polish``)."""
+        cfg = self.config
+        start = self.theta
+        report: dict[str, Any] = {"policy": cfg.polish}
+        polished = start
+        if cfg.polish != "never":
+            polished, fit = fit_head(self.problem, start, self.weights, cfg.polish_tolerance,
+                                     cfg.polish_max_steps, "polish")
+            report.update(fit.to_dict())
+        self.polished_theta = polished
+        effect = {"log_loss": [self._utility.evaluate(start)[0], self._utility.evaluate(polished)[0]],
+                  "accuracy": [self._audit_accuracy(start), self._audit_accuracy(polished)],
+                  "target": [self._target_value(start), self._target_value(polished)]}
+        report["audit"] = {f"{key}_{when}": pair[i] for key, pair in effect.items()
+                           for i, when in enumerate(("before", "after"))}
+        exceeded = self._polish_exceeds(effect)
+        report["exceeded"] = exceeded
+        report["applied"] = cfg.polish == "always" or (cfg.polish == "auto" and not exceeded)
+        if report["applied"]:
+            self.theta = polished
+            report["mode"] = "polished"
+        else:
+            tilt_at(self.problem, start, self.weights)
+            report["mode"] = "tilted"
+            report["note"] = (
+                "the head was left at the user's parameters and the objective tilted by its gradient "
+                "there (L(θ; w) − g₀ᵀθ), so influence and steps are taken about the user's model"
+                + (f": polishing would have changed {', '.join(exceeded)} beyond the thresholds"
+                   if exceeded else ""))
+        return report
+
+    def _audit_accuracy(self, theta: torch.Tensor) -> float:
+        logits = self._utility.design @ theta
+        return float(((logits >= 0).to(torch.float64) == self._utility.labels).to(torch.float64).mean())
+
+    def _target_value(self, theta: torch.Tensor) -> float:
+        if self.targets.adaptive:
+            return self.targets.for_model(self.model.with_theta(theta))[0].evaluate(theta)[0]
+        return self._target.evaluate(theta)[0]
+
+    def _polish_exceeds(self, effect: dict[str, list[float]]) -> list[str]:
+        cfg = self.config
+        exceeded = []
+        if abs(effect["log_loss"][1] - effect["log_loss"][0]) > cfg.polish_max_log_loss_change:
+            exceeded.append("audit log-loss")
+        if abs(effect["accuracy"][1] - effect["accuracy"][0]) > cfg.polish_max_accuracy_change:
+            exceeded.append("audit accuracy")
+        before, after = effect["target"]
+        if abs(abs(after) - abs(before)) > cfg.polish_max_target_change * max(abs(before), 1e-12):
+            exceeded.append("the audit target")
+        return exceeded
 
     def target(self) -> tuple[float, torch.Tensor]:
-        """Audit target at the current head."""
+        """Audit target at the current head (an adaptive attack is crafted against it)."""
+        if self.targets.adaptive:
+            return self.targets.for_model(self.current_model())[0].evaluate(self.theta)
         return self._target.evaluate(self.theta)
 
     def utility(self) -> tuple[float, torch.Tensor]:

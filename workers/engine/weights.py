@@ -43,6 +43,15 @@ class WeightResult:
     max_reduction: float | None = None
     notes: list[str] = field(default_factory=list)
 
+    def scaled(self, factor: float) -> WeightResult:
+        """The same weights times ``factor`` (a shortened step), predictions scaled with them."""
+        notes = [*self.notes, f"step scaled by {factor:g}"] if factor != 1.0 else list(self.notes)
+        return WeightResult(eps=self.eps * factor, scheme=self.scheme,
+                            requested_reduction=self.requested_reduction * factor,
+                            predicted_target_change=self.predicted_target_change * factor,
+                            predicted_utility_change=self.predicted_utility_change * factor,
+                            feasible=self.feasible, max_reduction=self.max_reduction, notes=notes)
+
     def summary(self, lower: float | None = None, upper: float | None = None) -> dict[str, Any]:
         """Statistics of the weights for the report (PRODUCT.md ``weights``)."""
         eps = self.eps
