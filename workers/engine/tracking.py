@@ -193,8 +193,13 @@ def _line_search(scope: CorrectionScope, result: WeightResult, spec: CorrectionS
         if attempt:
             scope.restore(snapshot)
         with clock.stage("unlearn", fraction):
-            notes = scope.step(result.eps * scale, spec.method)
-            candidate = measure(scope.current_model(), targets)
+            try:
+                notes = scope.step(result.eps * scale, spec.method)
+                candidate = measure(scope.current_model(), targets)
+            except NumericalError as exc:  # e.g. a reweighted Hessian that is no longer definite
+                attempts.append({"scale": scale, "rejected": f"the step could not be computed: {exc}"})
+                scale /= 2
+                continue
         reason = rejection(candidate, current, state.origin, spec.guard, spec.objective.utility_tolerance,
                            -result.predicted_target_change * scale)
         attempts.append({"scale": scale, "rejected": reason})
