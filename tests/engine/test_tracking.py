@@ -49,12 +49,27 @@ def test_utility_tolerance_widens_the_log_loss_limit() -> None:
     assert rejection(_candidate(utility=0.46), ORIGIN, ORIGIN, GUARD, 0.02, 0.1) is None
 
 
-def test_robustness_steps_must_raise_adaptive_robust_accuracy() -> None:
-    current = Measurement(target=0.9, hard=None, utility=0.4, accuracy=0.85, robust_accuracy=0.50)
-    same = Measurement(target=0.8, hard=None, utility=0.41, accuracy=0.85, robust_accuracy=0.50)
-    better = Measurement(target=0.8, hard=None, utility=0.41, accuracy=0.85, robust_accuracy=0.52)
-    assert "adaptive robust accuracy" in str(rejection(same, current, current, GUARD, 0.0, None))
-    assert rejection(better, current, current, GUARD, 0.0, None) is None
+def _robust(correct: np.ndarray) -> Measurement:
+    return Measurement(target=0.8, hard=None, utility=0.41, accuracy=0.85,
+                       robust_accuracy=float(correct.mean()), robust_correct=correct)
+
+
+def test_robustness_steps_must_raise_adaptive_robust_accuracy_beyond_noise() -> None:
+    """1,000 audit rows, half right under attack. Winning 3 rows net out of 50 that changed is a
+    paired sign test's noise (z ≈ 0.4); winning 40 of 60 (net 20, z ≈ 2.6) is a real gain."""
+    base = np.zeros(1000, dtype=bool)
+    base[:500] = True
+    current = Measurement(target=0.9, hard=None, utility=0.4, accuracy=0.85, robust_accuracy=0.5,
+                          robust_correct=base)
+    noise = base.copy()
+    noise[500:527] = True   # 27 gained
+    noise[:24] = False      # 24 lost
+    real = base.copy()
+    real[500:540] = True    # 40 gained
+    real[:20] = False       # 20 lost
+    assert "beyond noise" in str(rejection(_robust(noise), current, current, GUARD, 0.0, None))
+    assert "beyond noise" in str(rejection(_robust(base.copy()), current, current, GUARD, 0.0, None))
+    assert rejection(_robust(real), current, current, GUARD, 0.0, None) is None
 
 
 @pytest.fixture(scope="module")

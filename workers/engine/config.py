@@ -327,17 +327,21 @@ class GuardConfig:
     methods), raises the mean audit log-loss by more than ``objective.utility_tolerance`` +
     ``max_log_loss_increase`` over the input model, or lowers audit accuracy by more than
     ``max_accuracy_drop``; for robustness also when adaptive robust accuracy on audit does not
-    improve. Before giving up on a step its size is halved up to ``line_search_steps`` times.
+    improve: it must win more audit rows under the adaptive attack than it loses by
+    ``robust_gain_z`` standard errors of a paired sign test (McNemar). Before giving up on a step
+    its size is halved up to ``line_search_steps`` times.
     """
 
     min_progress_ratio: float = 0.5
     max_log_loss_increase: float = 0.05
     max_accuracy_drop: float = 0.03
     line_search_steps: int = 4
+    robust_gain_z: float = 1.96
 
     def __post_init__(self) -> None:
-        for name in ("min_progress_ratio", "max_log_loss_increase", "max_accuracy_drop"):
+        for name in ("min_progress_ratio", "max_log_loss_increase", "max_accuracy_drop", "robust_gain_z"):
             _finite(getattr(self, name), f"guard.{name}")
+        _check(0 <= self.robust_gain_z <= 10, "guard.robust_gain_z must be in [0, 10]")
         _check(0 <= self.min_progress_ratio <= 1, "guard.min_progress_ratio must be in [0, 1]")
         _check(self.max_log_loss_increase >= 0, "guard.max_log_loss_increase must be >= 0")
         _check(0 <= self.max_accuracy_drop <= 1, "guard.max_accuracy_drop must be in [0, 1]")

@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from workers.engine.config import HEAD_METHODS, CorrectionSpec, GuardConfig
@@ -54,10 +55,13 @@ class Measurement:
     accuracy: float
     robust_accuracy: float | None
     """Adaptive robust accuracy under the acceptance attack (robustness objectives)."""
+    robust_correct: np.ndarray | None = field(default=None, compare=False, repr=False)
+    """Per audit row: right under that attack (for the guard's paired test)."""
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON form for the report."""
-        return dataclasses.asdict(self)
+        """JSON form for the report (without the per-row outcomes)."""
+        return {"target": self.target, "hard": self.hard, "utility": self.utility,
+                "accuracy": self.accuracy, "robust_accuracy": self.robust_accuracy}
 
 
 def measure(model: HeadModel, targets: AuditTargets) -> Measurement:
@@ -78,6 +82,7 @@ def measure(model: HeadModel, targets: AuditTargets) -> Measurement:
         utility=utility.evaluate(theta)[0],
         accuracy=float(metrics["accuracy"]),
         robust_accuracy=None if robust is None else float(robust.mean()),
+        robust_correct=robust,
     )
 
 
@@ -106,11 +111,22 @@ def rejection(candidate: Measurement, current: Measurement, origin: Measurement,
     if candidate.accuracy < origin.accuracy - guard.max_accuracy_drop:
         return (f"audit accuracy would fall from {origin.accuracy:.4f} to {candidate.accuracy:.4f} "
                 f"(more than guard.max_accuracy_drop = {guard.max_accuracy_drop:g})")
-    if (candidate.robust_accuracy is not None and current.robust_accuracy is not None
-            and not candidate.robust_accuracy > current.robust_accuracy):
-        return (f"adaptive robust accuracy on audit did not improve ({current.robust_accuracy:.4f} -> "
-                f"{candidate.robust_accuracy:.4f})")
-    return None
+    return _robust_rejection(candidate, current, guard)
+
+
+def _robust_rejection(candidate: Measurement, current: Measurement, guard: GuardConfig) -> str | None:
+    """Robustness: the step must win more audit rows under the adaptive attack than it loses, by
+    ``guard.robust_gain_z`` standard errors of a paired (McNemar) sign test: a gain of a handful
+    of rows is noise, and a model changed for noise is a model changed for nothing."""
+    if candidate.robust_correct is None or current.robust_correct is None:
+        return None
+    gained = int((candidate.robust_correct & ~current.robust_correct).sum())
+    lost = int((~candidate.robust_correct & current.robust_correct).sum())
+    if gained - lost > guard.robust_gain_z * math.sqrt(gained + lost) and gained > lost:
+        return None
+    return (f"adaptive robust accuracy on audit did not improve beyond noise ({current.robust_accuracy:.4f} "
+            f"-> {candidate.robust_accuracy:.4f}: {gained} rows gained, {lost} lost; guard.robust_gain_z = "
+            f"{guard.robust_gain_z:g})")
 
 
 @dataclass
