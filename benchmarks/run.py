@@ -69,9 +69,30 @@ def _engine_row(example: Example, variant: Variant, seed: int) -> Row:
                                                 "up_weighted", "negative_effective_weights",
                                                 "predicted_utility_change")},
         "notes": report["notes"],
+        "decision": _decision(report),
     }
     return row_from_metrics(example.name, variant.name, variant.family, report["after"]["eval"],
                             correction_seconds(report["timings"]), details)
+
+
+def _decision(report: dict[str, Any]) -> dict[str, Any]:
+    """What the engine decided: ``target_met``, warning codes, the tracking outcome, and the
+    paired-bootstrap change (estimate, 95 % interval) of eval accuracy and adaptive robust
+    accuracy (``None`` where robust evaluation was off)."""
+    confidence = report.get("confidence", {}).get("eval", {})
+    tracking = report.get("tracking", {})
+
+    def change(metric: str) -> dict[str, Any] | None:
+        entry = confidence.get(metric)
+        return dict(entry["change"]) if isinstance(entry, dict) and "change" in entry else None
+
+    return {"target_met": report.get("target_met"),
+            "warnings": [w["code"] for w in report.get("warnings", [])],
+            "accepted_steps": tracking.get("accepted_steps"),
+            "undone": len(tracking.get("undone", [])),
+            "stopped_because": tracking.get("stopped_because"),
+            "accuracy_change": change("accuracy"),
+            "robust_accuracy_change": change("robust_accuracy")}
 
 
 def _retrain_row(example: Example, variant: Variant, seed: int) -> Row:
@@ -164,6 +185,10 @@ def _machine() -> dict[str, Any]:
             "scikit-learn": version("scikit-learn")}
 
 
+def _loads(values: Sequence[float]) -> str:
+    return "/".join(f"{v:.2f}" for v in values)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
@@ -202,6 +227,7 @@ def _run(args: argparse.Namespace, work: Path, say: Say) -> dict[str, Any]:
         dataset_timings, dataset_rows, facts[name] = run_dataset(name, variants, work, args.seed, say)
         timings |= dataset_timings
         rows += dataset_rows
+    machine["load_average_at_end"] = list(os.getloadavg())
     main_rows, method_rows, robustness_rows = ([r for r in rows if r.table == table] for table in TABLES)
     return {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "quick": args.quick,
             "tables": args.tables, "seed": args.seed, "machine": machine,
@@ -237,9 +263,12 @@ def main(argv: list[str] | None = None) -> int:
         print("## Unlearning methods, hard vs soft (eval split; robust evaluation on)\n")
         print(tables["methods"])
     if "robustness" in args.tables:
-        print("## Objective robustness (PGD L∞ ε = 0.05), newton, hard vs soft\n")
+        print("## Objective robustness (adaptive PGD L∞ ε = 0.05): schemes and methods\n")
         print(tables["robustness"])
-    print(f"total {payload['wall_seconds']:.0f} s; results written to {path}")
+    load = payload["machine"]
+    print(f"total {payload['wall_seconds']:.0f} s; load average (1, 5, 15 min) at start "
+          f"{_loads(load['load_average_at_start'])}, at end {_loads(load['load_average_at_end'])}; "
+          f"results written to {path}")
     return 0
 
 

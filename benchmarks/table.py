@@ -11,6 +11,7 @@ __all__ = [
     "ACC_TIE",
     "DP_TIE",
     "Row",
+    "adaptive_verdict",
     "mark_pareto",
     "markdown_methods",
     "markdown_results",
@@ -265,28 +266,83 @@ def markdown_methods(rows: Sequence[Row]) -> str:
     return "\n".join(parts)
 
 
+def _change_cell(change: Mapping[str, Any] | None) -> str:
+    """A bootstrap change in pp with its 95 % interval; bold when the interval is above 0,
+    ``worse`` when it is below 0."""
+    if not change or change.get("estimate") is None:
+        return "–"
+    estimate, low, high = (100 * float(change[k]) for k in ("estimate", "low", "high"))
+    cell = f"{estimate:+.2f} [{low:+.2f}, {high:+.2f}]"
+    if low > 0:
+        return f"**{cell}**"
+    return f"{cell} worse" if high < 0 else cell
+
+
+def _codes(codes: Sequence[str]) -> str:
+    """Warning codes in order of first appearance, a repeated one as ``code ×n``."""
+    counts = {code: codes.count(code) for code in dict.fromkeys(codes)}
+    return ", ".join(code if n == 1 else f"{code} ×{n}" for code, n in counts.items()) or "–"
+
+
+def adaptive_verdict(row: Row) -> str:
+    """``gain`` when the 95 % interval of the eval adaptive robust-accuracy change is above 0,
+    ``worse`` when the point estimate is below 0 (a model less robust than its input), ``none``
+    otherwise (within noise, or no change), ``–`` without the number."""
+    change = row.details.get("decision", {}).get("robust_accuracy_change")
+    if not row.ok or not change or change.get("estimate") is None:
+        return "–"
+    if float(change["low"]) > 0:
+        return "gain"
+    return "worse" if float(change["estimate"]) < 0 else "none"
+
+
 def markdown_robustness(rows: Sequence[Row]) -> str:
-    """The robustness-objective table: eval accuracy, adaptive and frozen robust accuracy, eval
-    DP, and the audit target (mean adversarial log-loss) before → goal → after, per dataset."""
-    lines = ["| dataset | configuration | eval acc | robust acc (adaptive) | robust acc (frozen) | "
-             "eval DP | audit adv. log-loss: before → goal → after (iterations) | seconds |",
-             "|---|---|---:|---:|---:|---:|---|---:|"]
+    """The robustness-objective table, one per dataset: eval accuracy and adaptive robust accuracy
+    with the paired-bootstrap change (pp, 95 % interval; bold = interval above 0), frozen robust
+    accuracy, eval DP, the audit target (mean adaptive adversarial log-loss) before → goal →
+    after, steps accepted (undone), ``target_met``, warning codes and seconds (polish → unlearn /
+    whole job). Under each table: the rows with a real adaptive gain and any row whose adaptive
+    robust accuracy fell below the input model's."""
+    parts: list[str] = []
     for dataset in dict.fromkeys(r.dataset for r in rows):
         subset = [r for r in rows if r.dataset == dataset]
+        parts += [f"### {dataset}", "",
+                  "| configuration | eval acc | Δacc (pp) [95 % CI] | robust acc (adaptive) | "
+                  "Δ adaptive (pp) [95 % CI] | robust acc (frozen) | eval DP | "
+                  "audit adv. log-loss: before → goal → after | steps (undone) | target_met | "
+                  "warnings | seconds |",
+                  "|---|---:|---:|---:|---:|---:|---:|---|---:|:---:|---|---:|"]
         original = _original_cells(subset)
         if original is not None:
-            lines.append(f"| {dataset} | original model | {_num(original.get('accuracy'))} | "
-                         f"{_num(original.get('robust_accuracy'))} | "
+            parts.append(f"| original model | {_num(original.get('accuracy'))} | | "
+                         f"{_num(original.get('robust_accuracy'))} | | "
                          f"{_num(original.get('robust_accuracy_frozen'))} | "
-                         f"{_num(original.get('demographic_parity_difference'))} | | |")
+                         f"{_num(original.get('demographic_parity_difference'))} | | | | | |")
         for row in subset:
             if not row.ok:
-                lines.append(f"| {dataset} | {row.variant} | {row.status} | | | | | |")
+                parts.append(f"| {row.variant} | {row.status} | | | | | | | | | | |")
                 continue
             target = row.details.get("audit_target", {})
+            decision = row.details.get("decision", {})
             audit = (f"{_num(target.get('audit_before'), 3)} → {_num(target.get('audit_goal'), 3)} → "
-                     f"{_num(target.get('audit_after'), 3)} ({target.get('iterations', '–')})")
-            lines.append(f"| {dataset} | {row.variant} | {_num(row.accuracy)} | "
-                         f"{_num(row.robust_accuracy)} | {_num(row.robust_accuracy_frozen)} | "
-                         f"{_num(row.dp)} | {audit} | {_num(row.details.get('method_seconds'), 2)} |")
-    return "\n".join(lines) + "\n"
+                     f"{_num(target.get('audit_after'), 3)}")
+            steps = f"{decision.get('accepted_steps', '–')} ({decision.get('undone', '–')})"
+            met = {True: "yes", False: "no"}.get(decision.get("target_met"), "–")
+            warnings = _codes(decision.get("warnings", []))
+            total = row.details.get("timings", {}).get("total")
+            parts.append(f"| {row.variant} | {_num(row.accuracy)} | "
+                         f"{_change_cell(decision.get('accuracy_change'))} | "
+                         f"{_num(row.robust_accuracy)} | "
+                         f"{_change_cell(decision.get('robust_accuracy_change'))} | "
+                         f"{_num(row.robust_accuracy_frozen)} | {_num(row.dp)} | {audit} | {steps} | "
+                         f"{met} | {warnings} | {_num(row.details.get('method_seconds'), 2)} / "
+                         f"{_num(total, 2)} |")
+        verdicts = {r.variant: adaptive_verdict(r) for r in subset}
+        gains = [name for name, v in verdicts.items() if v == "gain"]
+        worse = [name for name, v in verdicts.items() if v == "worse"]
+        parts += ["", "- Real adaptive gain (95 % interval of the change above 0): "
+                  + ("; ".join(gains) if gains else "**none** — no configuration improves adaptive "
+                     "robust accuracy beyond noise on this dataset") + ".",
+                  "- Adaptive robust accuracy below the input model's: "
+                  + ("**" + "; ".join(worse) + "**" if worse else "none") + ".", ""]
+    return "\n".join(parts)
