@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from benchmarks.engine_runs import Example
-from workers.engine.evaluation import classification_metrics
-from workers.engine.training import train_mlp
+from workers.engine.evaluation.metrics import classification_metrics
+from workers.engine.models.training import train_mlp
 
 __all__ = ["BaselineOutcome", "fairlearn_dp", "logistic_regression", "retrain_weighted"]
 

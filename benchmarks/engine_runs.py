@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from workers.engine.architecture import load_arch
 from workers.engine.config import CorrectionSpec, spec_from_dict
-from workers.engine.data import Dataset, load_schema
 from workers.engine.examples import SETTINGS, ExampleInfo, ExampleName, TrainSettings, build_example
+from workers.engine.io.architecture import load_arch
+from workers.engine.io.datasets import Dataset, load_schema
 from workers.engine.pipeline import CorrectionInputs, CorrectionResult, load_inputs, run_correction
 
 __all__ = [

@@ -31,8 +31,6 @@ import pandas as pd
 import torch
 
 from benchmarks.engine_runs import Example, prepare_example
-from workers.engine.architecture import ArchSpec
-from workers.engine.data import Dataset
 from workers.engine.examples import (
     HIDDEN,
     ExampleInfo,
@@ -42,8 +40,10 @@ from workers.engine.examples import (
     _strata,
     _stratified_split,
 )
+from workers.engine.io.architecture import ArchSpec
+from workers.engine.io.datasets import Dataset
+from workers.engine.models.training import train_mlp
 from workers.engine.pipeline import CorrectionInputs
-from workers.engine.training import train_mlp
 
 __all__ = ["DATA", "DATASETS", "MORE_SETTINGS", "BenchName", "prepare"]
 

@@ -39,10 +39,10 @@ import torch
 from benchmarks.engine_runs import DEVICE, Example, base_spec, merge, run_engine
 from benchmarks.more_data import DATASETS, BenchName, prepare
 from workers.engine.config import spec_from_dict
-from workers.engine.evaluation import classification_metrics
-from workers.engine.model import HeadModel
-from workers.engine.scopes import HeadScope
-from workers.engine.targets import AuditTargets
+from workers.engine.evaluation.metrics import classification_metrics
+from workers.engine.influence.scopes import HeadScope
+from workers.engine.models.head_model import HeadModel
+from workers.engine.objectives.targets import AuditTargets
 from workers.engine.weights import solve_weights
 
 __all__ = ["CANDIDATES", "Curve", "Point", "interpolate", "main"]

@@ -65,7 +65,7 @@ class Row:
 
 def row_from_metrics(dataset: str, variant: str, family: str, metrics: Mapping[str, Any],
                      seconds: float, details: dict[str, Any] | None = None) -> Row:
-    """A measured row from :func:`workers.engine.evaluation.classification_metrics` output
+    """A measured row from :func:`workers.engine.evaluation.metrics.classification_metrics` output
     (or an engine report's ``after.eval``, which adds the robust accuracies)."""
     return Row(dataset, variant, family, "ok", metrics["accuracy"],
                metrics["demographic_parity_difference"], metrics["equalized_odds_difference"],

@@ -226,13 +226,13 @@ def method_available(name: str) -> bool:
     """Whether the engine really implements unlearning method ``name``.
 
     The head methods (``newton``, ``refit``) always are; a network method when
-    ``workers.engine.methods.registry.NETWORK_METHODS`` lists it. (The job spec accepts every
+    ``workers.engine.unlearning.methods.registry.NETWORK_METHODS`` lists it. (The job spec accepts every
     name of ``MethodName``, so the spec alone proves nothing.)
     """
     if name in HEAD_METHODS:
         return True
     try:
-        registry = importlib.import_module("workers.engine.methods.registry")
+        registry = importlib.import_module("workers.engine.unlearning.methods.registry")
     except ImportError:
         return False
     methods = getattr(registry, "NETWORK_METHODS", None)

@@ -159,7 +159,7 @@ def _run(client: SoftUnlearnClient, example: Path, out: Path) -> int:
     check = _check_checkpoint(example / "model.safetensors", corrected)
     print(f"corrected checkpoint: {corrected} ({check})")
     print(f"report: {out / 'report.json'}, {out / 'report.html'}\n")
-    from workers.engine.report import format_summary
+    from workers.engine.evaluation.report import format_summary
 
     print(format_summary(json.loads((out / "report.json").read_text())))
     return 0

@@ -103,9 +103,9 @@ def _artifact(records: Records, tenant: str, kind: str, artifact_id: str | None)
 
 
 def _load(records: Records, record: JobRecord, stack: ExitStack) -> CorrectionInputs:
-    from workers.engine.architecture import parse_arch
-    from workers.engine.data import parse_schema
     from workers.engine.errors import InputError
+    from workers.engine.io.architecture import parse_arch
+    from workers.engine.io.datasets import parse_schema
     from workers.engine.pipeline import load_inputs
 
     request = record.request

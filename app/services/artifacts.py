@@ -21,10 +21,10 @@ from app.services.uploads import Upload, read_multipart
 from models_store import ArtifactRecord, Records, StagedObject
 from models_store.keys import new_id, object_key
 from models_store.records import utcnow
-from workers.engine.architecture import parse_arch
-from workers.engine.data import load_dataset, parse_schema, read_columns
 from workers.engine.errors import InputError
-from workers.engine.safetensors_header import check_against_arch, read_header, sniff_format
+from workers.engine.io.architecture import parse_arch
+from workers.engine.io.datasets import load_dataset, parse_schema, read_columns
+from workers.engine.io.safetensors_header import check_against_arch, read_header, sniff_format
 
 __all__ = ["UploadRequest", "create_dataset", "create_model"]
 

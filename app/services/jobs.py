@@ -16,10 +16,10 @@ from app.schemas import SPEC_PARTS, JobCreate, JobErrorPublic, JobList, JobPubli
 from models_store import ArtifactRecord, JobRecord, Records
 from models_store.keys import new_id
 from models_store.records import IdempotencyEntry, request_digest, utcnow
-from workers.engine.architecture import parse_arch
 from workers.engine.config import CorrectionSpec, check_compatibility, spec_from_dict
-from workers.engine.data import parse_schema, resolve_features
 from workers.engine.errors import InputError
+from workers.engine.io.architecture import parse_arch
+from workers.engine.io.datasets import parse_schema, resolve_features
 from workers.queue import cancel_rq_job, enqueue_correction
 from workers.reconcile import reconcile_job
 from workers.settings import ServiceSettings

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 from safetensors.torch import save_file
 
-from workers.engine.architecture import parse_arch
-from workers.engine.training import train_mlp
+from workers.engine.io.architecture import parse_arch
+from workers.engine.models.training import train_mlp
 
 __all__ = ["SmallExample", "write_small_example"]
 

@@ -11,11 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from workers.engine.architecture import ArchSpec, load_arch, parse_arch
-from workers.engine.data import load_dataset, parse_schema
 from workers.engine.errors import InputError
 from workers.engine.examples import EXAMPLE_FILES, ExampleInfo, build_example
-from workers.engine.training import build_model, train_mlp
+from workers.engine.io.architecture import ArchSpec, load_arch, parse_arch
+from workers.engine.io.datasets import load_dataset, parse_schema
+from workers.engine.models.training import build_model, train_mlp
 
 MIN_ACCURACY = {"adult": 0.83, "bank": 0.88}
 SENSITIVE = {"adult": ("sex", {"Female", "Male"}), "bank": ("age_group", {"under_25", "25_and_over"})}

@@ -6,8 +6,9 @@ import subprocess
 import sys
 
 ENGINE_MODULES = [
-    "workers.engine.pipeline", "workers.engine.full_scope", "workers.engine.methods.registry",
-    "workers.engine.examples", "workers.engine.report",
+    "workers.engine.pipeline", "workers.engine.influence.full_scope",
+    "workers.engine.unlearning.methods.registry", "workers.engine.examples",
+    "workers.engine.evaluation.report",
 ]
 
 

@@ -155,10 +155,10 @@ def _progress(quiet: bool) -> Any:
 def run_correct(args: argparse.Namespace) -> int:
     """Run the correction and write OUT/model.safetensors, report.json, report.html."""
     from workers.cli.inputs import schema_from_args
-    from workers.engine.architecture import load_arch
     from workers.engine.errors import EngineError
+    from workers.engine.evaluation.report import format_summary
+    from workers.engine.io.architecture import load_arch
     from workers.engine.pipeline import load_inputs, run_correction, write_outputs
-    from workers.engine.report import format_summary
 
     if args.threads:
         import torch

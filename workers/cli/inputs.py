@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from workers.engine.data import DatasetSchema, load_schema, parse_schema
+from workers.engine.io.datasets import DatasetSchema, load_schema, parse_schema
 
 __all__ = ["schema_from_args"]
 

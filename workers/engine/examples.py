@@ -29,9 +29,9 @@ import pyarrow.parquet as pq
 import torch
 from safetensors.torch import save_file
 
-from workers.engine.architecture import ArchSpec
 from workers.engine.errors import InputError
-from workers.engine.training import train_mlp
+from workers.engine.io.architecture import ArchSpec
+from workers.engine.models.training import train_mlp
 
 __all__ = ["EXAMPLE_FILES", "ExampleInfo", "ExampleName", "build_example"]
 

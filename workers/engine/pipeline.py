@@ -11,33 +11,31 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from workers.engine.architecture import ArchSpec
-from workers.engine.checkpoint import load_checkpoint, save_checkpoint
 from workers.engine.config import HEAD_METHODS, AttackConfig, CorrectionSpec, check_compatibility
-from workers.engine.data import (
-    Dataset,
-    DatasetSchema,
-    check_groups_present,
-    load_dataset,
-    read_columns,
-    resolve_features,
+from workers.engine.errors import InputError
+from workers.engine.evaluation.metrics import (
+    SplitContext,
+    attack_label,
+    classification_metrics,
+    evaluate_split,
 )
-from workers.engine.errors import DatasetError, InputError
-from workers.engine.evaluation import SplitContext, attack_label, classification_metrics, evaluate_split
-from workers.engine.model import HeadModel, pick_device
+from workers.engine.evaluation.report import build_report, render_html
+from workers.engine.evaluation.verdict import assess
+from workers.engine.influence.scopes import CorrectionScope, HeadScope
+from workers.engine.io.checkpoint import save_checkpoint
+from workers.engine.io.datasets import Dataset
+from workers.engine.io.inputs import CorrectionInputs, load_inputs
+from workers.engine.models.head_model import HeadModel, pick_device
+from workers.engine.objectives.targets import AuditTargets, acceptance_attack
 from workers.engine.progress import ProgressCallback, StageClock
-from workers.engine.report import build_report, render_html
-from workers.engine.scopes import CorrectionScope, HeadScope
-from workers.engine.targets import AuditTargets, acceptance_attack
-from workers.engine.tracking import Tracking, guarded_network_step, measure, track_head
-from workers.engine.verdict import assess
+from workers.engine.unlearning.tracking import Tracking, guarded_network_step, measure, track_head
 
 __all__ = [
     "CorrectionInputs",
@@ -53,18 +51,6 @@ STAGES = ("load", "polish", "influence", "weights", "unlearn", "evaluate", "repo
 
 
 @dataclass
-class CorrectionInputs:
-    """Validated inputs of a job: architecture, checkpoint tensors and datasets."""
-
-    arch: ArchSpec
-    state: dict[str, torch.Tensor]
-    train: Dataset
-    audit: Dataset
-    eval: Dataset | None
-    notes: list[str] = field(default_factory=list)
-
-
-@dataclass
 class CorrectionResult:
     """The corrected state dict (same keys, shapes, dtypes), the report, and the per-sample
     effective weights 1 + ε of the training rows (summed over tracking iterations)."""
@@ -72,59 +58,6 @@ class CorrectionResult:
     state: dict[str, torch.Tensor]
     report: dict[str, Any]
     weights: np.ndarray
-
-
-def _with_sensitive_features(path: Path, schema: DatasetSchema, arch: ArchSpec,
-                             notes: list[str]) -> DatasetSchema:
-    """Let numeric sensitive columns be features when that is what makes the model's width fit."""
-    if schema.features is not None:
-        return schema
-    columns = read_columns(path)
-    features = resolve_features(columns, schema)
-    if len(features) == arch.in_features:
-        return schema
-    widened = [c for c in columns if c != schema.label and (c in features or c in schema.sensitive)]
-    if len(widened) == arch.in_features:
-        notes.append(f"sensitive column(s) {list(schema.sensitive)} are also used as model features, "
-                     f"since the model takes {arch.in_features} inputs")
-        return DatasetSchema(schema.label, schema.sensitive, tuple(widened))
-    raise InputError(
-        f"the model takes {arch.in_features} input features but {path.name} has {len(features)} "
-        f"feature columns (all but label {schema.label!r} and sensitive {list(schema.sensitive)}); "
-        "name the feature columns explicitly (schema 'features' / --features)"
-    )
-
-
-def load_inputs(model_path: Path, arch: ArchSpec, train: tuple[Path, DatasetSchema],
-                audit: tuple[Path, DatasetSchema], eval: tuple[Path, DatasetSchema] | None,
-                sensitive_attribute: str | None) -> CorrectionInputs:
-    """Load and cross-check the checkpoint and datasets of a job.
-
-    Raises:
-        InputError: (and its CheckpointError/DatasetError subclasses) naming what to change.
-    """
-    state = load_checkpoint(model_path, arch)
-    notes: list[str] = []
-    loaded: dict[str, Dataset] = {}
-    for role, pair in (("train", train), ("audit", audit), ("eval", eval)):
-        if pair is None:
-            continue
-        path, schema = pair
-        schema = _with_sensitive_features(Path(path), schema, arch, notes)
-        loaded[role] = load_dataset(path, schema, role)
-    reference = loaded["train"]
-    for role, data in loaded.items():
-        if data.feature_names != reference.feature_names:
-            raise DatasetError(f"{role}: feature columns differ from train's; every split needs the "
-                               "same feature columns in the same order")
-    if sensitive_attribute is not None:
-        if sensitive_attribute not in reference.sensitive:
-            raise DatasetError(f"sensitive attribute {sensitive_attribute!r} is not a sensitive column "
-                               f"of the schema; it lists {sorted(reference.sensitive)}")
-        for data in loaded.values():
-            check_groups_present(reference, data, sensitive_attribute)
-    return CorrectionInputs(arch, state, loaded["train"], loaded["audit"], loaded.get("eval"),
-                            sorted(set(notes)))
 
 
 @dataclass
@@ -151,7 +84,7 @@ def _attacks(spec: CorrectionSpec) -> list[AttackConfig]:
 def _make_scope(model: HeadModel, inputs: CorrectionInputs, targets: AuditTargets,
                 spec: CorrectionSpec) -> CorrectionScope:
     if spec.influence.scope == "full":
-        from workers.engine.full_scope import FullScope
+        from workers.engine.influence.full_scope import FullScope
 
         return FullScope(model, inputs.train.features, inputs.train.labels, targets, spec)
     return HeadScope(model, inputs.train.features, inputs.train.labels, targets, spec)

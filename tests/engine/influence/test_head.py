@@ -1,0 +1,199 @@
+"""Influence machinery: exactness on a quadratic model, leave-one-out fidelity on real data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import spearmanr
+
+from workers.engine.config import MethodConfig
+from workers.engine.errors import IllConditionedError, NonFiniteError
+from workers.engine.examples import ExampleInfo
+from workers.engine.influence.head import (
+    HeadProblem,
+    factorize,
+    fit_head,
+    hessian,
+    influences,
+    tilt_at,
+    weighted_gradient_sum,
+)
+from workers.engine.io.datasets import load_dataset, parse_schema
+from workers.engine.objectives.surrogates import GroupGap, MeanLogLoss
+from workers.engine.unlearning.head_steps import apply_step
+
+
+def _with_bias(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.hstack([x, np.ones((x.shape[0], 1))]))
+
+
+def _ridge(n: int = 300, d: int = 6, seed: int = 0) -> HeadProblem:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d))
+    y = x @ rng.normal(size=d) + 0.3 * rng.normal(size=n)
+    return HeadProblem(_with_bias(x), torch.from_numpy(y), l2_reg=2.0, loss="squared")
+
+
+def _fit(problem: HeadProblem, weights: torch.Tensor, start: torch.Tensor | None = None) -> torch.Tensor:
+    theta0 = torch.zeros(problem.design.shape[1], dtype=torch.float64) if start is None else start
+    theta, report = fit_head(problem, theta0, weights, tolerance=1e-12, max_steps=100, stage="test")
+    assert report.converged
+    return theta
+
+
+def _newton_step(problem: HeadProblem, theta: torch.Tensor, eps: np.ndarray) -> torch.Tensor:
+    ones = torch.ones(problem.n, dtype=torch.float64)
+    factor = factorize(hessian(problem, theta, ones), "test")
+    method = MethodConfig(name="newton", hessian="reweighted")
+    return apply_step(problem, theta, ones, eps, factor, method).theta
+
+
+def test_newton_removal_step_equals_exact_ridge_retraining() -> None:
+    problem = _ridge()
+    theta = _fit(problem, torch.ones(problem.n, dtype=torch.float64))
+    eps = np.zeros(problem.n)
+    eps[[3, 17, 42, 99]] = -1.0
+    retrained = _fit(problem, torch.from_numpy(1.0 + eps))
+    assert torch.allclose(_newton_step(problem, theta, eps), retrained, rtol=0, atol=1e-8)
+
+
+def test_soft_weights_newton_step_is_exact_for_ridge() -> None:
+    problem = _ridge(seed=1)
+    theta = _fit(problem, torch.ones(problem.n, dtype=torch.float64))
+    eps = np.random.default_rng(2).uniform(-0.9, 0.9, problem.n)
+    retrained = _fit(problem, torch.from_numpy(1.0 + eps))
+    assert torch.allclose(_newton_step(problem, theta, eps), retrained, rtol=0, atol=1e-8)
+
+
+def test_original_hessian_step_matches_the_paper_formula() -> None:
+    problem = _ridge(seed=3)
+    ones = torch.ones(problem.n, dtype=torch.float64)
+    theta = _fit(problem, ones)
+    eps = np.zeros(problem.n)
+    eps[:10] = -1.0
+    factor = factorize(hessian(problem, theta, ones), "test")
+    paper = theta - factor.solve(weighted_gradient_sum(problem, theta, torch.from_numpy(eps)), "test")
+    step = apply_step(problem, theta, ones, eps, factor, MethodConfig(name="newton")).theta
+    assert torch.allclose(step, paper, rtol=0, atol=1e-10)
+
+
+@pytest.fixture(scope="module")
+def adult_lr(adult_example: ExampleInfo) -> tuple[HeadProblem, torch.Tensor, GroupGap, MeanLogLoss]:
+    """L2 logistic regression on a 2,000-row Adult sample, fitted to its optimum."""
+    schema = parse_schema({"label": "income", "sensitive": ["sex"]})
+    train = load_dataset(adult_example.out_dir / "train.parquet", schema, "train")
+    audit = load_dataset(adult_example.out_dir / "audit.parquet", schema, "audit")
+    rows = np.random.default_rng(0).choice(train.n, size=2000, replace=False)
+    problem = HeadProblem(_with_bias(train.features[rows]), torch.from_numpy(train.labels[rows]),
+                          l2_reg=1.0)
+    theta = _fit(problem, torch.ones(problem.n, dtype=torch.float64))
+    audit_design = _with_bias(audit.features)
+    dp = GroupGap.build("demographic_parity", audit_design, audit.labels, audit.sensitive["sex"],
+                        None, "audit")
+    utility = MeanLogLoss(audit_design, torch.from_numpy(audit.labels))
+    return problem, theta, dp, utility
+
+
+def _loo_spearman(problem: HeadProblem, theta: torch.Tensor, objective: GroupGap | MeanLogLoss,
+                  samples: np.ndarray) -> float:
+    """Spearman agreement of predicted influence and actual leave-one-out refits at ``theta``."""
+    ones = torch.ones(problem.n, dtype=torch.float64)
+    factor = factorize(hessian(problem, theta, ones), "test")
+    value, grad = objective.evaluate(theta)
+    predicted = influences(problem, theta, factor.solve(grad, "test")).numpy()[samples]
+    actual = []
+    for i in samples:
+        weights = ones.clone()
+        weights[i] = 0.0
+        actual.append(objective.evaluate(_fit(problem, weights, start=theta))[0] - value)
+    return float(spearmanr(predicted, np.array(actual)).statistic)
+
+
+def _unconverged(problem: HeadProblem, optimum: torch.Tensor, seed: int) -> torch.Tensor:
+    """A head far from the optimum of the objective, as a user's differently trained head is."""
+    noise = torch.from_numpy(np.random.default_rng(seed).normal(size=optimum.shape[0]))
+    return optimum + 0.5 * noise * optimum.abs().mean()
+
+
+@pytest.mark.slow
+def test_tilted_influence_about_an_unpolished_head_matches_leave_one_out_on_adult(
+        adult_lr: tuple[HeadProblem, torch.Tensor, GroupGap, MeanLogLoss]) -> None:
+    """Influence at the user's parameters (tilted objective, no polish) predicts the refits of
+    the tilted objective as well as influence at the optimum predicts ordinary refits."""
+    problem, optimum, dp, utility = adult_lr
+    theta = _unconverged(problem, optimum, seed=5)
+    tilted = HeadProblem(problem.design, problem.labels, problem.l2_reg)
+    ones = torch.ones(problem.n, dtype=torch.float64)
+    tilt_at(tilted, theta, ones)
+    assert float(torch.linalg.norm(torch.as_tensor(tilted.tilt))) > 1.0  # really not an optimum
+    samples = np.random.default_rng(1).choice(problem.n, size=60, replace=False)
+    for objective in (dp, utility):
+        rho = _loo_spearman(tilted, theta, objective, samples)
+        assert rho >= 0.95, f"{objective.name}: Spearman {rho:.4f}"
+
+
+def test_tilted_influence_matches_leave_one_out_on_small_data() -> None:
+    """German-credit sized (300 rows, 12 features, small groups): the same agreement."""
+    rng = np.random.default_rng(11)
+    n, d = 300, 12
+    x = rng.normal(size=(n, d))
+    groups = (rng.random(n) < 0.2).astype(np.int64)
+    x[:, 0] += 0.8 * groups
+    y = (x @ rng.normal(size=d) + 0.5 * rng.normal(size=n) > 0).astype(np.float64)
+    problem = HeadProblem(_with_bias(x), torch.from_numpy(y), l2_reg=1.0)
+    optimum = _fit(problem, torch.ones(n, dtype=torch.float64))
+    theta = _unconverged(problem, optimum, seed=3)
+    tilt_at(problem, theta, torch.ones(n, dtype=torch.float64))
+    audit_x = rng.normal(size=(200, d))
+    audit_groups = (rng.random(200) < 0.2).astype(np.int64)
+    audit_x[:, 0] += 0.8 * audit_groups
+    audit_y = (audit_x @ rng.normal(size=d) > 0).astype(np.float64)
+    design = _with_bias(audit_x)
+    dp = GroupGap.build("demographic_parity", design, audit_y, audit_groups.astype(str), None, "audit")
+    utility = MeanLogLoss(design, torch.from_numpy(audit_y))
+    samples = np.arange(0, n, 2)
+    for objective in (dp, utility):
+        rho = _loo_spearman(problem, theta, objective, samples)
+        assert rho >= 0.95, f"{objective.name}: Spearman {rho:.4f}"
+
+
+def test_tilt_makes_the_given_head_the_optimum() -> None:
+    problem = _ridge(seed=4)
+    ones = torch.ones(problem.n, dtype=torch.float64)
+    theta = torch.linspace(-1, 1, problem.design.shape[1], dtype=torch.float64)
+    tilt_at(problem, theta, ones)
+    refit = _fit(problem, ones, start=torch.zeros_like(theta))
+    assert torch.allclose(refit, theta, atol=1e-8)
+
+
+@pytest.mark.slow
+def test_leave_one_out_fidelity_on_adult(adult_lr: tuple[HeadProblem, torch.Tensor, GroupGap,
+                                                          MeanLogLoss]) -> None:
+    problem, theta, dp, utility = adult_lr
+    samples = np.random.default_rng(1).choice(problem.n, size=200, replace=False)
+    for objective in (dp, utility):
+        rho = _loo_spearman(problem, theta, objective, samples)
+        assert rho >= 0.95, f"{objective.name}: Spearman {rho:.4f}"
+
+
+def test_factorize_refuses_indefinite_and_non_finite() -> None:
+    with pytest.raises(IllConditionedError, match="not positive definite"):
+        factorize(torch.tensor([[1.0, 0.0], [0.0, -1e-3]], dtype=torch.float64), "influence")
+    with pytest.raises(IllConditionedError, match="ill-conditioned"):
+        factorize(torch.diag(torch.tensor([1.0, 1e-15], dtype=torch.float64)), "influence")
+    with pytest.raises(NonFiniteError, match="stage 'influence'"):
+        factorize(torch.tensor([[float("nan")]], dtype=torch.float64), "influence")
+
+
+def test_hessian_is_accumulated_in_chunks_exactly() -> None:
+    problem = _ridge(n=1000)
+    problem.loss = "logistic"
+    problem.labels = (problem.labels > 0).to(torch.float64)
+    theta = torch.linspace(-0.5, 0.5, problem.design.shape[1], dtype=torch.float64)
+    weights = torch.ones(problem.n, dtype=torch.float64)
+    chunked = HeadProblem(problem.design, problem.labels, problem.l2_reg, chunk_size=64)
+    p = torch.sigmoid(problem.design @ theta)
+    dense = problem.design.T @ ((p * (1 - p)).unsqueeze(1) * problem.design)
+    dense += torch.diag(problem.l2_reg * chunked.reg_mask)
+    assert torch.allclose(hessian(chunked, theta, weights), dense, atol=1e-10)

@@ -1,0 +1,180 @@
+"""Before/after evaluation: utility, hard-label fairness (Fairlearn definitions), surrogates, robustness.
+
+Fairness differences are max − min over groups of the selection rate (demographic parity), the
+true-positive rate (equal opportunity) and max(TPR difference, FPR difference) (equalized odds),
+as ``fairlearn.metrics`` defines them. As in Fairlearn (scikit-learn's row-normalised confusion
+matrix with nan read as 0), a group without positives (negatives) enters the TPR (FPR) comparison
+with a rate of 0, and a split with a single group has differences of 0; the per-group table still
+reports such a rate as null, next to the group's positive and negative counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from workers.engine.config import AttackConfig
+from workers.engine.io.datasets import Dataset
+from workers.engine.models.head_model import HeadModel
+from workers.engine.objectives.attacks import attack_inputs, reflect_linear
+from workers.engine.objectives.surrogates import GroupGap
+
+__all__ = ["SplitContext", "SplitEvaluation", "attack_label", "classification_metrics", "evaluate_split"]
+
+LOG_EPS = 1e-12
+
+
+def _rate(values: np.ndarray) -> float | None:
+    return float(values.mean()) if values.size else None
+
+
+def _rate_or_zero(rate: float | None) -> float:
+    # Fairlearn's rates come from confusion_matrix(normalize="true"), whose empty rows are nan → 0.
+    return 0.0 if rate is None else rate
+
+
+def _spread(values: list[float]) -> float | None:
+    return float(max(values) - min(values)) if values else None
+
+
+def _worse(first: float | None, second: float | None) -> float | None:
+    return None if first is None or second is None else max(first, second)
+
+
+def _group_row(y: np.ndarray, yhat: np.ndarray) -> dict[str, Any]:
+    positives = int((y == 1).sum())
+    return {
+        "n": int(y.shape[0]),
+        "positives": positives,
+        "negatives": int(y.shape[0]) - positives,
+        "selection_rate": _rate(yhat),
+        "tpr": _rate(yhat[y == 1]),
+        "fpr": _rate(yhat[y == 0]),
+        "accuracy": _rate((yhat == y).astype(np.float64)),
+    }
+
+
+def classification_metrics(proba: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> dict[str, Any]:
+    """Accuracy, log-loss, hard-label fairness differences and the per-group table.
+
+    The three differences equal ``fairlearn.metrics`` ``demographic_parity_difference``,
+    ``equal_opportunity_difference`` and ``equalized_odds_difference`` (``agg="worst_case"``) of
+    the labels at threshold 0.5; they are null only for an empty split.
+    """
+    predicted = (proba >= 0.5).astype(np.float64)
+    clipped = np.clip(proba, LOG_EPS, 1 - LOG_EPS)
+    masks = {str(group): groups == group for group in sorted(set(groups.tolist()))}
+    table = {name: _group_row(labels[rows], predicted[rows]) for name, rows in masks.items()}
+    tpr_diff = _spread([_rate_or_zero(row["tpr"]) for row in table.values()])
+    fpr_diff = _spread([_rate_or_zero(row["fpr"]) for row in table.values()])
+    return {
+        "n": int(labels.shape[0]),
+        "accuracy": float((predicted == labels).mean()),
+        "log_loss": float(-(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped)).mean()),
+        "demographic_parity_difference": _spread([row["selection_rate"] for row in table.values()]),
+        "equal_opportunity_difference": tpr_diff,
+        "equalized_odds_difference": _worse(tpr_diff, fpr_diff),
+        "groups": table,
+    }
+
+
+def attack_label(config: AttackConfig) -> str:
+    """A short name such as ``pgd-linf-0.1`` or ``reflect_linear-1.3``."""
+    if config.kind == "reflect_linear":
+        return f"reflect_linear-k{config.kappa:g}"
+    return f"{config.kind}-{config.norm}-{config.epsilon:g}"
+
+
+@dataclass
+class SplitContext:
+    """One split prepared once: data, sensitive groups and the attacks crafted against the
+    original model (the frozen sets: inputs for FGSM/PGD, the original head for reflection)."""
+
+    data: Dataset
+    groups: np.ndarray
+    privileged: str | None
+    attacks: list[AttackConfig]
+    frozen: dict[str, np.ndarray | torch.Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def prepare(cls, model: HeadModel, data: Dataset, sensitive: str, privileged: str | None,
+                attacks: list[AttackConfig]) -> SplitContext:
+        """Craft each attack against the original ``model``."""
+        context = cls(data, data.sensitive[sensitive], privileged, attacks)
+        for config in attacks:
+            if config.kind == "reflect_linear":
+                context.frozen[attack_label(config)] = model.theta()
+            else:
+                context.frozen[attack_label(config)] = attack_inputs(model, data.features, data.labels,
+                                                                     config)
+        return context
+
+
+def _robust_accuracy(model: HeadModel, design: torch.Tensor, context: SplitContext,
+                     config: AttackConfig) -> tuple[dict[str, Any], np.ndarray]:
+    """Robust accuracy against the frozen and the adaptive attack; per-row adaptive correctness."""
+    labels = context.data.labels
+    frozen = context.frozen[attack_label(config)]
+    theta = model.theta()
+    if isinstance(frozen, torch.Tensor):
+        frozen_pred = (reflect_linear(design, frozen, config.kappa) @ theta).cpu().numpy() >= 0
+        adaptive_pred = (reflect_linear(design, theta, config.kappa) @ theta).cpu().numpy() >= 0
+    else:
+        frozen_pred = model.logits(frozen).cpu().numpy() >= 0
+        adversarial = attack_inputs(model, context.data.features, labels, config)
+        adaptive_pred = model.logits(adversarial).cpu().numpy() >= 0
+    adaptive_correct = adaptive_pred == (labels == 1)
+    summary = {
+        "attack": {"kind": config.kind, "norm": config.norm, "epsilon": config.epsilon,
+                   "steps": config.steps, "kappa": config.kappa},
+        "frozen": float((frozen_pred == (labels == 1)).mean()),
+        "adaptive": float(adaptive_correct.mean()),
+    }
+    return summary, adaptive_correct
+
+
+def _surrogates(theta: torch.Tensor, design: torch.Tensor, context: SplitContext,
+                ) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for metric in ("demographic_parity", "equal_opportunity", "equalized_odds"):
+        try:
+            gap = GroupGap.build(metric, design, context.data.labels, context.groups,
+                                 context.privileged, context.data.name)
+            out[metric] = gap.evaluate(theta)[0]
+        except ValueError:
+            out[metric] = None
+    return out
+
+
+@dataclass
+class SplitEvaluation:
+    """Every before/after number of one model on one split, and the per-row outcomes behind
+    them (for the bootstrap)."""
+
+    metrics: dict[str, Any]
+    proba: np.ndarray
+    robust_correct: dict[str, np.ndarray] = field(default_factory=dict)
+    """Adaptive correctness per row, by attack label."""
+
+
+def evaluate_split(model: HeadModel, context: SplitContext) -> SplitEvaluation:
+    """Every before/after number for one model on one split."""
+    proba = torch.sigmoid(model.logits(context.data.features)).cpu().numpy()
+    metrics = classification_metrics(proba, context.data.labels, context.groups)
+    design = model.design(context.data.features)
+    metrics["surrogates"] = _surrogates(model.theta(), design, context)
+    evaluation = SplitEvaluation(metrics, proba)
+    if context.attacks:
+        robustness = {}
+        for config in context.attacks:
+            label = attack_label(config)
+            robustness[label], evaluation.robust_correct[label] = _robust_accuracy(model, design, context,
+                                                                                   config)
+        primary = robustness[attack_label(context.attacks[0])]
+        metrics["robust_accuracy"] = primary["adaptive"]
+        metrics["robust_accuracy_frozen"] = primary["frozen"]
+        metrics["robustness"] = robustness
+    return evaluation

@@ -1,0 +1,258 @@
+"""The correction report: JSON with the keys PRODUCT.md fixes, and a plain HTML rendering."""
+
+from __future__ import annotations
+
+import html
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from workers.engine.config import CorrectionSpec
+from workers.engine.weights import WeightResult
+
+if TYPE_CHECKING:
+    from workers.engine.evaluation.verdict import Verdict
+    from workers.engine.io.inputs import CorrectionInputs
+    from workers.engine.unlearning.tracking import Measurement, Tracking
+
+__all__ = ["REPORT_VERSION", "build_report", "format_summary", "render_html"]
+
+REPORT_VERSION = 2
+HEADLINE = ("accuracy", "log_loss", "demographic_parity_difference", "equal_opportunity_difference",
+            "equalized_odds_difference", "robust_accuracy", "robust_accuracy_frozen")
+
+
+def _weights_summary(final_eps: np.ndarray, solved: list[WeightResult], spec: CorrectionSpec,
+                     ) -> dict[str, Any]:
+    total = WeightResult(
+        eps=final_eps,
+        scheme=spec.weighting.scheme,
+        requested_reduction=sum(r.requested_reduction for r in solved),
+        predicted_target_change=sum(r.predicted_target_change for r in solved),
+        predicted_utility_change=sum(r.predicted_utility_change for r in solved),
+        feasible=all(r.feasible for r in solved),
+        max_reduction=solved[0].max_reduction if solved else None,
+    )
+    bounds = (spec.weighting.lower, spec.weighting.upper) if spec.weighting.scheme == "qp" else (None, None)
+    summary = total.summary(*bounds)
+    summary["iterations"] = [r.summary(*bounds) for r in solved]
+    for row in summary["iterations"]:
+        row.pop("notes", None)
+    return summary
+
+
+def _predicted(iterations: list[dict[str, Any]]) -> dict[str, Any]:
+    if not iterations:
+        return {"target_change": 0.0, "utility_change": 0.0, "realized_target_change": 0.0,
+                "realized_utility_change": 0.0, "iterations": []}
+    first, last = iterations[0], iterations[-1]
+    return {
+        "target_change": sum(row["predicted_target_change"] for row in iterations),
+        "utility_change": sum(row["predicted_utility_change"] for row in iterations),
+        "realized_target_change": abs(last["target_after"]) - abs(first["target_before"]),
+        "realized_utility_change": last["utility_after"] - first["utility_before"],
+        "first_step": {
+            "predicted_target_change": first["predicted_target_change"],
+            "realized_target_change": first["realized_target_change"],
+            "predicted_utility_change": first["predicted_utility_change"],
+            "realized_utility_change": first["realized_utility_change"],
+        },
+        "iterations": iterations,
+    }
+
+
+SURROGATES = {
+    "demographic_parity": "the gap in mean predicted probability between the groups",
+    "equal_opportunity": "the gap in mean predicted probability among positives (a soft TPR gap)",
+    "equalized_odds": "the soft TPR gap plus the soft FPR gap",
+    "robustness": "the mean log-loss on the audit points under the attack",
+}
+"""What the differentiable surrogate of each objective is (the influence is taken on it)."""
+HARD_KEYS = {
+    "demographic_parity": "demographic_parity_difference",
+    "equal_opportunity": "equal_opportunity_difference",
+    "equalized_odds": "equalized_odds_difference",
+    "robustness": "robust_accuracy",
+}
+
+
+def _target_section(spec: CorrectionSpec, state: Tracking, final: Measurement, verdict: Verdict,
+                    ) -> dict[str, Any]:
+    origin = state.origin
+    sign = 1.0 if origin.target >= 0 else -1.0
+    robust = spec.objective.metric == "robustness"
+    return {
+        "metric": spec.objective.metric,
+        "hard_metric": HARD_KEYS[spec.objective.metric],
+        "surrogate": SURROGATES[spec.objective.metric],
+        "audit_before": origin.target,
+        "audit_goal": sign * state.goal,
+        "audit_after": final.target,
+        "audit_hard_before": origin.robust_accuracy if robust else origin.hard,
+        "audit_hard_after": final.robust_accuracy if robust else final.hard,
+        "goal_reached": verdict.goal_reached,
+        "decision_split": verdict.decision_split,
+        "iterations": len(state.records),
+        "stopped_because": state.stop_reason,
+    }
+
+
+def build_report(*, spec: CorrectionSpec, inputs: CorrectionInputs, sensitive: str,
+                 before: dict[str, Any], after: dict[str, Any], state: Tracking, final: Measurement,
+                 verdict: Verdict, final_weights: np.ndarray, polish: dict[str, Any],
+                 timings: dict[str, float], device: str) -> dict[str, Any]:
+    """Assemble the report of one correction (every number JSON-serializable)."""
+    iterations = state.records
+    notes = list(inputs.notes)
+    for row in iterations:
+        notes.extend(row["notes"])
+    return {
+        "report_version": REPORT_VERSION,
+        "target_met": verdict.target_met,
+        "warnings": list(verdict.warnings),
+        "spec": spec.to_dict(),
+        "model": {"architecture": inputs.arch.to_dict(), "parameters": inputs.arch.parameter_count(),
+                  "influence_scope": spec.influence.scope,
+                  "head_parameters": inputs.arch.head_in_features + 1},
+        "data": {
+            "sensitive_attribute": sensitive,
+            "features": len(inputs.train.feature_names),
+            "train_rows": inputs.train.n,
+            "audit_rows": inputs.audit.n,
+            "eval_rows": inputs.eval.n if inputs.eval is not None else None,
+        },
+        "target": _target_section(spec, state, final, verdict),
+        "before": before,
+        "after": after,
+        "confidence": verdict.confidence,
+        "predicted": _predicted(iterations),
+        "tracking": {"accepted_steps": len(iterations), "undone": state.undone,
+                     "stopped_because": state.stop_reason, "input": state.origin.to_dict(),
+                     "result": final.to_dict()},
+        "weights": _weights_summary(final_weights - 1.0, state.solved, spec),
+        "influence": {"polish": polish, "l2_reg": spec.influence.l2_reg,
+                      "damping": spec.influence.damping, "hessian": spec.method.hessian},
+        "timings": dict(timings),
+        "device": device,
+        "notes": notes,
+    }
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4f}"
+    return html.escape(str(value))
+
+
+def _metrics_table(report: dict[str, Any], split: str) -> str:
+    rows = []
+    for key in HEADLINE:
+        old = report["before"][split].get(key)
+        new = report["after"][split].get(key)
+        if old is None and new is None:
+            continue
+        change = new - old if isinstance(old, float) and isinstance(new, float) else None
+        rows.append(f"<tr><td>{key}</td><td>{_fmt(old)}</td><td>{_fmt(new)}</td><td>{_fmt(change)}</td></tr>")
+    return ("<table><tr><th>metric</th><th>before</th><th>after</th><th>change</th></tr>"
+            + "".join(rows) + "</table>")
+
+
+def _groups_table(report: dict[str, Any], split: str) -> str:
+    rows = []
+    for stage in ("before", "after"):
+        for group, row in report[stage][split]["groups"].items():
+            cells = "".join(f"<td>{_fmt(row[k])}</td>" for k in ("n", "selection_rate", "tpr", "fpr",
+                                                                  "accuracy"))
+            rows.append(f"<tr><td>{stage}</td><td>{html.escape(group)}</td>{cells}</tr>")
+    return ("<table><tr><th>model</th><th>group</th><th>n</th><th>selection rate</th><th>TPR</th>"
+            "<th>FPR</th><th>accuracy</th></tr>" + "".join(rows) + "</table>")
+
+
+def _verdict_html(report: dict[str, Any]) -> str:
+    target = report["target"]
+    status = "TARGET MET" if report["target_met"] else "TARGET NOT MET"
+    colour = "#1a7f37" if report["target_met"] else "#b3261e"
+    parts = [f"<p style='font-size:1.3em;color:{colour}'><b>{status}</b>: audit "
+             f"{_fmt(target['hard_metric'])} {_fmt(target['audit_hard_before'])} → "
+             f"{_fmt(target['audit_hard_after'])}; stopped: {_fmt(target['stopped_because'])}</p>"]
+    if report["warnings"]:
+        parts.append("<ul>" + "".join(f"<li><b>{html.escape(w['code'])}</b>: {html.escape(w['message'])}</li>"
+                                      for w in report["warnings"]) + "</ul>")
+    return "".join(parts)
+
+
+def render_html(report: dict[str, Any]) -> str:
+    """A self-contained HTML page of the report (no scripts, every value escaped)."""
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>SoftUnlearn report</title>",
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}</style></head><body>",
+        "<h1>SoftUnlearn correction report</h1>",
+        _verdict_html(report),
+        f"<p>Target: <b>{_fmt(report['target']['metric'])}</b> on "
+        f"<b>{_fmt(report['data']['sensitive_attribute'])}</b>; audit surrogate "
+        f"{_fmt(report['target']['audit_before'])} → {_fmt(report['target']['audit_after'])} "
+        f"(goal {_fmt(report['target']['audit_goal'])}) in {report['target']['iterations']} iteration(s); "
+        f"scheme {_fmt(report['spec']['weighting']['scheme'])}, method "
+        f"{_fmt(report['spec']['method']['name'])}, device {_fmt(report['device'])}.</p>",
+    ]
+    for split in report["before"]:
+        parts.append(f"<h2>{html.escape(split)}</h2>{_metrics_table(report, split)}")
+        parts.append(_groups_table(report, split))
+    predicted = report["predicted"]
+    parts.append("<h2>Predicted vs realized (audit)</h2><table><tr><th></th><th>predicted</th>"
+                 "<th>realized</th></tr>"
+                 f"<tr><td>target change</td><td>{_fmt(predicted['target_change'])}</td>"
+                 f"<td>{_fmt(predicted['realized_target_change'])}</td></tr>"
+                 f"<tr><td>utility (log-loss) change</td><td>{_fmt(predicted['utility_change'])}</td>"
+                 f"<td>{_fmt(predicted['realized_utility_change'])}</td></tr></table>")
+    weights = report["weights"]
+    parts.append("<h2>Weights</h2><table>" + "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{_fmt(weights.get(k))}</td></tr>"
+        for k in ("scheme", "min", "max", "l2_norm", "down_weighted", "up_weighted", "removed",
+                  "negative_effective_weights")) + "</table>")
+    parts.append("<h2>Timings (s)</h2><table>" + "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in report["timings"].items())
+        + "</table>")
+    if report["notes"]:
+        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in report["notes"])
+                     + "</ul>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def format_summary(report: dict[str, Any]) -> str:
+    """A plain-text before/after table of the headline metrics, for terminals."""
+    lines = []
+    target = report["target"]
+    lines.append(f"TARGET {'MET' if report['target_met'] else 'NOT MET'}: {target['metric']} on "
+                 f"{report['data']['sensitive_attribute']}, audit {target['hard_metric']} "
+                 f"{_plain(target['audit_hard_before'])} -> {_plain(target['audit_hard_after'])}")
+    lines.append(f"audit surrogate ({target['surrogate']}) {_plain(target['audit_before'])} -> "
+                 f"{_plain(target['audit_after'])} (goal {_plain(target['audit_goal'])}, "
+                 f"{target['iterations']} step(s); stopped: {target['stopped_because']})")
+    lines.extend(f"warning [{w['code']}]: {w['message']}" for w in report["warnings"])
+    for split in report["before"]:
+        lines.append(f"\n{split:<34}{'before':>10}{'after':>10}{'change':>10}")
+        for key in HEADLINE:
+            old, new = report["before"][split].get(key), report["after"][split].get(key)
+            if old is None and new is None:
+                continue
+            change = new - old if isinstance(old, float) and isinstance(new, float) else None
+            lines.append(f"  {key:<32}{_plain(old):>10}{_plain(new):>10}{_plain(change):>10}")
+    predicted = report["predicted"]
+    lines.append(f"\npredicted/realized audit target change: {_plain(predicted['target_change'])} / "
+                 f"{_plain(predicted['realized_target_change'])}; utility change: "
+                 f"{_plain(predicted['utility_change'])} / {_plain(predicted['realized_utility_change'])}")
+    lines.append(f"total time {report['timings'].get('total', 0.0):.2f}s on {report['device']}")
+    lines.extend(f"note: {note}" for note in report["notes"])
+    return "\n".join(lines)
+
+
+def _plain(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)

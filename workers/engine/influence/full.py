@@ -1,0 +1,539 @@
+"""Influence functions over every parameter of an MLP (``influence.scope = 'full'``), in float64.
+
+The objective is the sum form of METHOD.md §1 over *all* parameters (weights and biases)::
+
+    L(θ; w) = Σᵢ wᵢ ℓᵢ(θ) + (λ/2)‖θ‖²,    ℓᵢ = binary cross-entropy of the logit,
+
+with ``H`` its Hessian and ``I_f(i) = gᵢᵀ (H + δI)⁻¹ ∇f`` the predicted change of a target f when
+sample i is removed (``gᵢ = ∇ℓᵢ``, unweighted, unregularized). Per-sample gradients come from
+``torch.func`` (``vmap(grad)`` of a ``functional_call``) a chunk of rows at a time, so at most
+``chunk_size × P`` gradient entries exist at once; Hessian-vector products are forward-over-reverse
+(``jvp`` of ``grad``) over the same chunks. ``(H + δI)⁻¹ v`` is solved by ``influence.solver``:
+``exact`` (dense Hessian built from batched HVPs, symmetrized, PD-checked and Cholesky-factorized
+by :func:`workers.engine.influence.head.factorize`), ``cg`` or ``lissa``
+(:mod:`workers.engine.influence.ihvp`).
+
+**Damping.** A network's Hessian need not be positive definite: the weights come from a
+stochastic optimizer, not the exact optimum of ``L``, and the residual term ``Σ (pᵢ − yᵢ)∇²zᵢ`` is
+indefinite for ReLU networks. When ``influence.damping`` is 0 the shift is
+``δ = DEFAULT_DAMPING_PER_WEIGHT · Σ|wᵢ|`` (1e-3 per unit of sample weight): in sum form the
+curvature grows with the data, so a fixed absolute δ would vanish on large sets and dominate
+small ones, while 1e-3 per sample is small next to a typical per-sample curvature
+``pᵢ(1 − pᵢ)‖∇zᵢ‖²`` (it biases influences by well under a percent on well-determined directions)
+and still lifts small negative eigenvalues. An explicit ``damping > 0`` is used as given. The
+value used is in every solve's diagnostics.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+from torch.nn import functional as F
+
+from workers.engine.config import InfluenceConfig
+from workers.engine.errors import IllConditionedError, InputError, NonFiniteError
+from workers.engine.influence.head import HessianFactor, factorize
+from workers.engine.influence.ihvp import conjugate_gradient, lissa, top_eigenvalue
+
+__all__ = [
+    "DEFAULT_DAMPING_PER_WEIGHT",
+    "LISSA_SCALE_MARGIN",
+    "FullInfluence",
+    "check_memory",
+    "estimate_memory_bytes",
+    "flat_to_state",
+    "objective_gradient",
+    "resolve_solver",
+]
+
+Params = dict[str, torch.Tensor]
+
+DEFAULT_DAMPING_PER_WEIGHT = 1e-3
+"""Default damping δ per unit of total sample weight when ``influence.damping`` is 0."""
+LISSA_SCALE_MARGIN = 1.1
+"""LiSSA's default scale is this times the power-iteration estimate of the top eigenvalue."""
+LISSA_SEED = 0
+"""Seeds LiSSA's mini-batches and the power iteration's start (results are reproducible)."""
+HESSIAN_BLOCK_BYTES = 64 * 2**20
+"""Working memory allowed to one batched-HVP call when the dense Hessian is built."""
+POLISH_MAX_SHIFTS = 16
+"""Attempts at a positive-definite Newton system per polish step (extra damping ×10 each)."""
+GIB = 2**30
+
+
+def resolve_solver(parameters: int, config: InfluenceConfig) -> str:
+    """The solver ``config.solver`` means for a model of ``parameters`` parameters."""
+    if config.solver == "auto":
+        return "exact" if parameters <= config.exact_max_parameters else "cg"
+    return config.solver
+
+
+def estimate_memory_bytes(n: int, parameters: int, config: InfluenceConfig) -> int:
+    """Dominant working memory (bytes, float64) of a full-network influence job.
+
+    Counts a chunk of per-sample gradients (with the copy made when they are flattened and the
+    product), the dense Hessian with its eigenvalue and Cholesky workspaces when the solver is
+    exact, a few solver vectors, and per-row buffers. The training data itself is not counted.
+    """
+    rows = min(n, config.chunk_size)
+    total = 3 * rows * parameters * 8 + 16 * parameters * 8 + 4 * n * 8
+    if resolve_solver(parameters, config) == "exact":
+        total += 3 * parameters * parameters * 8 + HESSIAN_BLOCK_BYTES
+    return total
+
+
+def check_memory(n: int, parameters: int, config: InfluenceConfig) -> None:
+    """Refuse a job whose estimated working memory exceeds ``config.max_memory_gb``.
+
+    Raises:
+        InputError: with the estimate and what to change.
+    """
+    estimate = estimate_memory_bytes(n, parameters, config)
+    if estimate <= config.max_memory_gb * GIB:
+        return
+    advice = [f"lower influence.chunk_size (now {config.chunk_size})"]
+    if resolve_solver(parameters, config) == "exact":
+        advice.append(f"use influence.solver 'cg' or 'lissa' (the dense Hessian of {parameters} "
+                      f"parameters alone takes {3 * parameters**2 * 8 / GIB:.2f} GiB with workspaces)")
+    advice.append("or raise influence.max_memory_gb")
+    raise InputError(f"full-network influence needs an estimated {estimate / GIB:.2f} GiB of working "
+                     f"memory (n={n}, {parameters} parameters), above influence.max_memory_gb="
+                     f"{config.max_memory_gb}; " + ", ".join(advice))
+
+
+def flat_to_state(network: nn.Module, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Split a flat parameter vector into the network's state-dict entries (same keys, shapes,
+    dtypes and device as its parameters), in ``named_parameters`` order.
+
+    Raises:
+        InputError: the vector's length is not the parameter count.
+    """
+    named = list(network.named_parameters())
+    count = sum(p.numel() for _, p in named)
+    if flat.shape != (count,):
+        raise InputError(f"flat parameter vector has shape {tuple(flat.shape)}; expected ({count},)")
+    state, offset = {}, 0
+    for name, param in named:
+        chunk = flat[offset:offset + param.numel()]
+        state[name] = chunk.reshape(param.shape).to(dtype=param.dtype, device=param.device).clone()
+        offset += param.numel()
+    return state
+
+
+def objective_gradient(network: nn.Module, fn: Callable[[nn.Module], torch.Tensor]) -> torch.Tensor:
+    """Flat ``∇_θ fn(network)`` by autograd, in ``named_parameters`` order and the network's dtype.
+
+    ``fn`` is called on a copy of the network whose parameters require grad (the caller's network
+    is untouched); parameters ``fn`` does not use get a zero gradient.
+
+    Raises:
+        InputError: ``fn`` does not return a scalar.
+        NonFiniteError: the value or gradient holds NaN/Inf.
+    """
+    clone = copy.deepcopy(network)
+    params = [p.requires_grad_(True) for p in clone.parameters()]
+    value = fn(clone)
+    if value.numel() != 1:
+        raise InputError(f"objective_gradient: the target must be a scalar; got shape {tuple(value.shape)}")
+    if not bool(torch.isfinite(value).all()):
+        raise NonFiniteError("target gradient", "the target value")
+    grads = torch.autograd.grad(value.reshape(()), params, allow_unused=True)
+    flat = torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1)
+                      for p, g in zip(params, grads, strict=True)])
+    if not bool(torch.isfinite(flat).all()):
+        raise NonFiniteError("target gradient", "the target gradient")
+    return flat.detach()
+
+
+def _sample_loss(network: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """ℓ of one sample (x: (D,), y: scalar), for ``vmap``."""
+    logit = functional_call(network, params, (x.unsqueeze(0),)).reshape(())
+    return F.binary_cross_entropy_with_logits(logit, y)
+
+
+def _weighted_loss(network: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor,
+                   w: torch.Tensor) -> torch.Tensor:
+    """``Σ wᵢ ℓᵢ`` over a chunk of rows."""
+    logits = functional_call(network, params, (x,)).reshape(-1)
+    return w @ F.binary_cross_entropy_with_logits(logits, y, reduction="none")
+
+
+def _finite(tensor: torch.Tensor, stage: str, what: str) -> torch.Tensor:
+    if not bool(torch.isfinite(tensor).all()):
+        raise NonFiniteError(stage, what)
+    return tensor
+
+
+class FullInfluence:
+    """Influence machinery over all parameters of an MLP, on a float64 copy of the network.
+
+    Args:
+        network: the MLP (any ``nn.Module`` mapping (n, D) inputs to (n, 1) logits); it is
+            deep-copied and cast to float64 on its own device; the caller's network is not changed.
+        features: (n, D) training inputs. labels: (n,) 0/1 labels. weights: (n,) effective
+            sample weights wᵢ of the objective.
+        config: ``scope='full'`` settings (solver, damping, l2_reg, chunk_size, memory cap).
+
+    Raises:
+        InputError: shapes disagree, the solver cannot be used for this size, or the estimated
+            memory is above ``config.max_memory_gb`` (checked before any heavy work).
+        NonFiniteError: NaN/Inf in parameters, features, labels or weights.
+    """
+
+    def __init__(self, network: nn.Module, features: torch.Tensor, labels: torch.Tensor,
+                 weights: torch.Tensor, config: InfluenceConfig) -> None:
+        n = int(features.shape[0]) if features.ndim == 2 else -1
+        if n < 1 or labels.shape != (n,) or weights.shape != (n,):
+            raise InputError(f"full influence needs features (n, D) with n >= 1, labels (n,) and "
+                             f"weights (n,); got {tuple(features.shape)}, {tuple(labels.shape)}, "
+                             f"{tuple(weights.shape)}")
+        self.parameter_count = sum(p.numel() for p in network.parameters())
+        self.solver = resolve_solver(self.parameter_count, config)
+        if self.solver == "exact" and self.parameter_count > config.exact_max_parameters:
+            raise InputError(f"influence.solver 'exact' builds a dense Hessian and allows at most "
+                             f"influence.exact_max_parameters={config.exact_max_parameters} parameters; "
+                             f"the model has {self.parameter_count}: use solver 'cg' or 'auto'")
+        check_memory(n, self.parameter_count, config)
+        self.config = config
+        self.n = n
+        device = next(network.parameters()).device
+        self.network = copy.deepcopy(network).to(dtype=torch.float64).requires_grad_(False)
+        self.features = _finite(features.to(device=device, dtype=torch.float64), "load", "the features")
+        self.labels = _finite(labels.to(device=device, dtype=torch.float64), "load", "the labels")
+        self.weights = _finite(weights.to(device=device, dtype=torch.float64), "load", "the weights")
+        self._shapes = [(name, p.shape) for name, p in self.network.named_parameters()]
+        self._flat = _finite(self.flat_parameters_of(self.network), "load", "the model parameters")
+        self.l2_reg = float(config.l2_reg)
+        self.damping = (float(config.damping) if config.damping > 0
+                        else DEFAULT_DAMPING_PER_WEIGHT * float(self.weights.abs().sum()))
+        self._factor: HessianFactor | None = None
+        self._lissa_scale: float | None = config.lissa_scale
+        self._width = sum(m.in_features + m.out_features for m in self.network.modules()
+                          if isinstance(m, nn.Linear)) or self.features.shape[1] + 1
+
+    # -- parameters ---------------------------------------------------------------------------
+
+    @staticmethod
+    def flat_parameters_of(network: nn.Module) -> torch.Tensor:
+        """Concatenated parameters of ``network`` in ``named_parameters`` order."""
+        return torch.cat([p.detach().reshape(-1) for p in network.parameters()])
+
+    def flat_parameters(self) -> torch.Tensor:
+        """The current parameters θ (flat, float64; a copy)."""
+        return self._flat.clone()
+
+    def set_parameters(self, flat: torch.Tensor) -> None:
+        """Move to parameters ``flat`` (clears the cached Hessian factor and LiSSA scale)."""
+        if flat.shape != self._flat.shape:
+            raise InputError(f"parameter vector has shape {tuple(flat.shape)}; "
+                             f"expected {tuple(self._flat.shape)}")
+        self._flat = _finite(flat.to(self._flat).clone(), "parameters", "the model parameters")
+        self._factor = None
+        self._lissa_scale = self.config.lissa_scale
+
+    def set_weights(self, weights: torch.Tensor) -> None:
+        """Change the sample weights wᵢ of the objective (clears the cached Hessian factor)."""
+        if weights.shape != self.weights.shape:
+            raise InputError(f"weights have shape {tuple(weights.shape)}; expected "
+                             f"{tuple(self.weights.shape)}")
+        self.weights = _finite(weights.to(self.weights).clone(), "parameters", "the sample weights")
+        self._factor = None
+        self._lissa_scale = self.config.lissa_scale
+
+    def to_network(self) -> nn.Module:
+        """A float64 copy of the network at the current parameters."""
+        network = copy.deepcopy(self.network)
+        network.load_state_dict(flat_to_state(network, self._flat))
+        return network
+
+    def _unflatten(self, flat: torch.Tensor) -> Params:
+        """Views of ``flat`` (P,) or (b, P) as a parameter dict (leading batch dim kept)."""
+        lead = flat.shape[:-1]
+        params, offset = {}, 0
+        for name, shape in self._shapes:
+            size = math.prod(shape)
+            params[name] = flat[..., offset:offset + size].reshape(*lead, *shape)
+            offset += size
+        return params
+
+    def _flatten(self, params: Params, batch: int | None = None) -> torch.Tensor:
+        lead = () if batch is None else (batch,)
+        return torch.cat([params[name].reshape(*lead, -1) for name, _ in self._shapes], dim=-1)
+
+    def _chunks(self) -> list[slice]:
+        size = self.config.chunk_size
+        return [slice(s, min(s + size, self.n)) for s in range(0, self.n, size)]
+
+    # -- gradients ----------------------------------------------------------------------------
+
+    def objective(self, flat: torch.Tensor | None = None) -> float:
+        """``L(θ; w)`` at ``flat`` (default: the current parameters), without damping."""
+        theta = self._flat if flat is None else flat
+        params = self._unflatten(theta)
+        total = sum(float(_weighted_loss(self.network, params, self.features[r], self.labels[r],
+                                         self.weights[r])) for r in self._chunks())
+        return total + 0.5 * self.l2_reg * float(theta @ theta)
+
+    def _weighted_grad(self, coefficients: torch.Tensor) -> torch.Tensor:
+        """``Σ cᵢ gᵢ`` by one reverse pass per chunk."""
+        total = torch.zeros_like(self._flat)
+        with torch.enable_grad():
+            for rows in self._chunks():
+                theta = self._flat.detach().requires_grad_(True)
+                loss = _weighted_loss(self.network, self._unflatten(theta), self.features[rows],
+                                      self.labels[rows], coefficients[rows])
+                total = total + torch.autograd.grad(loss, theta)[0]
+        return total
+
+    def per_sample_gradients(self, rows: slice) -> torch.Tensor:
+        """(rows, P) per-sample gradients gᵢ of the unregularized loss, by ``vmap(grad)``."""
+        params = self._unflatten(self._flat)
+        per_sample = vmap(grad(lambda p, x, y: _sample_loss(self.network, p, x, y)), in_dims=(None, 0, 0))
+        grads = per_sample(params, self.features[rows], self.labels[rows])
+        return self._flatten(grads, batch=int(self.labels[rows].shape[0]))
+
+    def per_sample_dot(self, vector: torch.Tensor, stage: str = "influence") -> torch.Tensor:
+        """``gᵢᵀ v`` for every training row: (n,) for v of shape (P,), (n, k) for (P, k).
+
+        Raises:
+            NonFiniteError: NaN/Inf in the products.
+        """
+        vector = vector.to(self._flat)
+        parts = [self.per_sample_gradients(rows) @ vector for rows in self._chunks()]
+        return _finite(torch.cat(parts), stage, "per-sample gradient products")
+
+    def weighted_gradient_sum(self, eps: torch.Tensor, stage: str = "influence") -> torch.Tensor:
+        """``Σᵢ εᵢ gᵢ`` (flat) without forming per-sample gradients."""
+        total = self._weighted_grad(eps.to(self._flat).reshape(-1))
+        return _finite(total, stage, "the weighted gradient sum")
+
+    def gradient(self, stage: str = "gradient") -> torch.Tensor:
+        """``∇L(θ; w) = Σ wᵢ gᵢ + λθ`` (flat)."""
+        total = self._weighted_grad(self.weights) + self.l2_reg * self._flat
+        return _finite(total, stage, "the training-objective gradient")
+
+    # -- curvature ----------------------------------------------------------------------------
+
+    def _chunk_gradient_graph(self, rows: slice | torch.Tensor, scale: float = 1.0,
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A leaf copy θ of the parameters and ``scale · ∇_θ Σ_{rows} wᵢℓᵢ`` with its graph kept,
+        so Hessian-vector products are one more backward pass (reverse-over-reverse: on small
+        MLPs it measured 2-10× faster than ``torch.func.jvp`` of ``grad``)."""
+        theta = self._flat.detach().requires_grad_(True)
+        loss = _weighted_loss(self.network, self._unflatten(theta), self.features[rows],
+                              self.labels[rows], self.weights[rows] * scale)
+        (gradient,) = torch.autograd.grad(loss, theta, create_graph=True)
+        return theta, gradient
+
+    def _chunk_hvp(self, rows: slice | torch.Tensor, vector: torch.Tensor, scale: float = 1.0,
+                   ) -> torch.Tensor:
+        if self.config.curvature == "gauss_newton":
+            return self._chunk_ggn_vp(rows, vector, scale)
+        theta, gradient = self._chunk_gradient_graph(rows, scale)
+        (product,) = torch.autograd.grad(gradient, theta, grad_outputs=vector)
+        return product
+
+    def _chunk_ggn_vp(self, rows: slice | torch.Tensor, vector: torch.Tensor, scale: float = 1.0,
+                      ) -> torch.Tensor:
+        """``Jᵀ diag(wᵢ pᵢ(1−pᵢ)) J v`` with J the Jacobian of the chunk's logits: the Gauss-Newton
+        product (J v by the double-vjp trick, so only reverse mode is needed)."""
+        theta = self._flat.detach().requires_grad_(True)
+        logits = functional_call(self.network, self._unflatten(theta), (self.features[rows],)).reshape(-1)
+        probability = torch.sigmoid(logits).detach()
+        dummy = torch.zeros_like(logits, requires_grad=True)
+        (transposed,) = torch.autograd.grad(logits, theta, grad_outputs=dummy, create_graph=True)
+        (forward,) = torch.autograd.grad(transposed, dummy, grad_outputs=vector)
+        curvature = self.weights[rows] * scale * probability * (1 - probability)
+        (product,) = torch.autograd.grad(logits, theta, grad_outputs=curvature * forward)
+        return product
+
+    def _dense_ggn(self) -> torch.Tensor:
+        """``Σ wᵢ pᵢ(1−pᵢ) ∇zᵢ∇zᵢᵀ`` from per-sample logit gradients (vmap), chunk by chunk."""
+        params = self._unflatten(self._flat)
+
+        def logit(p: Params, x: torch.Tensor) -> torch.Tensor:
+            value: torch.Tensor = functional_call(self.network, p, (x.unsqueeze(0),)).reshape(())
+            return value
+
+        per_sample = vmap(grad(logit), in_dims=(None, 0))
+        total = torch.zeros(self.parameter_count, self.parameter_count, dtype=self._flat.dtype,
+                            device=self._flat.device)
+        for rows in self._chunks():
+            jacobian = self._flatten(per_sample(params, self.features[rows]),
+                                     batch=int(self.labels[rows].shape[0]))
+            with torch.no_grad():
+                probability = torch.sigmoid(functional_call(self.network, params,
+                                                            (self.features[rows],)).reshape(-1))
+            curvature = self.weights[rows] * probability * (1 - probability)
+            total += jacobian.T @ (curvature.unsqueeze(1) * jacobian)
+        return total
+
+    def hvp(self, vector: torch.Tensor, stage: str = "hvp") -> torch.Tensor:
+        """``(H + δI) v`` with H the Hessian of ``L(θ; w)`` (sum form, with λI).
+
+        Raises:
+            NonFiniteError: NaN/Inf in the product.
+        """
+        vector = vector.to(self._flat)
+        total = (self.l2_reg + self.damping) * vector
+        with torch.enable_grad():
+            for rows in self._chunks():
+                total = total + self._chunk_hvp(rows, vector)
+        return _finite(total, stage, "a Hessian-vector product")
+
+    def _sampled_hvp(self, generator: torch.Generator) -> Callable[[int, torch.Tensor], torch.Tensor]:
+        """``(j, v) ↦`` unbiased mini-batch estimate of ``(H + δI) v`` (full HVP when the batch
+        covers the data): ``(n/b) Σ_{i∈B} wᵢ∇²ℓᵢ v + (λ + δ) v``, B drawn without replacement."""
+        batch = self.config.lissa_batch_size
+        if batch >= self.n:
+            return lambda _step, v: self.hvp(v, "lissa")
+
+        def sampled(_step: int, v: torch.Tensor) -> torch.Tensor:
+            index = torch.randperm(self.n, generator=generator)[:batch].to(self.features.device)
+            with torch.enable_grad():
+                product = self._chunk_hvp(index, v, self.n / batch)
+            return _finite(product + (self.l2_reg + self.damping) * v, "lissa", "a Hessian-vector product")
+        return sampled
+
+    def dense_hessian(self, stage: str = "hessian") -> torch.Tensor:
+        """The symmetrized dense ``H + δI`` (P×P): per chunk of rows, one gradient graph and
+        batched backward passes against blocks of basis vectors (``is_grads_batched``).
+
+        Raises:
+            InputError: more than ``exact_max_parameters`` parameters.
+            NonFiniteError: NaN/Inf in the Hessian.
+        """
+        count = self.parameter_count
+        if count > self.config.exact_max_parameters:
+            raise InputError(f"a dense Hessian of {count} parameters is above "
+                             f"influence.exact_max_parameters={self.config.exact_max_parameters}")
+        matrix = torch.diag(torch.full_like(self._flat, self.l2_reg + self.damping))
+        if self.config.curvature == "gauss_newton":
+            return _finite(matrix + self._dense_ggn(), stage, "the Gauss-Newton matrix")
+        with torch.enable_grad():
+            for rows in self._chunks():
+                per_column = (rows.stop - rows.start) * self._width * 8 * 6 + count * 8 * 2
+                block = max(1, min(count, HESSIAN_BLOCK_BYTES // per_column))
+                theta, gradient = self._chunk_gradient_graph(rows)
+                for start in range(0, count, block):
+                    stop = min(start + block, count)
+                    basis = torch.zeros(stop - start, count, dtype=self._flat.dtype, device=self._flat.device)
+                    basis[torch.arange(stop - start), torch.arange(start, stop)] = 1.0
+                    (columns,) = torch.autograd.grad(gradient, theta, grad_outputs=basis,
+                                                     retain_graph=True, is_grads_batched=True)
+                    matrix[start:stop] += columns
+        matrix = _finite(matrix, stage, "the Hessian")
+        return 0.5 * (matrix + matrix.T)
+
+    # -- solves -------------------------------------------------------------------------------
+
+    def solve(self, vector: torch.Tensor, stage: str) -> tuple[torch.Tensor, dict[str, Any]]:
+        """``(H + δI)⁻¹ v`` by the configured solver.
+
+        Returns:
+            The solution and diagnostics: solver, iterations, relative_residual
+            ``‖(H + δI)x − v‖/‖v‖`` (one extra HVP), damping, plus solver-specific entries.
+
+        Raises:
+            IllConditionedError: not positive definite after damping, CG not converging, LiSSA
+                diverging (each message says which knob to raise).
+            NonFiniteError: NaN/Inf in the right-hand side, a product or the solution.
+        """
+        rhs = _finite(vector.to(self._flat).reshape(-1), stage, "the right-hand side")
+        info: dict[str, Any] = {"solver": self.solver, "damping": self.damping}
+        if self.solver == "exact":
+            if self._factor is None:
+                self._factor = factorize(self.dense_hessian(stage), stage)
+            solution = self._factor.solve(rhs, stage)
+            info.update(iterations=0, **self._factor.describe())
+        elif self.solver == "cg":
+            cfg = self.config
+            solution, extra = conjugate_gradient(lambda v: self.hvp(v, stage), rhs, cfg.cg_tolerance,
+                                                 cfg.cg_max_iterations, stage)
+            info.update(extra)
+        else:
+            if self._lissa_scale is None:
+                top = top_eigenvalue(lambda v: self.hvp(v, stage), self.parameter_count, self._flat,
+                                     LISSA_SEED, stage)
+                self._lissa_scale = LISSA_SCALE_MARGIN * abs(top)
+            generator = torch.Generator(device="cpu").manual_seed(LISSA_SEED)
+            solution, extra = lissa(self._sampled_hvp(generator), rhs, self._lissa_scale,
+                                    self.config.lissa_depth, stage)
+            info.update(extra)
+        solution = _finite(solution, stage, "the inverse-Hessian-vector product")
+        rhs_norm = float(rhs.norm())
+        residual = float((self.hvp(solution, stage) - rhs).norm())
+        info["relative_residual"] = residual / rhs_norm if rhs_norm > 0 else 0.0
+        return solution, info
+
+    def polish(self, tolerance: float | None = None, max_steps: int | None = None,
+               stage: str = "polish") -> dict[str, Any]:
+        """Minimize ``L(θ; w)`` from the current parameters by damped Newton with backtracking.
+
+        Where ``H + δI`` is not positive definite (a network away from its optimum) the step's
+        damping is raised tenfold at a time from ``DEFAULT_DAMPING_PER_WEIGHT · max(1, Σ|wᵢ|)``
+        (Levenberg-Marquardt), so the step bends toward gradient descent. Stops when
+        ``‖∇L‖ ≤ tolerance · max(1, Σ|wᵢ|)`` (defaults: ``config.polish_tolerance``,
+        ``config.polish_max_steps``) and leaves the parameters at the last accepted step.
+
+        Returns:
+            ``{"newton_steps", "gradient_norm_before", "gradient_norm_after", "converged"}``.
+        """
+        tol = self.config.polish_tolerance if tolerance is None else tolerance
+        limit = self.config.polish_max_steps if max_steps is None else max_steps
+        target = tol * max(1.0, float(self.weights.abs().sum()))
+        gradient = self.gradient(stage)
+        before, steps = float(gradient.norm()), 0
+        while float(gradient.norm()) > target and steps < limit:
+            if not self._line_search(gradient, self._newton_direction(gradient, stage), stage):
+                break
+            gradient = self.gradient(stage)
+            steps += 1
+        after = float(gradient.norm())
+        return {"newton_steps": steps, "gradient_norm_before": before, "gradient_norm_after": after,
+                "converged": after <= target}
+
+    def _newton_direction(self, gradient: torch.Tensor, stage: str) -> torch.Tensor:
+        """``(H + δI + μI)⁻¹ ∇L`` with the smallest μ ∈ {0, μ₀, 10μ₀, ...} that the solver accepts."""
+        base, shift = self.damping, 0.0
+        first = DEFAULT_DAMPING_PER_WEIGHT * max(1.0, float(self.weights.abs().sum()))
+        try:
+            for _ in range(POLISH_MAX_SHIFTS):
+                try:
+                    return self.solve(gradient, stage)[0]
+                except IllConditionedError:
+                    shift = first if shift == 0.0 else 10.0 * shift
+                    self.damping, self._factor = base + shift, None
+            raise IllConditionedError(f"stage '{stage}': no positive-definite Newton system up to an "
+                                      f"extra damping of {shift:.1e}; the parameters may hold NaN-free "
+                                      "but extreme values: retrain the model or raise influence.l2_reg")
+        finally:
+            if shift:
+                self.damping, self._factor = base, None
+
+    def _line_search(self, gradient: torch.Tensor, direction: torch.Tensor, stage: str) -> bool:
+        """Backtrack along −direction; accept sufficient decrease, or (below rounding of the
+        objective) a step that shrinks the gradient. Returns whether a step was taken."""
+        start, current = self._flat.clone(), self.objective()
+        slope = float(gradient @ direction)
+        rounding = 64 * torch.finfo(torch.float64).eps * max(1.0, abs(current))
+        step = 1.0
+        while step > 1e-10:
+            candidate = start - step * direction
+            value = self.objective(candidate)
+            if math.isfinite(value) and value <= current - 1e-4 * step * slope:
+                self.set_parameters(candidate)
+                return True
+            if math.isfinite(value) and value <= current + rounding:
+                self.set_parameters(candidate)
+                if float(self.gradient(stage).norm()) < float(gradient.norm()):
+                    return True
+                self.set_parameters(start)
+            step *= 0.5
+        return False

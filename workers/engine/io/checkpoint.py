@@ -1,0 +1,63 @@
+"""Checkpoint IO: safetensors only, validated against the architecture before any tensor loads."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from workers.engine.errors import CheckpointError
+from workers.engine.io.architecture import ArchSpec
+from workers.engine.io.safetensors_header import check_against_arch, read_header
+
+__all__ = ["load_checkpoint", "save_checkpoint"]
+
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".onnx", ".jit")
+
+
+def load_checkpoint(path: str | Path, arch: ArchSpec) -> dict[str, torch.Tensor]:
+    """Load a safetensors state dict that matches ``arch`` exactly, with finite values.
+
+    The header is parsed and checked (format, keys, shapes, dtypes) before the data is read, so a
+    pickle file is refused without ever being deserialized.
+
+    Raises:
+        CheckpointError: wrong format, wrong keys/shapes/dtypes, NaN/Inf weights.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise CheckpointError(
+            f"{path.name}: {path.suffix} checkpoints are pickle-based (or executable model formats) "
+            "and are refused without being loaded; save the state dict with "
+            "safetensors.torch.save_file(model.state_dict(), 'model.safetensors')"
+        )
+    header = read_header(path)
+    check_against_arch(header, arch)
+    dtypes = {info.dtype for info in header.values()}
+    if len(dtypes) != 1:
+        raise CheckpointError(f"checkpoint mixes dtypes {sorted(dtypes)}; use one floating dtype")
+    state = load_file(str(path), device="cpu")
+    for key, tensor in state.items():
+        if not torch.isfinite(tensor).all():
+            raise CheckpointError(f"checkpoint tensor {key!r} contains NaN or Inf")
+    return state
+
+
+def save_checkpoint(state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Write a state dict as safetensors atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
+    os.close(handle)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,99 @@
+"""The model seen as a frozen feature extractor plus a logistic head.
+
+For an MLP the head is the last Linear layer (its weight and bias); for logistic regression
+(``hidden: []``) the extractor is the identity and the head is the whole model. Head parameters
+are handled in float64 as one vector θ = [w; b]; the design matrix Φ = [φ(x), 1].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import cast
+
+import numpy as np
+import torch
+from torch import nn
+
+from workers.engine.io.architecture import ArchSpec
+from workers.engine.models.training import build_model
+
+__all__ = ["HeadModel", "pick_device"]
+
+EXTRACT_BATCH = 65_536
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    """``requested`` if given, else CUDA when available, else CPU."""
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class HeadModel:
+    """A checkpoint split into a frozen extractor and a float64 logistic head."""
+
+    arch: ArchSpec
+    state: dict[str, torch.Tensor]
+    network: nn.Sequential
+    device: torch.device
+
+    @classmethod
+    def from_state(cls, arch: ArchSpec, state: dict[str, torch.Tensor], device: torch.device) -> HeadModel:
+        """Build the Sequential of ``arch`` on ``device`` and load ``state`` into it strictly."""
+        network = build_model(arch).to(dtype=next(iter(state.values())).dtype)
+        network.load_state_dict(state, strict=True)
+        network.to(device).eval()
+        for parameter in network.parameters():
+            parameter.requires_grad_(False)
+        return cls(arch=arch, state=state, network=network, device=device)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The checkpoint's floating dtype."""
+        return next(iter(self.state.values())).dtype
+
+    @property
+    def extractor(self) -> nn.Sequential:
+        """Every layer before the head (empty for logistic regression)."""
+        return cast(nn.Sequential, self.network[: self.arch.head_index])
+
+    def theta(self) -> torch.Tensor:
+        """The head parameters [w; b] as a float64 vector on the device."""
+        head = cast(nn.Linear, self.network[self.arch.head_index])
+        return torch.cat([head.weight.reshape(-1), head.bias.reshape(-1)]).to(torch.float64)
+
+    def embed(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Head features φ(x) of an input batch, in float64 (no bias column)."""
+        with torch.no_grad():
+            embedded: torch.Tensor = self.extractor(inputs.to(self.device, self.dtype))
+            return embedded.to(torch.float64)
+
+    def design(self, features: np.ndarray) -> torch.Tensor:
+        """Design matrix Φ = [φ(x), 1] for a feature array, float64 on the device."""
+        blocks = []
+        for start in range(0, features.shape[0], EXTRACT_BATCH):
+            batch = torch.from_numpy(features[start : start + EXTRACT_BATCH])
+            blocks.append(self.embed(batch))
+        embedded = torch.cat(blocks) if blocks else torch.zeros(0, self.arch.head_in_features)
+        ones = torch.ones(embedded.shape[0], 1, dtype=torch.float64, device=embedded.device)
+        return torch.cat([embedded.to(self.device), ones], dim=1)
+
+    def with_theta(self, theta: torch.Tensor) -> HeadModel:
+        """A copy whose head is ``theta`` (cast to the checkpoint dtype); the extractor is shared."""
+        d = self.arch.head_in_features
+        state = dict(self.state)
+        prefix = f"{self.arch.head_index}."
+        state[prefix + "weight"] = theta[:d].reshape(1, d).to("cpu", self.dtype).clone()
+        state[prefix + "bias"] = theta[d:].reshape(1).to("cpu", self.dtype).clone()
+        return HeadModel.from_state(self.arch, state, self.device)
+
+    def logits(self, features: np.ndarray) -> torch.Tensor:
+        """Logits of the actual network (checkpoint dtype), as float64."""
+        outputs = []
+        with torch.no_grad():
+            for start in range(0, features.shape[0], EXTRACT_BATCH):
+                rows = features[start : start + EXTRACT_BATCH]
+                batch = torch.as_tensor(rows, device=self.device, dtype=self.dtype)
+                outputs.append(self.network(batch).reshape(-1).to(torch.float64))
+        return torch.cat(outputs) if outputs else torch.zeros(0, dtype=torch.float64)
