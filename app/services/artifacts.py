@@ -24,7 +24,8 @@ from models_store.records import utcnow
 from workers.engine.errors import InputError
 from workers.engine.io.architecture import parse_arch
 from workers.engine.io.datasets import load_dataset, parse_schema, read_columns
-from workers.engine.io.safetensors_header import check_against_arch, read_header, sniff_format
+from workers.engine.io.identity import check_recorded_architecture
+from workers.engine.io.safetensors_header import check_against_arch, read_header_and_metadata, sniff_format
 
 __all__ = ["UploadRequest", "create_dataset", "create_model"]
 
@@ -78,11 +79,12 @@ def _check_checkpoint(path: Path, architecture: Any) -> dict[str, Any]:
     except InputError as exc:
         raise _invalid("architecture", str(exc).removeprefix("architecture: ")) from exc
     try:
-        tensors = read_header(path, "file")
+        tensors, metadata = read_header_and_metadata(path, "file")
     except InputError as exc:
         raise _invalid("file", str(exc), "invalid_safetensors") from exc
     try:
         check_against_arch(tensors, arch)
+        check_recorded_architecture(metadata, arch)
     except InputError as exc:
         raise _invalid("file", str(exc), "architecture_mismatch") from exc
     return arch.to_dict()

@@ -16,9 +16,11 @@ from workers.settings import ServiceSettings
 ARCH = {"type": "mlp", "in_features": 3, "hidden": [2], "activation": "relu"}
 
 
-def safetensors_bytes(shapes: dict[str, list[int]], header_extra: int = 0) -> bytes:
+def safetensors_bytes(shapes: dict[str, list[int]], header_extra: int = 0,
+                      metadata: dict[str, str] | None = None) -> bytes:
     """A float32 safetensors file with zero-filled tensors of ``shapes``."""
-    header, offset = {}, 0
+    header: dict[str, object] = {"__metadata__": metadata} if metadata else {}
+    offset = 0
     for name, shape in shapes.items():
         size = 4
         for dim in shape:
@@ -103,6 +105,18 @@ def test_shape_mismatch_with_architecture_is_422(client: TestClient, settings: S
     status, body = post_model(client, safetensors_bytes(GOOD), arch={"type": "cnn"})
     assert status == 422 and body["errors"][0]["field"] == "architecture"  # type: ignore[index]
     assert store_files(settings.store) == []
+
+
+def test_a_checkpoint_recording_another_architecture_is_422(client: TestClient,
+                                                             settings: ServiceSettings) -> None:
+    recorded = {"softunlearn": json.dumps({"architecture": {**ARCH, "activation": "tanh"},
+                                           "feature_names": ["a", "b", "c"]})}
+    status, body = post_model(client, safetensors_bytes(GOOD, metadata=recorded))
+    assert (status, body["code"]) == (422, "architecture_mismatch")
+    assert "'tanh'" in str(body["detail"]) and "'relu'" in str(body["detail"])
+    assert store_files(settings.store) == []
+    recorded_same = {"softunlearn": json.dumps({"architecture": ARCH})}
+    assert post_model(client, safetensors_bytes(GOOD, metadata=recorded_same))[0] == 201
 
 
 def test_over_the_size_cap_is_413(tmp_path: Path) -> None:

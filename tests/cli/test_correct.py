@@ -34,7 +34,8 @@ def _independent_metrics(model_path: Path, example: ExampleInfo) -> dict[str, fl
     model = _plain_sequential(arch)
     model.load_state_dict(load_file(str(model_path)), strict=True)
     frame = pd.read_parquet(example.out_dir / "eval.parquet")
-    features = np.array(frame.drop(columns=["income", "sex"]).to_numpy(np.float32), copy=True)
+    features = np.array(frame.drop(columns=["income", "sex", "reference_logits"]).to_numpy(np.float32),
+                        copy=True)
     with torch.no_grad():
         predicted = (model(torch.from_numpy(features)).reshape(-1) > 0).numpy()
     rates = [predicted[frame["sex"].to_numpy() == g].mean() for g in ("Female", "Male")]

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from safetensors.torch import save_file
 
 from workers.engine.io.architecture import parse_arch
+from workers.engine.io.identity import checkpoint_metadata
 from workers.engine.models.training import train_mlp
 
 __all__ = ["SmallExample", "write_small_example"]
@@ -54,26 +56,33 @@ def _frame(rng: np.random.Generator, n: int, d: int, coefficients: np.ndarray, m
 
 def write_small_example(root: Path, *, seed: int = 0, rows: tuple[int, int, int] = (600, 200, 200),
                         hidden: tuple[int, ...] = (16,), epochs: int = 60, weight_decay: float = 0.0,
-                        small_group_rows: int = 0) -> SmallExample:
+                        small_group_rows: int = 0, activation: str = "relu",
+                        reference_logits: bool = False, record_identity: bool = False) -> SmallExample:
     """Write train/audit/eval Parquet, an MLP checkpoint trained on train, arch.json, schema.json.
 
     ``small_group_rows`` rows of every split are put in a third group ``unknown`` (a group too
-    small for a stable rate).
+    small for a stable rate). ``reference_logits`` adds the model's own logits as a column of
+    that name; ``record_identity`` saves the checkpoint with its architecture and feature names.
     """
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     d = 10
     coefficients = rng.normal(size=d)
     frames = [_frame(rng, n, d, coefficients, 0.2, small_group_rows) for n in rows]
-    for name, frame in zip(("train", "audit", "eval"), frames, strict=True):
-        frame.to_parquet(root / f"{name}.parquet", index=False)
-    arch = {"type": "mlp", "in_features": d, "hidden": list(hidden), "activation": "relu"}
+    arch = {"type": "mlp", "in_features": d, "hidden": list(hidden), "activation": activation}
+    names = [f"f{i}" for i in range(d)]
     train = frames[0]
-    features = train[[f"f{i}" for i in range(d)]].to_numpy(np.float32)
-    model = train_mlp(parse_arch(arch), features, train["good"].to_numpy(np.float32), seed=seed,
-                      epochs=epochs, batch_size=64, lr=1e-2, weight_decay=weight_decay)
+    model = train_mlp(parse_arch(arch), train[names].to_numpy(np.float32), train["good"].to_numpy(np.float32),
+                      seed=seed, epochs=epochs, batch_size=64, lr=1e-2, weight_decay=weight_decay)
+    for name, frame in zip(("train", "audit", "eval"), frames, strict=True):
+        if reference_logits:
+            with torch.no_grad():
+                logits = model(torch.tensor(frame[names].to_numpy(np.float32))).reshape(-1)
+            frame["reference_logits"] = logits.numpy().astype(np.float64)
+        frame.to_parquet(root / f"{name}.parquet", index=False)
+    metadata = checkpoint_metadata(parse_arch(arch), tuple(names)) if record_identity else None
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()},
-              str(root / "model.safetensors"))
+              str(root / "model.safetensors"), metadata=metadata)
     (root / "arch.json").write_text(json.dumps(arch), encoding="utf-8")
     (root / "schema.json").write_text(json.dumps({"label": "good", "sensitive": ["age_group"]}),
                                       encoding="utf-8")

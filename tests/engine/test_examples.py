@@ -49,8 +49,8 @@ def test_columns_are_features_then_label_then_sensitive(example: ExampleInfo) ->
     for role, n in (("train", example.n_train), ("audit", example.n_audit), ("eval", example.n_eval)):
         frame = pd.read_parquet(example.out_dir / f"{role}.parquet")
         assert len(frame) == n
-        assert list(frame.columns[-2:]) == [label, sensitive]
-        features = frame.columns[:-2]
+        assert list(frame.columns[-3:]) == [label, sensitive, "reference_logits"]
+        features = frame.columns[:-3]
         assert len(features) == example.in_features
         assert all(isinstance(c, str) and c.isascii() for c in frame.columns)
         assert all(frame[c].dtype == np.float64 for c in features)
@@ -62,6 +62,7 @@ def test_columns_are_features_then_label_then_sensitive(example: ExampleInfo) ->
 def test_datasets_load_with_the_schema(example: ExampleInfo) -> None:
     schema = parse_schema(json.loads((example.out_dir / "schema.json").read_text(encoding="utf-8")))
     assert schema.label == example.label and schema.sensitive == example.sensitive
+    assert schema.reference_logits == "reference_logits"
     for role in ("train", "audit", "eval"):
         dataset = load_dataset(example.out_dir / f"{role}.parquet", schema, name=role)
         assert dataset.features.shape[1] == example.in_features

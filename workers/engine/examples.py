@@ -1,9 +1,11 @@
 """Ready-to-correct examples built from the vendored UCI data (``softunlearn example adult|bank``).
 
 An example directory holds ``train.parquet``, ``audit.parquet``, ``eval.parquet`` (model-ready
-float64 features, then the 0/1 label, then the sensitive column as strings — nothing else, so the
-default feature list of a schema is right), ``model.safetensors`` (a baseline [64, 32] ReLU MLP),
-``arch.json``, ``schema.json``, ``README.md`` and ``ATTRIBUTION`` (UCI, CC BY 4.0).
+float64 features, then the 0/1 label, the sensitive column as strings, and ``reference_logits``,
+the baseline model's own logit per row, which the schema names so that a wrong rebuild is
+refused), ``model.safetensors`` (a baseline [64, 32] ReLU MLP recording its architecture and
+feature columns in its metadata), ``arch.json``, ``schema.json``, ``README.md`` and
+``ATTRIBUTION`` (UCI, CC BY 4.0).
 
 Preprocessing is fitted on the training split only: one-hot categories (a category unseen in
 training encodes as all zeros) and the mean/std used to standardize numeric columns. Nothing is
@@ -31,6 +33,8 @@ from safetensors.torch import save_file
 
 from workers.engine.errors import InputError
 from workers.engine.io.architecture import ArchSpec
+from workers.engine.io.datasets import REFERENCE_COLUMN
+from workers.engine.io.identity import checkpoint_metadata
 from workers.engine.models.training import train_mlp
 
 __all__ = ["EXAMPLE_FILES", "ExampleInfo", "ExampleName", "build_example"]
@@ -264,10 +268,19 @@ def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
     pq.write_table(table, path)
 
 
-def _write_model(model: torch.nn.Sequential, path: Path) -> None:
-    """The state dict as float32 safetensors (keys ``0.weight``, ``0.bias``, ...)."""
+def _write_model(model: torch.nn.Sequential, path: Path, metadata: dict[str, str]) -> None:
+    """The state dict as float32 safetensors (keys ``0.weight``, ``0.bias``, ...), recording the
+    architecture and the feature columns by name in its metadata."""
     tensors = {k: v.detach().to(torch.float32).contiguous() for k, v in model.state_dict().items()}
-    save_file(tensors, str(path))
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def _with_reference_logits(model: torch.nn.Sequential, frame: pd.DataFrame,
+                           features: list[str]) -> pd.DataFrame:
+    """The frame plus the model's own logit per row (column ``reference_logits``)."""
+    with torch.no_grad():
+        logits = model(torch.tensor(frame[features].to_numpy(dtype=np.float32))).squeeze(1).numpy()
+    return frame.assign(**{REFERENCE_COLUMN: logits.astype(np.float64)})
 
 
 def _readme(name: str, splits: _Splits, info: dict[str, object], settings: TrainSettings) -> str:
@@ -338,10 +351,11 @@ def _build_into(name: ExampleName, staging: Path, seed: int, say: Progress) -> E
     seconds = time.perf_counter() - started
     accuracy = _accuracy(model, frames["eval"], splits.label, splits.sensitive)
     say(f"{name}: baseline eval accuracy {accuracy:.4f} ({seconds:.1f} s); writing files")
+    features = [c for c in frames["train"].columns if c not in (splits.label, splits.sensitive)]
     for role, frame in frames.items():
-        _write_parquet(frame, staging / f"{role}.parquet")
-    _write_model(model, staging / "model.safetensors")
-    schema = {"label": splits.label, "sensitive": [splits.sensitive]}
+        _write_parquet(_with_reference_logits(model, frame, features), staging / f"{role}.parquet")
+    _write_model(model, staging / "model.safetensors", checkpoint_metadata(arch, tuple(features)))
+    schema = {"label": splits.label, "sensitive": [splits.sensitive], "reference_logits": REFERENCE_COLUMN}
     (staging / "arch.json").write_text(json.dumps(arch.to_dict(), indent=2) + "\n", encoding="utf-8")
     (staging / "schema.json").write_text(json.dumps(schema, indent=2) + "\n", encoding="utf-8")
     facts: dict[str, object] = {"n_train": len(frames["train"]), "n_audit": len(frames["audit"]),

@@ -6,12 +6,13 @@ the store. Nothing here knows about HTTP, queues or Redis.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,10 @@ from workers.engine.evaluation.verdict import assess
 from workers.engine.influence.scopes import CorrectionScope, HeadScope
 from workers.engine.io.checkpoint import save_checkpoint
 from workers.engine.io.datasets import Dataset
+from workers.engine.io.identity import checkpoint_metadata
 from workers.engine.io.inputs import CorrectionInputs, load_inputs
 from workers.engine.models.head_model import HeadModel, pick_device
+from workers.engine.models.reference import check_reference_logits
 from workers.engine.objectives.targets import AuditTargets, acceptance_attack
 from workers.engine.progress import ProgressCallback, StageClock
 from workers.engine.unlearning.tracking import Tracking, guarded_network_step, measure, track_head
@@ -58,6 +61,8 @@ class CorrectionResult:
     state: dict[str, torch.Tensor]
     report: dict[str, Any]
     weights: np.ndarray
+    metadata: dict[str, str] = field(default_factory=dict)
+    """The corrected checkpoint's safetensors metadata: architecture, feature names, parent."""
 
 
 @dataclass
@@ -67,6 +72,7 @@ class _Setup:
     targets: AuditTargets
     sensitive: str
     contexts: dict[str, SplitContext]
+    notes: list[str] = field(default_factory=list)
 
 
 def _attacks(spec: CorrectionSpec) -> list[AttackConfig]:
@@ -96,12 +102,15 @@ def _setup(inputs: CorrectionInputs, spec: CorrectionSpec, device: torch.device)
     except ValueError as exc:
         raise InputError(str(exc)) from exc
     model = HeadModel.from_state(inputs.arch, inputs.state, device)
+    notes = [f"{data.name}: the rebuilt model reproduces the reference logits in column "
+             f"{data.reference_column!r}" for data in (inputs.train, inputs.audit, inputs.eval)
+             if data is not None and check_reference_logits(model, data) is not None]
     sensitive = spec.objective.sensitive_attribute or next(iter(inputs.train.sensitive))
     targets = AuditTargets.prepare(model, inputs.audit, spec, sensitive)
     contexts = {name: SplitContext.prepare(model, data, sensitive, spec.objective.privileged_group,
                                            _attacks(spec))
                 for name, data in _splits(inputs).items()}
-    return _Setup(model, _make_scope(model, inputs, targets, spec), targets, sensitive, contexts)
+    return _Setup(model, _make_scope(model, inputs, targets, spec), targets, sensitive, contexts, notes)
 
 
 def _splits(inputs: CorrectionInputs) -> dict[str, Dataset]:
@@ -175,11 +184,20 @@ def run_correction(inputs: CorrectionInputs, spec: CorrectionSpec,
             before={name: e.metrics for name, e in before.items()},
             after={name: e.metrics for name, e in after.items()},
             state=state, final=final, verdict=verdict, final_weights=final_weights,
-            polish=polish, timings=clock.timings, device=str(chosen),
+            polish=polish, timings=clock.timings, device=str(chosen), extra_notes=setup.notes,
         )
     report["timings"]["total"] = time.perf_counter() - started
     clock.progress("done", 1.0)
-    return CorrectionResult(state=corrected.state, report=report, weights=final_weights)
+    metadata = checkpoint_metadata(inputs.arch, inputs.train.feature_names, inputs.model_sha256,
+                                   version=_version())
+    return CorrectionResult(state=corrected.state, report=report, weights=final_weights, metadata=metadata)
+
+
+def _version() -> str | None:
+    try:
+        return importlib.metadata.version("softunlearn")
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _staged(path: Path) -> Path:
@@ -199,7 +217,7 @@ def write_outputs(result: CorrectionResult, out_dir: Path) -> dict[str, Path]:
     paths = {name: out_dir / name for name in ("model.safetensors", "report.json", "report.html")}
     staged = {name: _staged(path) for name, path in paths.items()}
     try:
-        save_checkpoint(result.state, staged["model.safetensors"])
+        save_checkpoint(result.state, staged["model.safetensors"], result.metadata)
         staged["report.json"].write_text(json.dumps(result.report, indent=2, allow_nan=False),
                                          encoding="utf-8")
         staged["report.html"].write_text(render_html(result.report), encoding="utf-8")

@@ -101,10 +101,11 @@ def _target_section(spec: CorrectionSpec, state: Tracking, final: Measurement, v
 def build_report(*, spec: CorrectionSpec, inputs: CorrectionInputs, sensitive: str,
                  before: dict[str, Any], after: dict[str, Any], state: Tracking, final: Measurement,
                  verdict: Verdict, final_weights: np.ndarray, polish: dict[str, Any],
-                 timings: dict[str, float], device: str) -> dict[str, Any]:
+                 timings: dict[str, float], device: str, extra_notes: list[str] | None = None,
+                 ) -> dict[str, Any]:
     """Assemble the report of one correction (every number JSON-serializable)."""
     iterations = state.records
-    notes = list(inputs.notes)
+    notes = [*inputs.notes, *(extra_notes or [])]
     for row in iterations:
         notes.extend(row["notes"])
     return {

@@ -3,6 +3,9 @@
 ``{"type": "mlp", "in_features": D, "hidden": [h1, ..., hk], "activation": "relu"}`` is exactly
 ``torch.nn.Sequential(Linear(D, h1), ReLU(), ..., Linear(hk, 1))``; ``hidden: []`` is logistic
 regression. State-dict keys are the Sequential's: ``0.weight``, ``0.bias``, ``2.weight``, ...
+``activation`` is one of :data:`ACTIVATIONS` (torch's defaults: LeakyReLU slope 0.01, exact GELU).
+With ``"dropout": p`` > 0 a ``Dropout(p)`` follows every activation, as in the user's Sequential,
+so the Linear layers sit at indices 0, 3, 6, ...; dropout is inactive at evaluation.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ __all__ = ["ArchSpec", "load_arch", "parse_arch"]
 
 MAX_WIDTH = 65_536
 MAX_DEPTH = 16
-ACTIVATIONS = ("relu",)
+ACTIVATIONS = ("relu", "leaky_relu", "gelu", "silu", "tanh", "sigmoid")
 
 
 @dataclass(frozen=True)
@@ -28,11 +31,13 @@ class ArchSpec:
     in_features: int
     hidden: tuple[int, ...]
     activation: str = "relu"
+    dropout: float = 0.0
 
     @property
     def linear_indices(self) -> list[int]:
-        """Sequential indices of the Linear layers (activations sit between them)."""
-        return [2 * i for i in range(len(self.hidden) + 1)]
+        """Sequential indices of the Linear layers (activations, and dropout, sit between them)."""
+        stride = 3 if self.dropout > 0 else 2
+        return [stride * i for i in range(len(self.hidden) + 1)]
 
     @property
     def head_index(self) -> int:
@@ -65,12 +70,15 @@ class ArchSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form of PRODUCT.md."""
-        return {
+        out: dict[str, Any] = {
             "type": "mlp",
             "in_features": self.in_features,
             "hidden": list(self.hidden),
             "activation": self.activation,
         }
+        if self.dropout > 0:
+            out["dropout"] = self.dropout
+        return out
 
 
 def _positive_int(value: Any, name: str) -> int:
@@ -88,7 +96,7 @@ def parse_arch(data: Any) -> ArchSpec:
     if not isinstance(data, dict):
         raise InputError("architecture must be a JSON object like "
                          '{"type": "mlp", "in_features": 10, "hidden": [32], "activation": "relu"}')
-    unknown = sorted(set(data) - {"type", "in_features", "hidden", "activation"})
+    unknown = sorted(set(data) - {"type", "in_features", "hidden", "activation", "dropout"})
     if unknown:
         raise InputError(f"architecture: unknown field(s) {', '.join(unknown)}")
     if data.get("type") != "mlp":
@@ -100,8 +108,14 @@ def parse_arch(data: Any) -> ArchSpec:
     widths = tuple(_positive_int(h, f"hidden[{i}]") for i, h in enumerate(hidden))
     activation = data.get("activation", "relu")
     if activation not in ACTIVATIONS:
-        raise InputError(f"architecture: activation must be one of {ACTIVATIONS}; got {activation!r}")
-    return ArchSpec(in_features=in_features, hidden=widths, activation=activation)
+        raise InputError(f"architecture: activation must be one of {', '.join(ACTIVATIONS)}; got "
+                         f"{activation!r}")
+    dropout = data.get("dropout", 0.0)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise InputError(f"architecture: dropout must be a number in [0, 1); got {dropout!r}")
+    if dropout > 0 and not widths:
+        raise InputError("architecture: dropout needs hidden layers (logistic regression has none)")
+    return ArchSpec(in_features=in_features, hidden=widths, activation=activation, dropout=float(dropout))
 
 
 def load_arch(path: str | Path) -> ArchSpec:

@@ -31,6 +31,9 @@ __all__ = [
 ]
 
 PARQUET_MAGIC = b"PAR1"
+REFERENCE_COLUMN = "reference_logits"
+"""A column of this name holds reference logits when the schema names no other; never a default
+feature."""
 MAX_COLUMNS = 100_000
 
 
@@ -41,13 +44,21 @@ class DatasetSchema:
     label: str
     sensitive: tuple[str, ...]
     features: tuple[str, ...] | None = None
+    reference_logits: str | None = None
+    """A column holding the user's own model's logits; the rebuilt model must reproduce them."""
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form (``features`` omitted when defaulted)."""
+        """The JSON form (``features`` and ``reference_logits`` omitted when unset)."""
         out: dict[str, Any] = {"label": self.label, "sensitive": list(self.sensitive)}
         if self.features is not None:
             out["features"] = list(self.features)
+        if self.reference_logits is not None:
+            out["reference_logits"] = self.reference_logits
         return out
+
+    def excluded(self) -> set[str]:
+        """Columns that are never default features (a column named ``reference_logits`` included)."""
+        return {self.label, *self.sensitive, self.reference_logits or REFERENCE_COLUMN}
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,9 @@ class Dataset:
     features: np.ndarray
     labels: np.ndarray
     sensitive: dict[str, np.ndarray]
+    reference_logits: np.ndarray | None = None
+    """The user's model's logits per row (schema ``reference_logits``), float64."""
+    reference_column: str | None = None
 
     @property
     def n(self) -> int:
@@ -80,7 +94,7 @@ def parse_schema(data: Any) -> DatasetSchema:
     """Validate a schema object ``{"label": ..., "sensitive": [...], "features": [...]?}``."""
     if not isinstance(data, dict):
         raise DatasetError('schema must be a JSON object like {"label": "y", "sensitive": ["sex"]}')
-    unknown = sorted(set(data) - {"label", "sensitive", "features"})
+    unknown = sorted(set(data) - {"label", "sensitive", "features", "reference_logits"})
     if unknown:
         raise DatasetError(f"schema: unknown field(s) {', '.join(unknown)}")
     label = data.get("label")
@@ -93,7 +107,14 @@ def parse_schema(data: Any) -> DatasetSchema:
     parsed_features = None if features is None else _names(features, "features")
     if parsed_features is not None and label in parsed_features:
         raise DatasetError(f"schema: the label {label!r} cannot also be a feature")
-    return DatasetSchema(label=label, sensitive=sensitive, features=parsed_features)
+    reference = data.get("reference_logits")
+    if reference is not None and (not isinstance(reference, str) or not reference):
+        raise DatasetError("schema: reference_logits must name a column")
+    if reference is not None and (reference in (label, *sensitive) or reference in (parsed_features or ())):
+        raise DatasetError(f"schema: reference_logits column {reference!r} cannot also be the label, a "
+                           "sensitive column or a feature")
+    return DatasetSchema(label=label, sensitive=sensitive, features=parsed_features,
+                         reference_logits=reference)
 
 
 def load_schema(path: str | Path) -> DatasetSchema:
@@ -147,14 +168,15 @@ def resolve_features(columns: list[str], schema: DatasetSchema) -> list[str]:
         raise DatasetError(f"dataset has {len(columns)} columns; at most {MAX_COLUMNS} allowed")
     if len(set(columns)) != len(columns):
         raise DatasetError("dataset has duplicate column names")
-    wanted = [schema.label, *schema.sensitive, *(schema.features or ())]
+    wanted = [schema.label, *schema.sensitive, *(schema.features or ()),
+              *((schema.reference_logits,) if schema.reference_logits else ())]
     missing = [c for c in wanted if c not in columns]
     if missing:
         shown = ", ".join(columns[:20]) + (" ..." if len(columns) > 20 else "")
         raise DatasetError(f"column(s) {missing} not in the dataset; it has: {shown}")
     if schema.features is not None:
         return list(schema.features)
-    excluded = {schema.label, *schema.sensitive}
+    excluded = schema.excluded()
     return [c for c in columns if c not in excluded]
 
 
@@ -207,12 +229,17 @@ def load_dataset(path: str | Path, schema: DatasetSchema, name: str = "dataset")
     if not features:
         raise DatasetError(f"{name}: no feature columns left after the label and sensitive ones")
     sensitive = {col: _groups(frame[col], name) for col in schema.sensitive}
+    reference = None
+    if schema.reference_logits is not None:
+        reference = _numeric_features(frame, [schema.reference_logits], name).reshape(-1)
     return Dataset(
         name=name,
         feature_names=tuple(features),
         features=_numeric_features(frame, features, name),
         labels=_binary_labels(frame[schema.label], name),
         sensitive=sensitive,
+        reference_logits=reference,
+        reference_column=schema.reference_logits,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -9,8 +10,9 @@ import torch
 
 from workers.engine.errors import DatasetError, InputError
 from workers.engine.io.architecture import ArchSpec
-from workers.engine.io.checkpoint import load_checkpoint
+from workers.engine.io.checkpoint import read_checkpoint
 from workers.engine.io.datasets import (
+    REFERENCE_COLUMN,
     Dataset,
     DatasetSchema,
     check_groups_present,
@@ -18,8 +20,10 @@ from workers.engine.io.datasets import (
     read_columns,
     resolve_features,
 )
+from workers.engine.io.identity import recorded_feature_names
 
 __all__ = ["CorrectionInputs", "load_inputs"]
+
 
 
 @dataclass
@@ -32,6 +36,8 @@ class CorrectionInputs:
     audit: Dataset
     eval: Dataset | None
     notes: list[str] = field(default_factory=list)
+    model_sha256: str | None = None
+    """sha256 of the checkpoint file (the corrected checkpoint records it as its parent)."""
 
 
 def _with_sensitive_features(path: Path, schema: DatasetSchema, arch: ArchSpec,
@@ -47,12 +53,45 @@ def _with_sensitive_features(path: Path, schema: DatasetSchema, arch: ArchSpec,
     if len(widened) == arch.in_features:
         notes.append(f"sensitive column(s) {list(schema.sensitive)} are also used as model features, "
                      f"since the model takes {arch.in_features} inputs")
-        return DatasetSchema(schema.label, schema.sensitive, tuple(widened))
+        return dataclasses.replace(schema, features=tuple(widened))
     raise InputError(
         f"the model takes {arch.in_features} input features but {path.name} has {len(features)} "
         f"feature columns (all but label {schema.label!r} and sensitive {list(schema.sensitive)}); "
         "name the feature columns explicitly (schema 'features' / --features)"
     )
+
+
+def _by_recorded_names(path: Path, schema: DatasetSchema, recorded: tuple[str, ...],
+                       notes: list[str]) -> DatasetSchema:
+    """Match feature columns by the names the checkpoint records, never by position."""
+    if schema.features is not None and set(schema.features) != set(recorded):
+        missing = [c for c in recorded if c not in schema.features]
+        extra = [c for c in schema.features if c not in recorded]
+        raise DatasetError(f"the checkpoint records its {len(recorded)} feature columns; schema.features "
+                           f"differs (not named: {missing[:10]}; not the model's: {extra[:10]}); drop "
+                           "schema.features or list the model's columns")
+    columns = read_columns(path)
+    absent = [c for c in recorded if c not in columns]
+    if absent:
+        raise DatasetError(f"{path.name}: feature column(s) {absent[:10]} that the checkpoint records are "
+                           "missing (renamed?); the model reads its columns by name")
+    if schema.features is not None and tuple(schema.features) != recorded:
+        notes.append("feature columns were matched by the names the checkpoint records, not by the "
+                     "order schema.features lists them")
+    elif [c for c in columns if c in recorded] != list(recorded):
+        notes.append("feature columns were matched by the names the checkpoint records (the files hold "
+                     "them in another order)")
+    return dataclasses.replace(schema, features=recorded)
+
+
+def _resolve_schema(path: Path, schema: DatasetSchema, arch: ArchSpec, recorded: tuple[str, ...] | None,
+                    notes: list[str]) -> DatasetSchema:
+    if schema.reference_logits is None and REFERENCE_COLUMN in read_columns(path) \
+            and REFERENCE_COLUMN not in (schema.features or ()):
+        schema = dataclasses.replace(schema, reference_logits=REFERENCE_COLUMN)
+    if recorded is not None:
+        return _by_recorded_names(path, schema, recorded, notes)
+    return _with_sensitive_features(path, schema, arch, notes)
 
 
 def load_inputs(model_path: Path, arch: ArchSpec, train: tuple[Path, DatasetSchema],
@@ -63,14 +102,15 @@ def load_inputs(model_path: Path, arch: ArchSpec, train: tuple[Path, DatasetSche
     Raises:
         InputError: (and its CheckpointError/DatasetError subclasses) naming what to change.
     """
-    state = load_checkpoint(model_path, arch)
+    checkpoint = read_checkpoint(model_path, arch)
+    recorded = recorded_feature_names(checkpoint.metadata)
     notes: list[str] = []
     loaded: dict[str, Dataset] = {}
     for role, pair in (("train", train), ("audit", audit), ("eval", eval)):
         if pair is None:
             continue
         path, schema = pair
-        schema = _with_sensitive_features(Path(path), schema, arch, notes)
+        schema = _resolve_schema(Path(path), schema, arch, recorded, notes)
         loaded[role] = load_dataset(path, schema, role)
     reference = loaded["train"]
     for role, data in loaded.items():
@@ -83,5 +123,5 @@ def load_inputs(model_path: Path, arch: ArchSpec, train: tuple[Path, DatasetSche
                                f"of the schema; it lists {sorted(reference.sensitive)}")
         for data in loaded.values():
             check_groups_present(reference, data, sensitive_attribute)
-    return CorrectionInputs(arch, state, loaded["train"], loaded["audit"], loaded.get("eval"),
-                            sorted(set(notes)))
+    return CorrectionInputs(arch, checkpoint.state, loaded["train"], loaded["audit"], loaded.get("eval"),
+                            sorted(set(notes)), checkpoint.sha256)

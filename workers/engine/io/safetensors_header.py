@@ -23,6 +23,7 @@ __all__ = [
     "TensorInfo",
     "check_against_arch",
     "read_header",
+    "read_header_and_metadata",
     "sniff_format",
 ]
 
@@ -94,7 +95,7 @@ def _entry(key: str, value: Any) -> TensorInfo:
     return TensorInfo(dtype=dtype, shape=tuple(shape), begin=offsets[0], end=offsets[1])
 
 
-def _parse(raw: bytes, buffer_len: int) -> dict[str, TensorInfo]:
+def _parse(raw: bytes, buffer_len: int) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -118,7 +119,7 @@ def _parse(raw: bytes, buffer_len: int) -> dict[str, TensorInfo]:
         raise CheckpointError(
             f"safetensors data section is {buffer_len} bytes but the header describes {position}"
         )
-    return tensors
+    return tensors, metadata
 
 
 def read_header(source: str | Path | BinaryIO, name: str | None = None) -> dict[str, TensorInfo]:
@@ -127,9 +128,19 @@ def read_header(source: str | Path | BinaryIO, name: str | None = None) -> dict[
     Raises:
         CheckpointError: pickle-based or unknown format, truncated file, malformed header.
     """
+    return read_header_and_metadata(source, name)[0]
+
+
+def read_header_and_metadata(source: str | Path | BinaryIO, name: str | None = None,
+                             ) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """:func:`read_header`, and the header's ``__metadata__`` (string to string).
+
+    Raises:
+        CheckpointError: pickle-based or unknown format, truncated file, malformed header.
+    """
     if isinstance(source, (str, Path)):
         with open(source, "rb") as handle:
-            return read_header(handle, name or Path(source).name)
+            return read_header_and_metadata(handle, name or Path(source).name)
     label = name or "checkpoint"
     source.seek(0, 2)
     total = source.tell()

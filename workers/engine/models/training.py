@@ -20,12 +20,20 @@ from workers.engine.io.architecture import ArchSpec
 __all__ = ["build_model", "train_mlp"]
 
 
+ACTIVATION_MODULES: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+}
+
+
 def build_model(arch: ArchSpec) -> nn.Sequential:
-    """``Sequential(Linear(D, h1), ReLU(), ..., Linear(hk, 1))`` for ``arch`` (float32)."""
+    """``Sequential(Linear(D, h1), Act(), [Dropout(p),] ..., Linear(hk, 1))`` for ``arch`` (float32)."""
     widths = [arch.in_features, *arch.hidden]
     layers: list[nn.Module] = []
     for width_in, width_out in itertools.pairwise(widths):
-        layers += [nn.Linear(width_in, width_out), nn.ReLU()]
+        layers += [nn.Linear(width_in, width_out), ACTIVATION_MODULES[arch.activation]()]
+        if arch.dropout > 0:
+            layers.append(nn.Dropout(arch.dropout))
     layers.append(nn.Linear(widths[-1], 1))
     return nn.Sequential(*layers)
 
