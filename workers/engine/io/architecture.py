@@ -6,6 +6,12 @@ regression. State-dict keys are the Sequential's: ``0.weight``, ``0.bias``, ``2.
 ``activation`` is one of :data:`ACTIVATIONS` (torch's defaults: LeakyReLU slope 0.01, exact GELU).
 With ``"dropout": p`` > 0 a ``Dropout(p)`` follows every activation, as in the user's Sequential,
 so the Linear layers sit at indices 0, 3, 6, ...; dropout is inactive at evaluation.
+
+``{"type": "linear_head", "in_features": d}`` is the model-agnostic path: the datasets hold the
+penultimate-layer embeddings of any backbone (BERT, ViT, a tree ensemble's leaf embeddings, ...)
+and the checkpoint holds only the head, ``weight [1, d]`` and ``bias [1]``, exactly the keys of a
+plain ``torch.nn.Linear(d, 1)``. Internally the engine runs every family as a ``Sequential``;
+:meth:`ArchSpec.external_key` maps its keys to the user's.
 """
 
 from __future__ import annotations
@@ -13,25 +19,44 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from workers.engine.errors import InputError
 
-__all__ = ["ArchSpec", "load_arch", "parse_arch"]
+__all__ = ["ACTIVATIONS", "FAMILIES", "ArchSpec", "load_arch", "parse_arch"]
 
+T = TypeVar("T")
 MAX_WIDTH = 65_536
 MAX_DEPTH = 16
 ACTIVATIONS = ("relu", "leaky_relu", "gelu", "silu", "tanh", "sigmoid")
+FAMILIES = ("mlp", "linear_head")
 
 
 @dataclass(frozen=True)
 class ArchSpec:
-    """An MLP binary classifier with one output logit."""
+    """A binary classifier with one output logit: an MLP, or a bare linear head on embeddings."""
 
     in_features: int
     hidden: tuple[int, ...]
     activation: str = "relu"
     dropout: float = 0.0
+    family: str = "mlp"
+
+    def external_key(self, internal: str) -> str:
+        """The user's state-dict key for a key of the engine's ``Sequential``."""
+        if self.family == "linear_head":
+            return internal.removeprefix("0.")
+        return internal
+
+    def to_external(self, state: dict[str, T]) -> dict[str, T]:
+        """``state`` keyed as the user's checkpoint is (keys already external are kept)."""
+        return {self.external_key(key): value for key, value in state.items()}
+
+    def to_internal(self, state: dict[str, T]) -> dict[str, T]:
+        """``state`` keyed as the engine's ``Sequential`` is (keys already internal are kept)."""
+        if self.family != "linear_head":
+            return dict(state)
+        return {key if key.startswith("0.") else f"0.{key}": value for key, value in state.items()}
 
     @property
     def linear_indices(self) -> list[int]:
@@ -50,12 +75,12 @@ class ArchSpec:
         return self.hidden[-1] if self.hidden else self.in_features
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
-        """State-dict key -> tensor shape of the Sequential."""
+        """State-dict key (the user's) -> tensor shape."""
         widths = [self.in_features, *self.hidden, 1]
         shapes: dict[str, tuple[int, ...]] = {}
         for layer, index in enumerate(self.linear_indices):
-            shapes[f"{index}.weight"] = (widths[layer + 1], widths[layer])
-            shapes[f"{index}.bias"] = (widths[layer + 1],)
+            shapes[self.external_key(f"{index}.weight")] = (widths[layer + 1], widths[layer])
+            shapes[self.external_key(f"{index}.bias")] = (widths[layer + 1],)
         return shapes
 
     def parameter_count(self) -> int:
@@ -70,6 +95,8 @@ class ArchSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form of PRODUCT.md."""
+        if self.family == "linear_head":
+            return {"type": "linear_head", "in_features": self.in_features}
         out: dict[str, Any] = {
             "type": "mlp",
             "in_features": self.in_features,
@@ -96,12 +123,17 @@ def parse_arch(data: Any) -> ArchSpec:
     if not isinstance(data, dict):
         raise InputError("architecture must be a JSON object like "
                          '{"type": "mlp", "in_features": 10, "hidden": [32], "activation": "relu"}')
-    unknown = sorted(set(data) - {"type", "in_features", "hidden", "activation", "dropout"})
+    family = data.get("type")
+    if family not in FAMILIES:
+        raise InputError(f"architecture: type must be one of {', '.join(FAMILIES)}; got {family!r}")
+    allowed = {"type", "in_features"} if family == "linear_head" else {"type", "in_features", "hidden",
+                                                                      "activation", "dropout"}
+    unknown = sorted(set(data) - allowed)
     if unknown:
-        raise InputError(f"architecture: unknown field(s) {', '.join(unknown)}")
-    if data.get("type") != "mlp":
-        raise InputError(f"architecture: type must be 'mlp'; got {data.get('type')!r}")
+        raise InputError(f"architecture: unknown field(s) {', '.join(unknown)} for type {family!r}")
     in_features = _positive_int(data.get("in_features"), "in_features")
+    if family == "linear_head":
+        return ArchSpec(in_features=in_features, hidden=(), family="linear_head")
     hidden = data.get("hidden", [])
     if not isinstance(hidden, list) or len(hidden) > MAX_DEPTH:
         raise InputError(f"architecture: hidden must be a list of at most {MAX_DEPTH} widths")

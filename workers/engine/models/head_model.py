@@ -40,13 +40,17 @@ class HeadModel:
 
     @classmethod
     def from_state(cls, arch: ArchSpec, state: dict[str, torch.Tensor], device: torch.device) -> HeadModel:
-        """Build the Sequential of ``arch`` on ``device`` and load ``state`` into it strictly."""
+        """Build the Sequential of ``arch`` on ``device`` and load ``state`` into it strictly.
+
+        ``state`` may be keyed as the user's checkpoint or as the engine's Sequential; the model
+        keeps it keyed as the user's (:meth:`ArchSpec.external_key`).
+        """
         network = build_model(arch).to(dtype=next(iter(state.values())).dtype)
-        network.load_state_dict(state, strict=True)
+        network.load_state_dict(arch.to_internal(state), strict=True)
         network.to(device).eval()
         for parameter in network.parameters():
             parameter.requires_grad_(False)
-        return cls(arch=arch, state=state, network=network, device=device)
+        return cls(arch=arch, state=arch.to_external(state), network=network, device=device)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -83,9 +87,9 @@ class HeadModel:
         """A copy whose head is ``theta`` (cast to the checkpoint dtype); the extractor is shared."""
         d = self.arch.head_in_features
         state = dict(self.state)
-        prefix = f"{self.arch.head_index}."
-        state[prefix + "weight"] = theta[:d].reshape(1, d).to("cpu", self.dtype).clone()
-        state[prefix + "bias"] = theta[d:].reshape(1).to("cpu", self.dtype).clone()
+        key = self.arch.external_key
+        state[key(f"{self.arch.head_index}.weight")] = theta[:d].reshape(1, d).to("cpu", self.dtype).clone()
+        state[key(f"{self.arch.head_index}.bias")] = theta[d:].reshape(1).to("cpu", self.dtype).clone()
         return HeadModel.from_state(self.arch, state, self.device)
 
     def logits(self, features: np.ndarray) -> torch.Tensor:

@@ -301,7 +301,7 @@ def guarded_network_step(scope: CorrectionScope, train: Dataset, spec: Correctio
         attempts: list[dict[str, Any]] = []
         scale = 1.0
         for _ in range(spec.guard.line_search_steps + 1):
-            shortened = _interpolate(model.state, outcome.state, scale)
+            shortened = _interpolate(model.state, model.arch.to_external(outcome.state), scale)
             candidate_model = HeadModel.from_state(model.arch, shortened, model.device)
             candidate = measure(candidate_model, targets)
             reason = rejection(candidate, start, state.origin, spec.guard, spec.objective.utility_tolerance,
