@@ -91,7 +91,7 @@ class DatasetPublic(BaseModel):
     sha256: str
     size_bytes: int
     filename: str | None = None
-    format: Literal["parquet", "csv"]
+    format: Literal["parquet", "csv", "safetensors"]
     dataset_schema: dict[str, Any] = Field(alias="schema")
     n_rows: int
     columns: list[str]

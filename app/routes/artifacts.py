@@ -61,7 +61,7 @@ def dataset_public(record: ArtifactRecord) -> DatasetPublic:
     """API view of a dataset record."""
     return DatasetPublic(
         id=record.id, sha256=record.sha256, size_bytes=record.size_bytes, filename=record.filename,
-        format="csv" if record.format == "csv" else "parquet", schema=record.dataset_schema or {},
+        format=record.format, schema=record.dataset_schema or {},
         n_rows=record.n_rows or 0, columns=record.columns or [], feature_names=record.feature_names or [],
         groups=record.groups or {}, created_at=record.created_at,
     )

@@ -114,9 +114,11 @@ async def create_model(records: Records, tenant: str, request: UploadRequest, li
     return record
 
 
-def _dataset_format(head: bytes) -> Literal["parquet", "csv"]:
+def _dataset_format(head: bytes) -> Literal["parquet", "csv", "safetensors"]:
     if head[:4] == b"PAR1":
         return "parquet"
+    if sniff_format(head) == "safetensors":
+        return "safetensors"  # a tensor dataset (x, label and group vectors); its header is checked next
     _refuse_pickle(head)
     text_ok = b"\x00" not in head
     try:
@@ -124,8 +126,8 @@ def _dataset_format(head: bytes) -> Literal["parquet", "csv"]:
     except UnicodeDecodeError:
         text_ok = False
     if not text_ok:
-        raise ApiError(415, "unsupported_format", "datasets are accepted as Parquet or as UTF-8 CSV with "
-                       "a header row; this file is neither")
+        raise ApiError(415, "unsupported_format", "datasets are accepted as Parquet, as UTF-8 CSV with "
+                       "a header row, or as a safetensors tensor dataset; this file is none of these")
     return "csv"
 
 

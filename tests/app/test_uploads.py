@@ -159,3 +159,31 @@ def test_dataset_upload_csv_and_refusals(client: TestClient, settings: ServiceSe
     not_multipart = client.post("/v1/datasets", headers=auth(), content=csv)
     assert not_multipart.status_code == 415
     assert store_files(settings.store) == before
+
+
+def test_tensor_dataset_upload_and_refusals(client: TestClient, settings: ServiceSettings) -> None:
+    import numpy as np
+    from safetensors.numpy import save
+
+    rng = np.random.default_rng(0)
+    tensors: dict[str, np.ndarray] = {"x": np.ascontiguousarray(rng.normal(size=(20, 3)).astype(np.float32)),
+               "y": rng.integers(0, 2, 20).astype(np.int64), "sex": rng.integers(0, 2, 20).astype(np.int64)}
+    metadata = {"softunlearn.dataset": json.dumps({"feature_names": ["a", "b", "c"],
+                                                   "groups": {"sex": ["F", "M"]}})}
+    schema = {"schema": '{"label": "y", "sensitive": ["sex"]}'}
+    ok = client.post("/v1/datasets", headers=auth(), data=schema,
+                     files={"file": ("d.safetensors", save(tensors, metadata=metadata))})
+    assert ok.status_code == 201, ok.text
+    body = ok.json()
+    assert (body["format"], body["n_rows"], body["feature_names"]) == ("safetensors", 20, ["a", "b", "c"])
+    assert body["groups"] == {"sex": ["F", "M"]}
+    assert any(f.endswith("/data.safetensors") for f in store_files(settings.store))
+    before = store_files(settings.store)
+    bad_label = client.post("/v1/datasets", headers=auth(), data=schema,
+                            files={"file": ("d.safetensors", save({**tensors, "y": tensors["y"] + 5}))})
+    assert (bad_label.status_code, bad_label.json()["code"]) == (422, "invalid_dataset")
+    assert "only 0 and 1" in bad_label.json()["detail"]
+    no_x = client.post("/v1/datasets", headers=auth(), data=schema,
+                       files={"file": ("d.safetensors", save({"y": tensors["y"], "sex": tensors["sex"]}))})
+    assert no_x.status_code == 422 and "'x'" in no_x.json()["detail"]
+    assert store_files(settings.store) == before

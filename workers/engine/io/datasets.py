@@ -17,6 +17,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from workers.engine.errors import DatasetError
+from workers.engine.io.tensor_datasets import is_tensor_dataset, read_tensor_dataset, tensor_columns
 
 __all__ = [
     "Dataset",
@@ -147,8 +148,11 @@ def read_frame(path: str | Path) -> pd.DataFrame:
 
 
 def read_columns(path: str | Path) -> list[str]:
-    """Column names of a Parquet or CSV file, reading as little as possible."""
+    """Column names of a Parquet or CSV file (a tensor dataset's feature names and vectors),
+    reading as little as possible."""
     path = Path(path)
+    if path.is_file() and is_tensor_dataset(path):
+        return tensor_columns(path)
     try:
         if _is_parquet(path):
             return list(pq.read_schema(path).names)
@@ -222,6 +226,8 @@ def load_dataset(path: str | Path, schema: DatasetSchema, name: str = "dataset")
     Raises:
         DatasetError: what is wrong and how to fix it.
     """
+    if Path(path).is_file() and is_tensor_dataset(path):
+        return _load_tensor_dataset(Path(path), schema, name)
     frame = read_frame(path)
     if len(frame) == 0:
         raise DatasetError(f"{name}: the file has no rows")
@@ -241,6 +247,14 @@ def load_dataset(path: str | Path, schema: DatasetSchema, name: str = "dataset")
         reference_logits=reference,
         reference_column=schema.reference_logits,
     )
+
+
+def _load_tensor_dataset(path: Path, schema: DatasetSchema, name: str) -> Dataset:
+    features = resolve_features(tensor_columns(path), schema)
+    arrays = read_tensor_dataset(path, schema.label, schema.sensitive, features, schema.reference_logits)
+    return Dataset(name=name, feature_names=arrays["feature_names"], features=arrays["features"],
+                   labels=arrays["labels"], sensitive=arrays["sensitive"],
+                   reference_logits=arrays["reference_logits"], reference_column=schema.reference_logits)
 
 
 def check_groups_present(reference: Dataset, other: Dataset, column: str) -> None:

@@ -21,6 +21,7 @@ from workers.engine.io.datasets import (
     resolve_features,
 )
 from workers.engine.io.identity import recorded_feature_names
+from workers.engine.io.tensor_datasets import is_tensor_dataset
 
 __all__ = ["CorrectionInputs", "load_inputs"]
 
@@ -43,7 +44,7 @@ class CorrectionInputs:
 def _with_sensitive_features(path: Path, schema: DatasetSchema, arch: ArchSpec,
                              notes: list[str]) -> DatasetSchema:
     """Let numeric sensitive columns be features when that is what makes the model's width fit."""
-    if schema.features is not None:
+    if schema.features is not None or is_tensor_dataset(path):
         return schema
     columns = read_columns(path)
     features = resolve_features(columns, schema)
@@ -59,6 +60,19 @@ def _with_sensitive_features(path: Path, schema: DatasetSchema, arch: ArchSpec,
         f"feature columns (all but label {schema.label!r} and sensitive {list(schema.sensitive)}); "
         "name the feature columns explicitly (schema 'features' / --features)"
     )
+
+
+def _check_width(data: Dataset, arch: ArchSpec) -> Dataset:
+    """The model's input shape must be the data's row shape."""
+    if data.features.ndim != 2:
+        raise DatasetError(f"{data.name}: the features are images of shape {list(data.features.shape[1:])}; "
+                           f"a {arch.family} takes [n, {arch.in_features}] features: flatten x to "
+                           "[n, C·H·W] or export embeddings for a linear_head (cnn and resnet "
+                           "architectures are not available yet)")
+    if data.features.shape[1] != arch.in_features:
+        raise DatasetError(f"{data.name}: the model takes {arch.in_features} input features but the data "
+                           f"has {data.features.shape[1]}; name the feature columns (schema 'features')")
+    return data
 
 
 def _by_recorded_names(path: Path, schema: DatasetSchema, recorded: tuple[str, ...],
@@ -111,7 +125,7 @@ def load_inputs(model_path: Path, arch: ArchSpec, train: tuple[Path, DatasetSche
             continue
         path, schema = pair
         schema = _resolve_schema(Path(path), schema, arch, recorded, notes)
-        loaded[role] = load_dataset(path, schema, role)
+        loaded[role] = _check_width(load_dataset(path, schema, role), arch)
     reference = loaded["train"]
     for role, data in loaded.items():
         if data.feature_names != reference.feature_names:

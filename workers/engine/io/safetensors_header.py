@@ -73,15 +73,15 @@ def _refuse_non_safetensors(head: bytes, name: str) -> None:
         raise CheckpointError(f"{name} is not a safetensors file (unrecognized leading bytes)")
 
 
-def _entry(key: str, value: Any) -> TensorInfo:
+def _entry(key: str, value: Any, dtypes: dict[str, int]) -> TensorInfo:
     if not _KEY_PATTERN.match(key):
         raise CheckpointError(f"tensor name {key[:60]!r} is not allowed (letters, digits, '_' and '.')")
     if not isinstance(value, dict) or set(value) != {"dtype", "shape", "data_offsets"}:
         raise CheckpointError(f"tensor {key!r}: malformed header entry")
     dtype, shape, offsets = value["dtype"], value["shape"], value["data_offsets"]
-    if dtype not in ALLOWED_DTYPES:
+    if dtype not in dtypes:
         raise CheckpointError(f"tensor {key!r}: dtype {dtype!r} not allowed; use one of "
-                              f"{', '.join(ALLOWED_DTYPES)}")
+                              f"{', '.join(dtypes)}")
     if not isinstance(shape, list) or not all(isinstance(d, int) and 0 <= d < 2**40 for d in shape):
         raise CheckpointError(f"tensor {key!r}: shape must be a list of non-negative integers")
     if (not isinstance(offsets, list) or len(offsets) != 2
@@ -90,12 +90,13 @@ def _entry(key: str, value: Any) -> TensorInfo:
     numel = 1
     for dim in shape:
         numel *= dim
-    if offsets[1] - offsets[0] != numel * ALLOWED_DTYPES[dtype]:
+    if offsets[1] - offsets[0] != numel * dtypes[dtype]:
         raise CheckpointError(f"tensor {key!r}: data_offsets do not match its shape and dtype")
     return TensorInfo(dtype=dtype, shape=tuple(shape), begin=offsets[0], end=offsets[1])
 
 
-def _parse(raw: bytes, buffer_len: int) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+def _parse(raw: bytes, buffer_len: int, dtypes: dict[str, int],
+           ) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -109,7 +110,7 @@ def _parse(raw: bytes, buffer_len: int) -> tuple[dict[str, TensorInfo], dict[str
         raise CheckpointError("safetensors __metadata__ must map strings to strings")
     if len(header) > MAX_TENSORS:
         raise CheckpointError(f"checkpoint has {len(header)} tensors; at most {MAX_TENSORS} allowed")
-    tensors = {key: _entry(key, value) for key, value in header.items()}
+    tensors = {key: _entry(key, value, dtypes) for key, value in header.items()}
     position = 0
     for info in sorted(tensors.values(), key=lambda t: t.begin):
         if info.begin != position:
@@ -132,15 +133,17 @@ def read_header(source: str | Path | BinaryIO, name: str | None = None) -> dict[
 
 
 def read_header_and_metadata(source: str | Path | BinaryIO, name: str | None = None,
+                             dtypes: dict[str, int] = ALLOWED_DTYPES,
                              ) -> tuple[dict[str, TensorInfo], dict[str, str]]:
-    """:func:`read_header`, and the header's ``__metadata__`` (string to string).
+    """:func:`read_header`, and the header's ``__metadata__`` (string to string); ``dtypes`` are
+    the tensor dtypes allowed (default: the floating ones of a checkpoint), with their widths.
 
     Raises:
         CheckpointError: pickle-based or unknown format, truncated file, malformed header.
     """
     if isinstance(source, (str, Path)):
         with open(source, "rb") as handle:
-            return read_header_and_metadata(handle, name or Path(source).name)
+            return read_header_and_metadata(handle, name or Path(source).name, dtypes)
     label = name or "checkpoint"
     source.seek(0, 2)
     total = source.tell()
@@ -151,7 +154,7 @@ def read_header_and_metadata(source: str | Path | BinaryIO, name: str | None = N
     if 8 + size > total:
         raise CheckpointError(f"{label}: header length {size} runs past the end of the file (truncated?)")
     source.seek(8)
-    return _parse(source.read(size), total - 8 - size)
+    return _parse(source.read(size), total - 8 - size, dtypes)
 
 
 def check_against_arch(tensors: dict[str, TensorInfo], arch: ArchSpec) -> None:

@@ -1,0 +1,150 @@
+"""Tensor datasets: a safetensors file of arrays, for images and exported embeddings.
+
+A file holds ``x`` (float, ``[n, D]`` features or ``[n, C, H, W]`` images), the label vector
+(0/1, any integer, bool or float dtype; the schema's ``label`` names it, e.g. ``y``), one
+integer vector per sensitive attribute (the schema's ``sensitive``), and optionally the user's
+model's logits (the schema's ``reference_logits``). Its ``__metadata__`` may carry, under the key
+``softunlearn.dataset``, a JSON object with ``feature_names`` (for ``[n, D]``; default ``x0`` …)
+and ``groups`` (``{attribute: [label of code 0, label of code 1, …]}``; default the codes).
+
+The header is parsed and checked in pure Python before any data is read (shapes, dtypes,
+offsets); arrays are then read with ``safetensors.numpy`` — never pickle, never
+``np.load(allow_pickle=True)``. Torch-free: the HTTP front end validates uploads with it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load_file
+
+from workers.engine.errors import DatasetError, InputError
+from workers.engine.io.safetensors_header import (
+    ALLOWED_DTYPES,
+    TensorInfo,
+    read_header_and_metadata,
+    sniff_format,
+)
+
+__all__ = ["DATASET_DTYPES", "FEATURES_TENSOR", "METADATA_KEY", "is_tensor_dataset", "read_tensor_dataset",
+           "tensor_columns"]
+
+DATASET_DTYPES = {**ALLOWED_DTYPES, "I8": 1, "I16": 2, "I32": 4, "I64": 8, "U8": 1, "BOOL": 1}
+FEATURES_TENSOR = "x"
+METADATA_KEY = "softunlearn.dataset"
+
+
+def is_tensor_dataset(path: str | Path) -> bool:
+    """Whether the file is a safetensors file (by its first bytes)."""
+    with open(path, "rb") as handle:
+        return sniff_format(handle.read(9)) == "safetensors"
+
+
+def _header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, Any]]:
+    try:
+        tensors, metadata = read_header_and_metadata(path, path.name, DATASET_DTYPES)
+    except InputError as exc:
+        raise DatasetError(str(exc)) from exc
+    if FEATURES_TENSOR not in tensors:
+        raise DatasetError(f"{path.name}: a tensor dataset needs a tensor named {FEATURES_TENSOR!r} (the "
+                           f"features); it has {sorted(tensors)[:10]}")
+    try:
+        described = json.loads(metadata.get(METADATA_KEY, "{}"))
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path.name}: metadata {METADATA_KEY!r} is not valid JSON: {exc}") from exc
+    if not isinstance(described, dict):
+        raise DatasetError(f"{path.name}: metadata {METADATA_KEY!r} must be a JSON object")
+    return tensors, described
+
+
+def _feature_names(path: Path, x: TensorInfo, described: dict[str, Any]) -> list[str]:
+    if len(x.shape) == 4:
+        return [f"{FEATURES_TENSOR}[{','.join(map(str, x.shape[1:]))}]"]
+    if len(x.shape) != 2:
+        raise DatasetError(f"{path.name}: {FEATURES_TENSOR!r} must be [n, D] features or [n, C, H, W] "
+                           f"images; it has shape {list(x.shape)}")
+    names = described.get("feature_names", [f"{FEATURES_TENSOR}{i}" for i in range(x.shape[1])])
+    if (not isinstance(names, list) or len(names) != x.shape[1] or len(set(names)) != len(names)
+            or not all(isinstance(n, str) and n for n in names)):
+        raise DatasetError(f"{path.name}: metadata feature_names must list {x.shape[1]} distinct names")
+    return names
+
+
+def tensor_columns(path: str | Path) -> list[str]:
+    """The "columns" of a tensor dataset: the feature names of ``x``, then its other 1-D tensors."""
+    path = Path(path)
+    tensors, described = _header(path)
+    others = [name for name, info in tensors.items() if name != FEATURES_TENSOR and len(info.shape) == 1]
+    return [*_feature_names(path, tensors[FEATURES_TENSOR], described), *others]
+
+
+def _vector(arrays: dict[str, np.ndarray], name: str, n: int, path: Path) -> np.ndarray:
+    if name not in arrays:
+        raise DatasetError(f"{path.name}: no tensor named {name!r}; it has {sorted(arrays)[:10]}")
+    values = arrays[name]
+    if values.shape != (n,):
+        raise DatasetError(f"{path.name}: tensor {name!r} must have shape [{n}] (one value per row of "
+                           f"{FEATURES_TENSOR!r}); it has {list(values.shape)}")
+    return values
+
+
+def _groups(values: np.ndarray, attribute: str, described: dict[str, Any], path: Path) -> np.ndarray:
+    if values.dtype.kind not in "iub":
+        raise DatasetError(f"{path.name}: sensitive tensor {attribute!r} must hold integer group codes")
+    labels = described.get("groups", {}).get(attribute)
+    codes = values.astype(np.int64)
+    if labels is None:
+        return codes.astype(str).astype(object)
+    if not isinstance(labels, list) or not all(isinstance(v, str) for v in labels) \
+            or codes.min() < 0 or codes.max() >= len(labels):
+        raise DatasetError(f"{path.name}: metadata groups[{attribute!r}] must list a label for every code "
+                           f"0..{int(codes.max())}")
+    return np.asarray(labels, dtype=object)[codes]
+
+
+def _finite(values: np.ndarray, what: str, path: Path) -> np.ndarray:
+    out = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(out).all():
+        raise DatasetError(f"{path.name}: NaN or Inf in {what}; impute or drop those rows")
+    return out
+
+
+def read_tensor_dataset(path: str | Path, label: str, sensitive: tuple[str, ...], features: list[str] | None,
+                        reference: str | None) -> dict[str, Any]:
+    """The validated arrays of a tensor dataset: ``features`` (float64; the named columns of a
+    2-D ``x`` in that order, else all of ``x``), ``feature_names``, ``labels``, ``sensitive``,
+    ``reference_logits``.
+
+    Raises:
+        DatasetError: what is wrong and how to fix it.
+    """
+    path = Path(path)
+    tensors, described = _header(path)
+    names = _feature_names(path, tensors[FEATURES_TENSOR], described)
+    arrays = load_file(str(path))
+    x = arrays[FEATURES_TENSOR]
+    n = x.shape[0]
+    if n == 0:
+        raise DatasetError(f"{path.name}: the file has no rows")
+    if features is not None and len(x.shape) == 2 and list(features) != names:
+        missing = [c for c in features if c not in names]
+        if missing:
+            raise DatasetError(f"{path.name}: feature(s) {missing[:10]} are not among x's feature_names")
+        x = x[:, [names.index(c) for c in features]]
+        names = list(features)
+    y = _vector(arrays, label, n, path)
+    y = _finite(y, f"label tensor {label!r}", path)
+    if not np.isin(y, (0.0, 1.0)).all():
+        raise DatasetError(f"{path.name}: label tensor {label!r} must hold only 0 and 1")
+    ref = None if reference is None else _finite(_vector(arrays, reference, n, path), f"tensor {reference!r}",
+                                                 path)
+    return {
+        "features": _finite(x, f"tensor {FEATURES_TENSOR!r}", path),
+        "feature_names": tuple(names),
+        "labels": y,
+        "sensitive": {a: _groups(_vector(arrays, a, n, path), a, described, path) for a in sensitive},
+        "reference_logits": ref,
+    }
