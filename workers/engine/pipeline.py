@@ -50,7 +50,6 @@ __all__ = [
 ]
 
 OUTPUT_MODE = 0o644
-STAGES = ("load", "polish", "influence", "weights", "unlearn", "evaluate", "report")
 
 
 @dataclass
