@@ -188,10 +188,10 @@ class FullInfluence:
 
     def __init__(self, network: nn.Module, features: torch.Tensor, labels: torch.Tensor,
                  weights: torch.Tensor, config: InfluenceConfig) -> None:
-        n = int(features.shape[0]) if features.ndim == 2 else -1
+        n = int(features.shape[0]) if features.ndim in (2, 4) else -1
         if n < 1 or labels.shape != (n,) or weights.shape != (n,):
-            raise InputError(f"full influence needs features (n, D) with n >= 1, labels (n,) and "
-                             f"weights (n,); got {tuple(features.shape)}, {tuple(labels.shape)}, "
+            raise InputError(f"full influence needs features (n, D) or (n, C, H, W) with n >= 1, labels "
+                             f"(n,) and weights (n,); got {tuple(features.shape)}, {tuple(labels.shape)}, "
                              f"{tuple(weights.shape)}")
         self.parameter_count = sum(p.numel() for p in network.parameters())
         self.solver = resolve_solver(self.parameter_count, config)
@@ -214,8 +214,13 @@ class FullInfluence:
                         else DEFAULT_DAMPING_PER_WEIGHT * float(self.weights.abs().sum()))
         self._factor: HessianFactor | None = None
         self._lissa_scale: float | None = config.lissa_scale
+        # Per-sample activation width (for memory estimates); a Conv2d's output is at most
+        # out_channels·H·W of the input image.
+        pixels = int(self.features[0, 0].numel()) if self.features.ndim == 4 else 0
         self._width = sum(m.in_features + m.out_features for m in self.network.modules()
-                          if isinstance(m, nn.Linear)) or self.features.shape[1] + 1
+                          if isinstance(m, nn.Linear)) + sum(
+            (m.in_channels + m.out_channels) * pixels for m in self.network.modules()
+            if isinstance(m, nn.Conv2d)) or int(self.features[0].numel()) + 1
 
     # -- parameters ---------------------------------------------------------------------------
 

@@ -12,6 +12,13 @@ penultimate-layer embeddings of any backbone (BERT, ViT, a tree ensemble's leaf 
 and the checkpoint holds only the head, ``weight [1, d]`` and ``bias [1]``, exactly the keys of a
 plain ``torch.nn.Linear(d, 1)``. Internally the engine runs every family as a ``Sequential``;
 :meth:`ArchSpec.external_key` maps its keys to the user's.
+
+``{"type": "cnn", "input_shape": [C, H, W], "blocks": [{"out_channels": 8, "kernel_size": 3,
+"padding": 1, "pool": "max", "pool_size": 2}, ...], "hidden": [32], "activation": "relu"}`` is
+exactly ``Sequential(Conv2d(C, 8, 3, padding=1), Act(), MaxPool2d(2), ..., Flatten(),
+Linear(F, 32), Act(), Linear(32, 1))``: a block is a stride-1 ``Conv2d``, the activation and,
+unless ``pool`` is ``"none"``, a ``MaxPool2d``/``AvgPool2d(pool_size)``. F is the flattened size
+after the last block. Keys are the Sequential's indices (``0.weight``, ``0.bias``, ``3.weight``, ...).
 """
 
 from __future__ import annotations
@@ -23,13 +30,43 @@ from typing import Any, TypeVar
 
 from workers.engine.errors import InputError
 
-__all__ = ["ACTIVATIONS", "FAMILIES", "ArchSpec", "load_arch", "parse_arch"]
+__all__ = ["ACTIVATIONS", "FAMILIES", "POOLS", "ArchSpec", "ConvBlock", "load_arch", "parse_arch"]
 
 T = TypeVar("T")
 MAX_WIDTH = 65_536
 MAX_DEPTH = 16
 ACTIVATIONS = ("relu", "leaky_relu", "gelu", "silu", "tanh", "sigmoid")
-FAMILIES = ("mlp", "linear_head")
+FAMILIES = ("mlp", "linear_head", "cnn")
+POOLS = ("max", "avg", "none")
+MAX_BLOCKS = 8
+MAX_CHANNELS = 1024
+MAX_KERNEL = 11
+MAX_POOL = 16
+MAX_SIDE = 512
+
+
+@dataclass(frozen=True)
+class ConvBlock:
+    """One cnn block: ``Conv2d(in, out_channels, kernel_size, padding=padding)``, the activation,
+    then ``MaxPool2d``/``AvgPool2d(pool_size)`` unless ``pool`` is ``"none"``."""
+
+    out_channels: int
+    kernel_size: int
+    padding: int = 0
+    pool: str = "none"
+    pool_size: int = 2
+
+    def out_side(self, side: int) -> int:
+        """Spatial side after the convolution (stride 1) and the pool (stride = pool_size)."""
+        side = side + 2 * self.padding - self.kernel_size + 1
+        if self.pool != "none":
+            side = side // self.pool_size
+        return side
+
+    def to_dict(self) -> dict[str, Any]:
+        """The block's JSON form."""
+        return {"out_channels": self.out_channels, "kernel_size": self.kernel_size, "padding": self.padding,
+                "pool": self.pool, "pool_size": self.pool_size}
 
 
 @dataclass(frozen=True)
@@ -41,6 +78,44 @@ class ArchSpec:
     activation: str = "relu"
     dropout: float = 0.0
     family: str = "mlp"
+    image_shape: tuple[int, int, int] | None = None
+    """``(C, H, W)`` of a cnn's input; ``None`` for the other families."""
+    blocks: tuple[ConvBlock, ...] = ()
+    """A cnn's convolution blocks, in order."""
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of one input row: ``(C, H, W)`` for a cnn, else ``(in_features,)``."""
+        return self.image_shape if self.image_shape is not None else (self.in_features,)
+
+    @property
+    def conv_indices(self) -> list[int]:
+        """Sequential indices of a cnn's Conv2d layers (empty for the other families)."""
+        indices, position = [], 0
+        for block in self.blocks:
+            indices.append(position)
+            position += 2 if block.pool == "none" else 3
+        return indices
+
+    @property
+    def feature_maps(self) -> list[tuple[int, int, int]]:
+        """``(channels, H, W)`` after each cnn block (empty for the other families)."""
+        if self.image_shape is None:
+            return []
+        channels, height, width = self.image_shape
+        shapes = []
+        for block in self.blocks:
+            channels, height, width = block.out_channels, block.out_side(height), block.out_side(width)
+            shapes.append((channels, height, width))
+        return shapes
+
+    @property
+    def flat_features(self) -> int:
+        """Width of the first Linear layer's input (a cnn's flattened last feature map)."""
+        if self.image_shape is None:
+            return self.in_features
+        channels, height, width = (self.feature_maps or [self.image_shape])[-1]
+        return channels * height * width
 
     def external_key(self, internal: str) -> str:
         """The user's state-dict key for a key of the engine's ``Sequential``."""
@@ -62,7 +137,9 @@ class ArchSpec:
     def linear_indices(self) -> list[int]:
         """Sequential indices of the Linear layers (activations, and dropout, sit between them)."""
         stride = 3 if self.dropout > 0 else 2
-        return [stride * i for i in range(len(self.hidden) + 1)]
+        # A cnn's Linear layers follow its blocks and the Flatten.
+        start = sum(2 if b.pool == "none" else 3 for b in self.blocks) + (1 if self.family == "cnn" else 0)
+        return [start + stride * i for i in range(len(self.hidden) + 1)]
 
     @property
     def head_index(self) -> int:
@@ -72,12 +149,18 @@ class ArchSpec:
     @property
     def head_in_features(self) -> int:
         """Width of the features the head sees."""
-        return self.hidden[-1] if self.hidden else self.in_features
+        return self.hidden[-1] if self.hidden else self.flat_features
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
         """State-dict key (the user's) -> tensor shape."""
-        widths = [self.in_features, *self.hidden, 1]
+        widths = [self.flat_features, *self.hidden, 1]
         shapes: dict[str, tuple[int, ...]] = {}
+        channels = self.image_shape[0] if self.image_shape is not None else 0
+        for block, index in zip(self.blocks, self.conv_indices, strict=True):
+            k = block.kernel_size
+            shapes[f"{index}.weight"] = (block.out_channels, channels, k, k)
+            shapes[f"{index}.bias"] = (block.out_channels,)
+            channels = block.out_channels
         for layer, index in enumerate(self.linear_indices):
             shapes[self.external_key(f"{index}.weight")] = (widths[layer + 1], widths[layer])
             shapes[self.external_key(f"{index}.bias")] = (widths[layer + 1],)
@@ -97,6 +180,10 @@ class ArchSpec:
         """The JSON form of PRODUCT.md."""
         if self.family == "linear_head":
             return {"type": "linear_head", "in_features": self.in_features}
+        if self.family == "cnn":
+            return {"type": "cnn", "input_shape": list(self.input_shape),
+                    "blocks": [block.to_dict() for block in self.blocks], "hidden": list(self.hidden),
+                    "activation": self.activation}
         out: dict[str, Any] = {
             "type": "mlp",
             "in_features": self.in_features,
@@ -114,6 +201,76 @@ def _positive_int(value: Any, name: str) -> int:
     return value
 
 
+def _bounded_int(value: Any, name: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InputError(f"architecture: {name} must be an integer in [{low}, {high}]; got {value!r}")
+    return value
+
+
+def _parse_hidden(data: dict[str, Any]) -> tuple[int, ...]:
+    hidden = data.get("hidden", [])
+    if not isinstance(hidden, list) or len(hidden) > MAX_DEPTH:
+        raise InputError(f"architecture: hidden must be a list of at most {MAX_DEPTH} widths")
+    return tuple(_positive_int(h, f"hidden[{i}]") for i, h in enumerate(hidden))
+
+
+def _parse_activation(data: dict[str, Any]) -> str:
+    activation = data.get("activation", "relu")
+    if activation not in ACTIVATIONS:
+        raise InputError(f"architecture: activation must be one of {', '.join(ACTIVATIONS)}; got "
+                         f"{activation!r}")
+    return str(activation)
+
+
+BLOCK_FIELDS = {"out_channels", "kernel_size", "padding", "pool", "pool_size"}
+
+
+def _parse_block(data: Any, name: str, side: tuple[int, int]) -> ConvBlock:
+    if not isinstance(data, dict):
+        raise InputError(f"architecture: {name} must be an object like "
+                         '{"out_channels": 8, "kernel_size": 3, "padding": 1, "pool": "max", "pool_size": 2}')
+    unknown = sorted(set(data) - BLOCK_FIELDS)
+    if unknown:
+        raise InputError(f"architecture: unknown field(s) {', '.join(unknown)} in {name}")
+    out_channels = _bounded_int(data.get("out_channels"), f"{name}.out_channels", 1, MAX_CHANNELS)
+    kernel = _bounded_int(data.get("kernel_size"), f"{name}.kernel_size", 1, MAX_KERNEL)
+    padding = _bounded_int(data.get("padding", 0), f"{name}.padding", 0, kernel - 1)
+    pool = data.get("pool", "none")
+    if pool not in POOLS:
+        raise InputError(f"architecture: {name}.pool must be one of {', '.join(POOLS)}; got {pool!r}")
+    pool_size = _bounded_int(data.get("pool_size", 2), f"{name}.pool_size", 1, MAX_POOL)
+    block = ConvBlock(out_channels, kernel, padding, str(pool), pool_size)
+    conv = [s + 2 * padding - kernel + 1 for s in side]
+    if min(conv) < 1:
+        raise InputError(f"architecture: {name}.kernel_size {kernel} (padding {padding}) is larger than its "
+                         f"{side[0]}x{side[1]} input; use a smaller kernel, more padding, or fewer blocks")
+    if min(block.out_side(s) for s in side) < 1:
+        raise InputError(f"architecture: {name}.pool_size {pool_size} is larger than its {conv[0]}x{conv[1]} "
+                         "feature map; use a smaller pool_size, pool 'none', or fewer blocks")
+    return block
+
+
+def _parse_cnn(data: dict[str, Any]) -> ArchSpec:
+    shape = data.get("input_shape")
+    if not isinstance(shape, list) or len(shape) != 3:
+        raise InputError(f"architecture: input_shape must be [C, H, W]; got {shape!r}")
+    channels = _bounded_int(shape[0], "input_shape[0] (channels)", 1, MAX_CHANNELS)
+    height = _bounded_int(shape[1], "input_shape[1] (height)", 1, MAX_SIDE)
+    width = _bounded_int(shape[2], "input_shape[2] (width)", 1, MAX_SIDE)
+    raw_blocks = data.get("blocks")
+    if not isinstance(raw_blocks, list) or not 1 <= len(raw_blocks) <= MAX_BLOCKS:
+        raise InputError(f"architecture: blocks must be a list of 1 to {MAX_BLOCKS} convolution blocks")
+    blocks: list[ConvBlock] = []
+    side = (height, width)
+    for i, raw in enumerate(raw_blocks):
+        block = _parse_block(raw, f"blocks[{i}]", side)
+        side = (block.out_side(side[0]), block.out_side(side[1]))
+        blocks.append(block)
+    return ArchSpec(in_features=channels * height * width, hidden=_parse_hidden(data),
+                    activation=_parse_activation(data), family="cnn", image_shape=(channels, height, width),
+                    blocks=tuple(blocks))
+
+
 def parse_arch(data: Any) -> ArchSpec:
     """Validate an architecture JSON object.
 
@@ -126,22 +283,19 @@ def parse_arch(data: Any) -> ArchSpec:
     family = data.get("type")
     if family not in FAMILIES:
         raise InputError(f"architecture: type must be one of {', '.join(FAMILIES)}; got {family!r}")
-    allowed = {"type", "in_features"} if family == "linear_head" else {"type", "in_features", "hidden",
-                                                                      "activation", "dropout"}
+    allowed = {"linear_head": {"type", "in_features"},
+               "cnn": {"type", "input_shape", "blocks", "hidden", "activation"}}.get(
+        family, {"type", "in_features", "hidden", "activation", "dropout"})
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise InputError(f"architecture: unknown field(s) {', '.join(unknown)} for type {family!r}")
+    if family == "cnn":
+        return _parse_cnn(data)
     in_features = _positive_int(data.get("in_features"), "in_features")
     if family == "linear_head":
         return ArchSpec(in_features=in_features, hidden=(), family="linear_head")
-    hidden = data.get("hidden", [])
-    if not isinstance(hidden, list) or len(hidden) > MAX_DEPTH:
-        raise InputError(f"architecture: hidden must be a list of at most {MAX_DEPTH} widths")
-    widths = tuple(_positive_int(h, f"hidden[{i}]") for i, h in enumerate(hidden))
-    activation = data.get("activation", "relu")
-    if activation not in ACTIVATIONS:
-        raise InputError(f"architecture: activation must be one of {', '.join(ACTIVATIONS)}; got "
-                         f"{activation!r}")
+    widths = _parse_hidden(data)
+    activation = _parse_activation(data)
     dropout = data.get("dropout", 0.0)
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise InputError(f"architecture: dropout must be a number in [0, 1); got {dropout!r}")

@@ -1,4 +1,4 @@
-"""Build and train the allow-listed MLP from scratch (examples and retraining baselines).
+"""Build and train the allow-listed MLP (or cnn) from scratch (examples and retraining baselines).
 
 Training is deterministic on CPU for a fixed seed: initialization and mini-batch shuffling draw
 from a private ``torch.Generator``, so the global RNG state is neither used nor changed. The loss
@@ -26,10 +26,29 @@ ACTIVATION_MODULES: dict[str, type[nn.Module]] = {
 }
 
 
-def build_model(arch: ArchSpec) -> nn.Sequential:
-    """``Sequential(Linear(D, h1), Act(), [Dropout(p),] ..., Linear(hk, 1))`` for ``arch`` (float32)."""
-    widths = [arch.in_features, *arch.hidden]
+POOL_MODULES: dict[str, type[nn.MaxPool2d] | type[nn.AvgPool2d]] = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
+
+
+def _conv_layers(arch: ArchSpec) -> list[nn.Module]:
+    """A cnn's ``Conv2d, Act, [Pool]`` blocks and the ``Flatten`` (nothing for the other families)."""
+    if arch.image_shape is None:
+        return []
     layers: list[nn.Module] = []
+    channels = arch.image_shape[0]
+    for block in arch.blocks:
+        layers += [nn.Conv2d(channels, block.out_channels, block.kernel_size, padding=block.padding),
+                   ACTIVATION_MODULES[arch.activation]()]
+        if block.pool != "none":
+            layers.append(POOL_MODULES[block.pool](block.pool_size))
+        channels = block.out_channels
+    return [*layers, nn.Flatten()]
+
+
+def build_model(arch: ArchSpec) -> nn.Sequential:
+    """``Sequential(Linear(D, h1), Act(), [Dropout(p),] ..., Linear(hk, 1))`` for ``arch`` (float32);
+    a cnn's convolution blocks and ``Flatten`` come first."""
+    widths = [arch.flat_features, *arch.hidden]
+    layers: list[nn.Module] = _conv_layers(arch)
     for width_in, width_out in itertools.pairwise(widths):
         layers += [nn.Linear(width_in, width_out), ACTIVATION_MODULES[arch.activation]()]
         if arch.dropout > 0:
@@ -38,9 +57,11 @@ def build_model(arch: ArchSpec) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _init_linear(layer: nn.Linear, generator: torch.Generator) -> None:
-    """PyTorch's default Linear initialization, drawn from ``generator``."""
-    bound = 1.0 / math.sqrt(layer.in_features)
+def _init_linear(layer: nn.Linear | nn.Conv2d, generator: torch.Generator) -> None:
+    """PyTorch's default Linear (and Conv2d) initialization, drawn from ``generator``: weight and
+    bias uniform in ±1/√fan_in (kaiming_uniform with a=√5 gives the same weight bound)."""
+    assert layer.bias is not None
+    bound = 1.0 / math.sqrt(layer.weight[0].numel())
     with torch.no_grad():
         layer.weight.uniform_(-bound, bound, generator=generator)
         layer.bias.uniform_(-bound, bound, generator=generator)
@@ -50,7 +71,7 @@ def _seeded_model(arch: ArchSpec, generator: torch.Generator) -> nn.Sequential:
     """A freshly built model whose parameters come only from ``generator``."""
     model = build_model(arch)
     for module in model:
-        if isinstance(module, nn.Linear):
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
             _init_linear(module, generator)
     return model
 
@@ -59,8 +80,9 @@ def _as_tensors(
     X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Float32 tensors of the features, labels and (normalized to mean 1) sample weights."""
-    if X.ndim != 2 or y.shape != (X.shape[0],):
-        raise ValueError(f"train_mlp: X must be (n, D) and y (n,); got {X.shape} and {y.shape}")
+    if X.ndim < 2 or y.shape != (X.shape[0],):
+        raise ValueError(f"train_mlp: X must be (n, D) or (n, C, H, W) and y (n,); got {X.shape} and "
+                         f"{y.shape}")
     weights = np.ones(X.shape[0]) if sample_weight is None else np.asarray(sample_weight, np.float64)
     if weights.shape != y.shape or not np.all(np.isfinite(weights)) or np.any(weights < 0):
         raise ValueError("train_mlp: sample_weight must be finite, >= 0 and have one entry per row")
@@ -113,8 +135,8 @@ def train_mlp(
     """Train ``build_model(arch)`` from a seeded initialization and return it in eval mode.
 
     Args:
-        arch: the architecture; ``arch.in_features`` must equal ``X.shape[1]``.
-        X: (n, D) features; y: (n,) 0/1 labels.
+        arch: the architecture (an MLP or a cnn); ``arch.input_shape`` must equal ``X.shape[1:]``.
+        X: (n, D) features, or (n, C, H, W) images for a cnn; y: (n,) 0/1 labels.
         seed: seeds initialization and shuffling (same seed, same data -> same weights on CPU).
         epochs, batch_size, lr, weight_decay: Adam mini-batch training settings.
         sample_weight: optional (n,) non-negative weights; the loss of a batch is
@@ -123,9 +145,9 @@ def train_mlp(
     Raises:
         ValueError: shapes or settings that cannot be trained on.
     """
-    if X.ndim != 2 or X.shape[1] != arch.in_features:
-        raise ValueError(f"train_mlp: X has shape {X.shape}; the architecture needs "
-                         f"{arch.in_features} columns")
+    if tuple(X.shape[1:]) != arch.input_shape:
+        raise ValueError(f"train_mlp: X has shape {X.shape}; the architecture needs rows of shape "
+                         f"{list(arch.input_shape)}")
     if epochs < 0 or batch_size < 1 or not lr > 0 or weight_decay < 0:
         raise ValueError("train_mlp: need epochs >= 0, batch_size >= 1, lr > 0, weight_decay >= 0")
     data = _as_tensors(X, y, sample_weight)

@@ -31,11 +31,17 @@ def reflect_linear(design: torch.Tensor, theta: torch.Tensor, kappa: float) -> t
     return design - kappa * (margins / norm2).unsqueeze(1) * weight
 
 
+def _per_sample_norm(values: torch.Tensor) -> torch.Tensor:
+    """L2 norm of each sample over all non-batch dims, shaped to broadcast (``[n, 1, ...]``)."""
+    norms: torch.Tensor = values.flatten(1).norm(dim=1).clamp_min(1e-12)
+    return norms.reshape(-1, *([1] * (values.dim() - 1)))
+
+
 def _project(delta: torch.Tensor, config: AttackConfig) -> torch.Tensor:
     if config.norm == "linf":
         clamped: torch.Tensor = delta.clamp(-config.epsilon, config.epsilon)
         return clamped
-    norms = delta.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    norms = _per_sample_norm(delta)
     scaled: torch.Tensor = delta * (config.epsilon / norms).clamp(max=1.0)
     return scaled
 
@@ -44,7 +50,7 @@ def _ascent_direction(grad: torch.Tensor, config: AttackConfig) -> torch.Tensor:
     if config.norm == "linf":
         signs: torch.Tensor = grad.sign()
         return signs
-    unit: torch.Tensor = grad / grad.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    unit: torch.Tensor = grad / _per_sample_norm(grad)
     return unit
 
 

@@ -19,7 +19,6 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import cast
 
 import torch
 from torch import nn
@@ -170,12 +169,20 @@ def check_layers(task: NetworkTask, allow_zero: bool) -> int:
     return count if layers == 0 else layers
 
 
+def _first_position(task: NetworkTask, layers: int) -> int:
+    """Sequential position where the last ``layers`` Linear layers start; all of them (every Linear
+    layer) means the whole network, a cnn's convolution blocks included."""
+    indices = task.arch.linear_indices
+    return 0 if layers >= len(indices) else indices[-layers]
+
+
 def trainable_from(task: NetworkTask, layers: int) -> list[nn.Parameter]:
     """Freeze everything before the ``layers``-th Linear layer from the end; return the rest.
 
     The returned parameters (that layer and every module after it) have ``requires_grad`` set.
+    With ``layers`` = every Linear layer, that is the whole network (a cnn's Conv2d layers too).
     """
-    start = task.arch.linear_indices[-layers]
+    start = _first_position(task, layers)
     trainable: list[nn.Parameter] = []
     for position, module in enumerate(task.network):
         for parameter in module.parameters():
@@ -186,9 +193,12 @@ def trainable_from(task: NetworkTask, layers: int) -> list[nn.Parameter]:
 
 
 def reinitialize_from(task: NetworkTask, layers: int, generator: torch.Generator) -> None:
-    """Draw fresh PyTorch-default initial values for the last ``layers`` Linear layers."""
-    for index in task.arch.linear_indices[-layers:]:
-        _init_linear(cast(nn.Linear, task.network[index]), generator)
+    """Draw fresh PyTorch-default initial values for the last ``layers`` Linear layers (all of
+    them: every Linear and Conv2d layer)."""
+    start = _first_position(task, layers)
+    for position, module in enumerate(task.network):
+        if position >= start and isinstance(module, (nn.Linear, nn.Conv2d)):
+            _init_linear(module, generator)
 
 
 def random_network(task: NetworkTask, generator: torch.Generator) -> nn.Sequential:
