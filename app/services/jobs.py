@@ -56,7 +56,8 @@ def _spec(body: JobCreate) -> CorrectionSpec:
         raise _invalid(message.split(" ")[0].rstrip(":"), message) from exc
 
 
-def _check_dataset(field: str, dataset: ArtifactRecord, spec: CorrectionSpec, in_features: int) -> None:
+def _check_dataset(field: str, dataset: ArtifactRecord, spec: CorrectionSpec,
+                   in_features: int | None) -> None:
     schema = parse_schema(dataset.dataset_schema)
     column = spec.objective.sensitive_attribute
     if column is not None and column not in schema.sensitive:
@@ -66,6 +67,8 @@ def _check_dataset(field: str, dataset: ArtifactRecord, spec: CorrectionSpec, in
         features = resolve_features(dataset.columns or [], schema)
     except InputError as exc:
         raise _invalid(field, str(exc)) from exc
+    if in_features is None:  # a cnn: the worker checks the images' shape against input_shape
+        return
     widths = {len(features), len(features) + len(schema.sensitive) if schema.features is None else -1}
     if in_features not in widths:
         raise _invalid(field, f"the model takes {in_features} input features but dataset {dataset.id} "
@@ -75,9 +78,10 @@ def _check_dataset(field: str, dataset: ArtifactRecord, spec: CorrectionSpec, in
 def _validate(records: Records, tenant: str, body: JobCreate) -> CorrectionSpec:
     spec = _spec(body)
     model = _artifact(records, tenant, "model_id", "models", body.model_id)
-    in_features = int((model.architecture or {}).get("in_features", 0))
+    arch = parse_arch(model.architecture)
+    in_features = arch.in_features if arch.image_shape is None else None
     try:
-        check_compatibility(spec, len(parse_arch(model.architecture).linear_indices))
+        check_compatibility(spec, len(arch.linear_indices))
     except ValueError as exc:
         first = str(exc).split(" ")[0]
         raise _invalid(first if "." in first else "method", str(exc)) from exc

@@ -107,6 +107,19 @@ def test_shape_mismatch_with_architecture_is_422(client: TestClient, settings: S
     assert store_files(settings.store) == []
 
 
+def test_a_cnn_checkpoint_is_accepted_with_its_architecture(client: TestClient) -> None:
+    arch = {"type": "cnn", "input_shape": [1, 8, 8],
+            "blocks": [{"out_channels": 2, "kernel_size": 3, "padding": 1, "pool": "max", "pool_size": 2}],
+            "hidden": [4], "activation": "relu"}
+    shapes = {"0.weight": [2, 1, 3, 3], "0.bias": [2], "4.weight": [4, 32], "4.bias": [4],
+              "6.weight": [1, 4], "6.bias": [1]}
+    status, body = post_model(client, safetensors_bytes(shapes), arch=arch)
+    assert status == 201, body
+    assert body["architecture"] == arch
+    status, body = post_model(client, safetensors_bytes({**shapes, "0.weight": [2, 1, 5, 5]}), arch=arch)
+    assert (status, body["code"]) == (422, "architecture_mismatch")
+
+
 def test_a_checkpoint_recording_another_architecture_is_422(client: TestClient,
                                                              settings: ServiceSettings) -> None:
     recorded = {"softunlearn": json.dumps({"architecture": {**ARCH, "activation": "tanh"},
