@@ -131,13 +131,18 @@ def test_a_cnn_is_corrected_and_its_checkpoint_runs_in_plain_torch(cnn_example: 
     assert report["model"]["influence_scope"] == ("full" if extra else "last_layer")
 
 
-@pytest.mark.parametrize("method", ["finetune", "gradient_ascent"])
+@pytest.mark.parametrize("method", ["finetune", "gradient_ascent", "retrain_last_k", "scrub", "fisher",
+                                    "bad_teacher"])
 def test_network_methods_run_on_a_cnn(cnn_example: Path, tmp_path: Path, method: str) -> None:
     out = tmp_path / "out"
     code = main(_args(cnn_example, out, "--objective", "demographic_parity", "--no-robust-eval",
                       "--method", method, "--epochs", "2"))
     assert code in (0, 3)
-    assert set(load_file(str(out / "model.safetensors"))) == set(build_model(parse_arch(TINY)).state_dict())
+    after = load_file(str(out / "model.safetensors"))
+    assert set(after) == set(build_model(parse_arch(TINY)).state_dict())
+    if method in ("gradient_ascent", "bad_teacher"):  # all layers: the convolution trains too
+        before = load_file(str(cnn_example / "model.safetensors"))
+        assert not torch.equal(after["0.weight"], before["0.weight"])
 
 
 def test_robustness_with_pgd_l2_on_images(cnn_example: Path, tmp_path: Path) -> None:
