@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
+import uuid
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from starlette.exceptions import StarletteDeprecationWarning
@@ -30,7 +35,12 @@ from workers.settings import ServiceSettings
 __all__ = ["TestClient"]
 
 TEST_REDIS_DB = 9
-REDIS_URL = os.environ.get("SOFTUNLEARN_TEST_REDIS_URL", f"redis://127.0.0.1:6379/{TEST_REDIS_DB}")
+TEST_REDIS_DBS = tuple(range(9, 16))
+"""Databases a test session may take (never DB 0), the preferred one first."""
+SESSION_KEY = "softunlearn-tests:session"
+"""Key in a test database naming the session that holds it; every flush renews its TTL."""
+SESSION_TTL_S = 900
+_SESSION_TOKEN = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 KEY_A = "tenant-a-key-0123456789abcdef"
 KEY_B = "tenant-b-key-0123456789abcdef"
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,10 +51,73 @@ def auth(key: str = KEY_A) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
+def _with_db(url: str, db: int) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{db}"))
+
+
+def _holder_gone(value: bytes | str) -> bool:
+    """Whether a session token names a process of this host that no longer runs."""
+    text = value.decode(errors="replace") if isinstance(value, bytes) else value
+    host, _, rest = text.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another host's session: only its TTL frees the database
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _release(url: str) -> None:
+    try:
+        connection = redis.Redis.from_url(url, socket_timeout=5)
+        if connection.get(SESSION_KEY) == _SESSION_TOKEN.encode():
+            connection.delete(SESSION_KEY)
+    except redis.RedisError:
+        pass
+
+
+@functools.cache
+def session_redis_url() -> str:
+    """The Redis database of this test session, held against other sessions on the same Redis.
+
+    Every test flushes its database (:func:`flush_test_db`), so two sessions on one database
+    (CI jobs side by side, a developer's run during another) wipe each other's queues and jobs
+    mid-test: a job then looks lost to the reconciler. A session therefore takes the first of
+    DB 9–15 (``SOFTUNLEARN_TEST_REDIS_URL``'s first) that no live session holds, marking it with
+    :data:`SESSION_KEY`. With Redis down, the preferred URL is returned unchecked.
+    """
+    base = os.environ.get("SOFTUNLEARN_TEST_REDIS_URL", f"redis://127.0.0.1:6379/{TEST_REDIS_DB}")
+    preferred = int(urlsplit(base).path.strip("/") or 0)
+    candidates = [db for db in (preferred, *TEST_REDIS_DBS) if db != 0]
+    for db in dict.fromkeys(candidates):
+        url = _with_db(base, db)
+        try:
+            connection = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+            taken = connection.set(SESSION_KEY, _SESSION_TOKEN, nx=True, ex=SESSION_TTL_S)
+            if not taken:
+                holder = connection.get(SESSION_KEY)
+                if holder is None or _holder_gone(holder):
+                    connection.set(SESSION_KEY, _SESSION_TOKEN, ex=SESSION_TTL_S)
+                    taken = connection.get(SESSION_KEY) == _SESSION_TOKEN.encode()
+        except redis.RedisError:
+            return base
+        if taken:
+            atexit.register(_release, url)
+            return url
+    raise RuntimeError(f"Redis databases {candidates} are all held by other test sessions "
+                       f"(key {SESSION_KEY!r}); wait for them or set SOFTUNLEARN_TEST_REDIS_URL")
+
+
 def make_settings(store: Path, prefix: str, **overrides: Any) -> ServiceSettings:
     """Settings on the test Redis DB, a private store and queue prefix."""
     values: dict[str, Any] = {
-        "redis_url": REDIS_URL, "store": store, "api_keys": f"acme:{KEY_A},globex:{KEY_B}",
+        "redis_url": overrides.get("redis_url") or session_redis_url(), "store": store,
+        "api_keys": f"acme:{KEY_A},globex:{KEY_B}",
         "queue_prefix": prefix, "job_monitoring_interval_s": 1, "job_timeout_s": 120,
         "requeue_grace_s": 0.0, "reconcile_interval_s": 1.0,
     }
@@ -82,11 +155,14 @@ def worker_process(settings: ServiceSettings, log: Path) -> Iterator[subprocess.
 
 
 def flush_test_db() -> None:
-    """Empty the dedicated test database (never DB 0)."""
-    connection = redis.Redis.from_url(REDIS_URL)
+    """Empty this session's test database (never DB 0), keeping (and renewing) its hold on it."""
+    connection = redis.Redis.from_url(session_redis_url())
     if connection.connection_pool.connection_kwargs.get("db", 0) == 0:
         raise RuntimeError("refusing to flush Redis DB 0")
-    connection.flushdb()
+    with connection.pipeline(transaction=True) as pipeline:  # no instant without the session key
+        pipeline.flushdb()
+        pipeline.set(SESSION_KEY, _SESSION_TOKEN, ex=SESSION_TTL_S)
+        pipeline.execute()
 
 
 def upload_example(client: TestClient, example: ExampleInfo, key: str = KEY_A) -> dict[str, str]:
