@@ -22,7 +22,21 @@ from workers.engine.models.head_model import HeadModel
 from workers.engine.objectives.attacks import attack_inputs, reflect_linear
 from workers.engine.objectives.surrogates import GroupGap
 
-__all__ = ["SplitContext", "SplitEvaluation", "attack_label", "classification_metrics", "evaluate_split"]
+__all__ = ["HARD_METRIC", "SplitContext", "SplitEvaluation", "attack_label", "classification_metrics",
+           "evaluate_split", "headline_metric"]
+
+HARD_METRIC = {
+    "demographic_parity": "demographic_parity_difference",
+    "equal_opportunity": "equal_opportunity_difference",
+    "equalized_odds": "equalized_odds_difference",
+}
+"""The hard-label report metric of each fairness objective (Fairlearn's definitions)."""
+
+
+def headline_metric(objective: str) -> str:
+    """The report metric that says whether ``objective`` improved (robustness: adaptive robust accuracy)."""
+    return HARD_METRIC.get(objective, "robust_accuracy")
+
 
 LOG_EPS = 1e-12
 

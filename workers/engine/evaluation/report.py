@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from workers.engine.config import CorrectionSpec
+from workers.engine.evaluation.metrics import headline_metric
 from workers.engine.weights import WeightResult
 
 if TYPE_CHECKING:
@@ -69,12 +70,6 @@ SURROGATES = {
     "robustness": "the mean log-loss on the audit points under the attack",
 }
 """What the differentiable surrogate of each objective is (the influence is taken on it)."""
-HARD_KEYS = {
-    "demographic_parity": "demographic_parity_difference",
-    "equal_opportunity": "equal_opportunity_difference",
-    "equalized_odds": "equalized_odds_difference",
-    "robustness": "robust_accuracy",
-}
 
 
 def _target_section(spec: CorrectionSpec, state: Tracking, final: Measurement, verdict: Verdict,
@@ -84,7 +79,7 @@ def _target_section(spec: CorrectionSpec, state: Tracking, final: Measurement, v
     robust = spec.objective.metric == "robustness"
     return {
         "metric": spec.objective.metric,
-        "hard_metric": HARD_KEYS[spec.objective.metric],
+        "hard_metric": headline_metric(spec.objective.metric),
         "surrogate": SURROGATES[spec.objective.metric],
         "audit_before": origin.target,
         "audit_goal": sign * state.goal,

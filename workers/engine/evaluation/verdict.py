@@ -28,11 +28,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from workers.engine.config import CorrectionSpec
-from workers.engine.evaluation.metrics import SplitEvaluation, attack_label
+from workers.engine.evaluation.metrics import HARD_METRIC, SplitEvaluation, attack_label, headline_metric
 from workers.engine.evaluation.uncertainty import BootstrapConfig, SplitPredictions, paired_bootstrap
 from workers.engine.io.datasets import Dataset
 from workers.engine.objectives.targets import acceptance_attack
-from workers.engine.unlearning.tracking import HARD_METRIC, Tracking
+from workers.engine.unlearning.tracking import Tracking
 
 __all__ = ["ACCURACY_DROP_WARNING", "OTHER_GAP_WARNING", "Verdict", "assess"]
 
@@ -77,7 +77,7 @@ def _confidence(spec: CorrectionSpec, splits: dict[str, Dataset], sensitive: str
 
 def _significant(spec: CorrectionSpec, interval: dict[str, Any]) -> tuple[bool, str, dict[str, Any] | None]:
     """Whether the target metric's change is a real improvement, the metric, its change CI."""
-    metric = HARD_METRIC.get(spec.objective.metric, "robust_accuracy")
+    metric = headline_metric(spec.objective.metric)
     change = interval.get(metric, {}).get("change")
     if change is None:
         return False, metric, None

@@ -23,7 +23,7 @@ import torch
 
 from workers.engine.config import HEAD_METHODS, CorrectionSpec, GuardConfig
 from workers.engine.errors import InfeasibleError, NumericalError
-from workers.engine.evaluation.metrics import classification_metrics
+from workers.engine.evaluation.metrics import HARD_METRIC, classification_metrics
 from workers.engine.influence.scopes import CorrectionScope
 from workers.engine.io.datasets import Dataset
 from workers.engine.models.head_model import HeadModel
@@ -31,16 +31,8 @@ from workers.engine.objectives.targets import AuditTargets, acceptance_attack
 from workers.engine.progress import StageClock
 from workers.engine.weights import WeightResult, solve_weights
 
-__all__ = ["HARD_METRIC", "Measurement", "Tracking", "guarded_network_step", "measure", "rejection",
+__all__ = ["Measurement", "Tracking", "guarded_network_step", "measure", "rejection",
            "track_head"]
-
-HARD_METRIC = {
-    "demographic_parity": "demographic_parity_difference",
-    "equal_opportunity": "equal_opportunity_difference",
-    "equalized_odds": "equalized_odds_difference",
-}
-"""The hard-label report metric of each fairness objective (Fairlearn's definitions)."""
-
 
 @dataclass(frozen=True)
 class Measurement:
