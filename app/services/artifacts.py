@@ -25,7 +25,12 @@ from workers.engine.errors import InputError
 from workers.engine.io.architecture import parse_arch
 from workers.engine.io.datasets import load_dataset, parse_schema, read_columns
 from workers.engine.io.identity import check_recorded_architecture
-from workers.engine.io.safetensors_header import check_against_arch, read_header_and_metadata, sniff_format
+from workers.engine.io.safetensors_header import (
+    check_against_arch,
+    checkpoint_dtypes,
+    read_header_and_metadata,
+    sniff_format,
+)
 
 __all__ = ["UploadRequest", "create_dataset", "create_model"]
 
@@ -79,7 +84,7 @@ def _check_checkpoint(path: Path, architecture: Any) -> dict[str, Any]:
     except InputError as exc:
         raise _invalid("architecture", str(exc).removeprefix("architecture: ")) from exc
     try:
-        tensors, metadata = read_header_and_metadata(path, "file")
+        tensors, metadata = read_header_and_metadata(path, "file", checkpoint_dtypes(arch))
     except InputError as exc:
         raise _invalid("file", str(exc), "invalid_safetensors") from exc
     try:

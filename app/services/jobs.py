@@ -67,7 +67,7 @@ def _check_dataset(field: str, dataset: ArtifactRecord, spec: CorrectionSpec,
         features = resolve_features(dataset.columns or [], schema)
     except InputError as exc:
         raise _invalid(field, str(exc)) from exc
-    if in_features is None:  # a cnn: the worker checks the images' shape against input_shape
+    if in_features is None:  # images (cnn, resnet): the worker checks the images' shape against input_shape
         return
     widths = {len(features), len(features) + len(schema.sensitive) if schema.features is None else -1}
     if in_features not in widths:
@@ -81,7 +81,7 @@ def _validate(records: Records, tenant: str, body: JobCreate) -> CorrectionSpec:
     arch = parse_arch(model.architecture)
     in_features = arch.in_features if arch.image_shape is None else None
     try:
-        check_compatibility(spec, len(arch.linear_indices))
+        check_compatibility(spec, len(arch.trainable_units), arch.unit_description)
     except ValueError as exc:
         first = str(exc).split(" ")[0]
         raise _invalid(first if "." in first else "method", str(exc)) from exc

@@ -8,9 +8,12 @@ import struct
 from pathlib import Path
 
 import pytest
+from safetensors.torch import save_file
 
 from app.main import create_app
 from tests.app.support import TestClient, auth, make_settings, store_files
+from workers.engine.io.architecture import parse_arch
+from workers.engine.models.training import build_model
 from workers.settings import ServiceSettings
 
 ARCH = {"type": "mlp", "in_features": 3, "hidden": [2], "activation": "relu"}
@@ -120,6 +123,19 @@ def test_a_cnn_checkpoint_is_accepted_with_its_architecture(client: TestClient) 
     assert (status, body["code"]) == (422, "architecture_mismatch")
 
 
+def test_a_torchvision_keyed_resnet_checkpoint_is_accepted(client: TestClient, tmp_path: Path) -> None:
+    arch = {"type": "resnet", "depth": 18, "input_shape": [3, 32, 32], "small_input": True, "base_width": 4}
+    model = build_model(parse_arch(arch))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "r.safetensors"))
+    raw = (tmp_path / "r.safetensors").read_bytes()
+    status, body = post_model(client, raw, arch=arch)
+    assert status == 201, body
+    assert body["architecture"] == arch
+    status, body = post_model(client, raw, arch={**arch, "small_input": False})
+    assert (status, body["code"]) == (422, "architecture_mismatch")
+    assert "conv1.weight" in str(body["detail"])
+
+
 def test_a_checkpoint_recording_another_architecture_is_422(client: TestClient,
                                                              settings: ServiceSettings) -> None:
     recorded = {"softunlearn": json.dumps({"architecture": {**ARCH, "activation": "tanh"},
@@ -147,7 +163,7 @@ def test_over_the_size_cap_is_413(tmp_path: Path) -> None:
             yield b"\r\n--" + boundary + b"--\r\n"
 
         response = client.post("/v1/models", headers={**auth(), "Content-Type":
-                               "multipart/form-data; boundary=xyzzy"}, content=chunks())  # type: ignore[arg-type]
+                               "multipart/form-data; boundary=xyzzy"}, content=chunks())  # type: ignore[arg-type, unused-ignore]
         assert response.status_code == 413
     assert store_files(settings.store) == []
 

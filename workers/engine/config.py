@@ -397,8 +397,9 @@ def spec_from_dict(data: dict[str, Any]) -> CorrectionSpec:
     return _build(CorrectionSpec, data, "spec")
 
 
-def check_compatibility(spec: CorrectionSpec, linear_layers: int) -> None:
-    """Refuse a spec that cannot be applied to an MLP with ``linear_layers`` Linear layers.
+def check_compatibility(spec: CorrectionSpec, linear_layers: int, units: str = "Linear layers") -> None:
+    """Refuse a spec that cannot be applied to a model with ``linear_layers`` trainable units
+    (an MLP's Linear layers; ``units`` names them in messages).
 
     Raises:
         ValueError: naming the field and the reason.
@@ -406,10 +407,10 @@ def check_compatibility(spec: CorrectionSpec, linear_layers: int) -> None:
     method = spec.method
     if method.name == "retrain_last_k" and not 1 <= method.layers <= linear_layers:
         raise ValueError(f"method.layers must be between 1 and {linear_layers} (the model has "
-                         f"{linear_layers} Linear layers) for retrain_last_k; got {method.layers}")
+                         f"{linear_layers} {units}) for retrain_last_k; got {method.layers}")
     if method.name in ("finetune", "fisher") and method.layers > linear_layers:
         raise ValueError(f"method.layers must be at most {linear_layers} (the model has "
-                         f"{linear_layers} Linear layers); got {method.layers}")
+                         f"{linear_layers} {units}); got {method.layers}")
     if method.hessian == "reweighted" and method.name != "newton":
         raise ValueError("method.hessian 'reweighted' applies to method 'newton' only")
     if spec.influence.scope == "full" and method.name == "refit":

@@ -97,7 +97,7 @@ def _make_scope(model: HeadModel, inputs: CorrectionInputs, targets: AuditTarget
 
 def _setup(inputs: CorrectionInputs, spec: CorrectionSpec, device: torch.device) -> _Setup:
     try:
-        check_compatibility(spec, len(inputs.arch.linear_indices))
+        check_compatibility(spec, len(inputs.arch.trainable_units), inputs.arch.unit_description)
     except ValueError as exc:
         raise InputError(str(exc)) from exc
     model = HeadModel.from_state(inputs.arch, inputs.state, device)

@@ -254,7 +254,10 @@ class FullInfluence:
     def to_network(self) -> nn.Module:
         """A float64 copy of the network at the current parameters."""
         network = copy.deepcopy(self.network)
-        network.load_state_dict(flat_to_state(network, self._flat))
+        loaded = network.load_state_dict(flat_to_state(network, self._flat), strict=False)
+        buffers = {name for name, _ in network.named_buffers()}
+        if loaded.unexpected_keys or not set(loaded.missing_keys) <= buffers:  # buffers keep their values
+            raise ValueError(f"parameter vector does not match the network: {loaded}")
         return network
 
     def _unflatten(self, flat: torch.Tensor) -> Params:

@@ -163,4 +163,6 @@ class FullScope:
         """The model at the current parameters, in the checkpoint's dtype."""
         state = flat_to_state(self.engine.network, self.engine.flat_parameters())
         cast = {key: value.to("cpu", self.model.dtype) for key, value in state.items()}
-        return HeadModel.from_state(self.model.arch, cast, self.model.device)
+        # Buffers (a resnet's BatchNorm statistics) are not parameters: they stay the model's.
+        state = {**self.model.state, **self.model.arch.to_external(cast)}
+        return HeadModel.from_state(self.model.arch, state, self.model.device)

@@ -19,6 +19,10 @@ exactly ``Sequential(Conv2d(C, 8, 3, padding=1), Act(), MaxPool2d(2), ..., Flatt
 Linear(F, 32), Act(), Linear(32, 1))``: a block is a stride-1 ``Conv2d``, the activation and,
 unless ``pool`` is ``"none"``, a ``MaxPool2d``/``AvgPool2d(pool_size)``. F is the flattened size
 after the last block. Keys are the Sequential's indices (``0.weight``, ``0.bias``, ``3.weight``, ...).
+
+``{"type": "resnet", "depth": 18, "input_shape": [3, 32, 32]}`` is torchvision's
+``resnet18(num_classes=1)`` (or ``resnet34``) with its state-dict keys; see
+:mod:`workers.engine.io.resnet` for the small-image stem and ``base_width``.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from workers.engine.errors import InputError
+from workers.engine.io.resnet import ResNetLayout, parse_resnet
 
 __all__ = ["ACTIVATIONS", "FAMILIES", "POOLS", "ArchSpec", "ConvBlock", "load_arch", "parse_arch"]
 
@@ -36,7 +41,7 @@ T = TypeVar("T")
 MAX_WIDTH = 65_536
 MAX_DEPTH = 16
 ACTIVATIONS = ("relu", "leaky_relu", "gelu", "silu", "tanh", "sigmoid")
-FAMILIES = ("mlp", "linear_head", "cnn")
+FAMILIES = ("mlp", "linear_head", "cnn", "resnet")
 POOLS = ("max", "avg", "none")
 MAX_BLOCKS = 8
 MAX_CHANNELS = 1024
@@ -71,7 +76,8 @@ class ConvBlock:
 
 @dataclass(frozen=True)
 class ArchSpec:
-    """A binary classifier with one output logit: an MLP, or a bare linear head on embeddings."""
+    """A binary classifier with one output logit: an MLP, a bare linear head on embeddings, a cnn
+    or a torchvision-keyed ResNet."""
 
     in_features: int
     hidden: tuple[int, ...]
@@ -82,6 +88,8 @@ class ArchSpec:
     """``(C, H, W)`` of a cnn's input; ``None`` for the other families."""
     blocks: tuple[ConvBlock, ...] = ()
     """A cnn's convolution blocks, in order."""
+    resnet: ResNetLayout | None = None
+    """A resnet's layout; ``None`` for the other families."""
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -112,6 +120,8 @@ class ArchSpec:
     @property
     def flat_features(self) -> int:
         """Width of the first Linear layer's input (a cnn's flattened last feature map)."""
+        if self.resnet is not None:
+            return self.resnet.feature_width
         if self.image_shape is None:
             return self.in_features
         channels, height, width = (self.feature_maps or [self.image_shape])[-1]
@@ -136,6 +146,8 @@ class ArchSpec:
     @property
     def linear_indices(self) -> list[int]:
         """Sequential indices of the Linear layers (activations, and dropout, sit between them)."""
+        if self.resnet is not None:
+            return [self.resnet.module_names.index("fc")]
         stride = 3 if self.dropout > 0 else 2
         # A cnn's Linear layers follow its blocks and the Flatten.
         start = sum(2 if b.pool == "none" else 3 for b in self.blocks) + (1 if self.family == "cnn" else 0)
@@ -147,12 +159,37 @@ class ArchSpec:
         return self.linear_indices[-1]
 
     @property
+    def head_name(self) -> str:
+        """The engine's module name of the head (``fc`` for a resnet, else its index)."""
+        return "fc" if self.resnet is not None else str(self.head_index)
+
+    @property
+    def trainable_units(self) -> list[int]:
+        """Sequential positions where the units a network method's ``layers`` counts start, from the
+        input: the Linear layers; for a resnet the stem, ``layer1`` … ``layer4`` and ``fc``."""
+        return self.resnet.unit_positions if self.resnet is not None else self.linear_indices
+
+    @property
+    def unit_description(self) -> str:
+        """What :attr:`trainable_units` are, for messages."""
+        if self.resnet is not None:
+            return "trainable units (stem, layer1, layer2, layer3, layer4, fc)"
+        return "Linear layers"
+
+    def counter_keys(self) -> list[str]:
+        """Integer bookkeeping tensors a checkpoint may carry beside :meth:`expected_shapes` (a
+        resnet's BatchNorm ``num_batches_tracked``); they never change the outputs."""
+        return self.resnet.counter_keys() if self.resnet is not None else []
+
+    @property
     def head_in_features(self) -> int:
         """Width of the features the head sees."""
         return self.hidden[-1] if self.hidden else self.flat_features
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
-        """State-dict key (the user's) -> tensor shape."""
+        """State-dict key (the user's) -> tensor shape (floating tensors)."""
+        if self.resnet is not None:
+            return self.resnet.expected_shapes()
         widths = [self.flat_features, *self.hidden, 1]
         shapes: dict[str, tuple[int, ...]] = {}
         channels = self.image_shape[0] if self.image_shape is not None else 0
@@ -167,7 +204,9 @@ class ArchSpec:
         return shapes
 
     def parameter_count(self) -> int:
-        """Number of scalar parameters."""
+        """Number of scalar parameters (a resnet's running statistics excluded)."""
+        if self.resnet is not None:
+            return self.resnet.parameter_count()
         total = 0
         for shape in self.expected_shapes().values():
             count = 1
@@ -180,6 +219,8 @@ class ArchSpec:
         """The JSON form of PRODUCT.md."""
         if self.family == "linear_head":
             return {"type": "linear_head", "in_features": self.in_features}
+        if self.resnet is not None:
+            return self.resnet.to_dict()
         if self.family == "cnn":
             return {"type": "cnn", "input_shape": list(self.input_shape),
                     "blocks": [block.to_dict() for block in self.blocks], "hidden": list(self.hidden),
@@ -281,6 +322,11 @@ def parse_arch(data: Any) -> ArchSpec:
         raise InputError("architecture must be a JSON object like "
                          '{"type": "mlp", "in_features": 10, "hidden": [32], "activation": "relu"}')
     family = data.get("type")
+    if family == "resnet":
+        layout = parse_resnet(data)
+        channels, height, width = layout.input_shape
+        return ArchSpec(in_features=channels * height * width, hidden=(), family="resnet",
+                        image_shape=layout.input_shape, resnet=layout)
     if family not in FAMILIES:
         raise InputError(f"architecture: type must be one of {', '.join(FAMILIES)}; got {family!r}")
     allowed = {"linear_head": {"type", "in_features"},

@@ -14,7 +14,11 @@ from safetensors.torch import load_file, save_file
 from workers.engine.errors import CheckpointError
 from workers.engine.io.architecture import ArchSpec
 from workers.engine.io.identity import check_recorded_architecture
-from workers.engine.io.safetensors_header import check_against_arch, read_header_and_metadata
+from workers.engine.io.safetensors_header import (
+    check_against_arch,
+    checkpoint_dtypes,
+    read_header_and_metadata,
+)
 
 __all__ = ["Checkpoint", "load_checkpoint", "read_checkpoint", "save_checkpoint"]
 
@@ -63,16 +67,17 @@ def read_checkpoint(path: str | Path, arch: ArchSpec) -> Checkpoint:
             "and are refused without being loaded; save the state dict with "
             "safetensors.torch.save_file(model.state_dict(), 'model.safetensors')"
         )
-    header, metadata = read_header_and_metadata(path)
+    header, metadata = read_header_and_metadata(path, dtypes=checkpoint_dtypes(arch))
     check_against_arch(header, arch)
     check_recorded_architecture(metadata, arch)
-    dtypes = {info.dtype for info in header.values()}
-    if len(dtypes) != 1:
-        raise CheckpointError(f"checkpoint mixes dtypes {sorted(dtypes)}; use one floating dtype")
     state = load_file(str(path), device="cpu")
     for key, tensor in state.items():
         if not torch.isfinite(tensor).all():
             raise CheckpointError(f"checkpoint tensor {key!r} contains NaN or Inf")
+    # A state dict saved without BatchNorm's counters loads into torch as if they were 0; the
+    # corrected checkpoint carries them either way, so its keys are torchvision's.
+    for key in arch.counter_keys():
+        state.setdefault(key, torch.tensor(0, dtype=torch.int64))
     return Checkpoint(state=state, metadata=metadata, sha256=_sha256(path))
 
 

@@ -68,15 +68,16 @@ def _check_width(data: Dataset, arch: ArchSpec) -> Dataset:
         if data.features.ndim != 4 or tuple(data.features.shape[1:]) != arch.image_shape:
             what = (f"images of shape {list(data.features.shape[1:])}" if data.features.ndim == 4
                     else f"{data.features.shape[1]} feature columns")
-            raise DatasetError(f"{data.name}: the cnn takes [n, {', '.join(map(str, arch.image_shape))}] "
+            shape = ", ".join(map(str, arch.image_shape))
+            raise DatasetError(f"{data.name}: the {arch.family} takes [n, {shape}] "
                                f"images (architecture.input_shape) but the data has {what}; write x as a "
                                "[n, C, H, W] tensor dataset (safetensors) of that shape, or fix input_shape")
         return data
     if data.features.ndim != 2:
         raise DatasetError(f"{data.name}: the features are images of shape {list(data.features.shape[1:])}; "
                            f"a {arch.family} takes [n, {arch.in_features}] features: flatten x to "
-                           "[n, C·H·W], use a cnn architecture, or export embeddings for a "
-                           "linear_head (resnet architectures are not available yet)")
+                           "[n, C·H·W], use a cnn or resnet architecture, or export embeddings for a "
+                           "linear_head")
     if data.features.shape[1] != arch.in_features:
         raise DatasetError(f"{data.name}: the model takes {arch.in_features} input features but the data "
                            f"has {data.features.shape[1]}; name the feature columns (schema 'features')")

@@ -22,6 +22,7 @@ __all__ = [
     "ALLOWED_DTYPES",
     "TensorInfo",
     "check_against_arch",
+    "checkpoint_dtypes",
     "read_header",
     "read_header_and_metadata",
     "sniff_format",
@@ -157,6 +158,12 @@ def read_header_and_metadata(source: str | Path | BinaryIO, name: str | None = N
     return _parse(source.read(size), total - 8 - size, dtypes)
 
 
+def checkpoint_dtypes(arch: ArchSpec) -> dict[str, int]:
+    """Tensor dtypes a checkpoint of ``arch`` may hold: the floating ones, and int64 where the
+    family has BatchNorm counters (:meth:`ArchSpec.counter_keys`)."""
+    return {**ALLOWED_DTYPES, "I64": 8} if arch.counter_keys() else ALLOWED_DTYPES
+
+
 def check_against_arch(tensors: dict[str, TensorInfo], arch: ArchSpec) -> None:
     """Check tensor names and shapes against the architecture.
 
@@ -164,9 +171,19 @@ def check_against_arch(tensors: dict[str, TensorInfo], arch: ArchSpec) -> None:
         CheckpointError: listing missing, unexpected and mis-shaped tensors.
     """
     expected = arch.expected_shapes()
+    counters = set(arch.counter_keys())
     problems = []
     missing = sorted(set(expected) - set(tensors))
-    extra = sorted(set(tensors) - set(expected))
+    extra = sorted(set(tensors) - set(expected) - counters)
+    for key in sorted(counters & set(tensors)):
+        if tensors[key].dtype != "I64" or tensors[key].shape != ():
+            problems.append(f"{key} must be an int64 scalar (BatchNorm's batch counter)")
+    floating = {info.dtype for key, info in tensors.items() if key not in counters}
+    if "I64" in floating:
+        problems.append("only BatchNorm num_batches_tracked counters may be int64; the weights need a "
+                        "floating dtype")
+    elif len(floating) > 1:
+        problems.append(f"checkpoint mixes dtypes {sorted(floating)}; use one floating dtype")
     if missing:
         problems.append(f"missing tensors {missing}")
     if extra:

@@ -17,9 +17,14 @@ from torch import nn
 from workers.engine.io.architecture import ArchSpec
 from workers.engine.models.training import build_model
 
-__all__ = ["HeadModel", "pick_device"]
+__all__ = ["HeadModel", "floating_dtype", "pick_device"]
 
 EXTRACT_BATCH = 65_536
+
+
+def floating_dtype(state: dict[str, torch.Tensor]) -> torch.dtype:
+    """The dtype of the weights (a resnet's int64 BatchNorm counters aside)."""
+    return next(value.dtype for value in state.values() if value.is_floating_point())
 
 
 def pick_device(requested: str | None = None) -> torch.device:
@@ -45,7 +50,7 @@ class HeadModel:
         ``state`` may be keyed as the user's checkpoint or as the engine's Sequential; the model
         keeps it keyed as the user's (:meth:`ArchSpec.external_key`).
         """
-        network = build_model(arch).to(dtype=next(iter(state.values())).dtype)
+        network = build_model(arch).to(dtype=floating_dtype(state))
         network.load_state_dict(arch.to_internal(state), strict=True)
         network.to(device).eval()
         for parameter in network.parameters():
@@ -55,7 +60,7 @@ class HeadModel:
     @property
     def dtype(self) -> torch.dtype:
         """The checkpoint's floating dtype."""
-        return next(iter(self.state.values())).dtype
+        return floating_dtype(self.state)
 
     @property
     def extractor(self) -> nn.Sequential:
@@ -88,8 +93,8 @@ class HeadModel:
         d = self.arch.head_in_features
         state = dict(self.state)
         key = self.arch.external_key
-        state[key(f"{self.arch.head_index}.weight")] = theta[:d].reshape(1, d).to("cpu", self.dtype).clone()
-        state[key(f"{self.arch.head_index}.bias")] = theta[d:].reshape(1).to("cpu", self.dtype).clone()
+        state[key(f"{self.arch.head_name}.weight")] = theta[:d].reshape(1, d).to("cpu", self.dtype).clone()
+        state[key(f"{self.arch.head_name}.bias")] = theta[d:].reshape(1).to("cpu", self.dtype).clone()
         return HeadModel.from_state(self.arch, state, self.device)
 
     def logits(self, features: np.ndarray) -> torch.Tensor:

@@ -16,8 +16,9 @@ import torch
 from torch import nn
 
 from workers.engine.io.architecture import ArchSpec
+from workers.engine.models.resnet import build_resnet, freeze_batch_norm, init_resnet
 
-__all__ = ["build_model", "train_mlp"]
+__all__ = ["build_model", "correction_mode", "train_mlp"]
 
 
 ACTIVATION_MODULES: dict[str, type[nn.Module]] = {
@@ -31,7 +32,7 @@ POOL_MODULES: dict[str, type[nn.MaxPool2d] | type[nn.AvgPool2d]] = {"max": nn.Ma
 
 def _conv_layers(arch: ArchSpec) -> list[nn.Module]:
     """A cnn's ``Conv2d, Act, [Pool]`` blocks and the ``Flatten`` (nothing for the other families)."""
-    if arch.image_shape is None:
+    if arch.image_shape is None or arch.resnet is not None:
         return []
     layers: list[nn.Module] = []
     channels = arch.image_shape[0]
@@ -46,7 +47,10 @@ def _conv_layers(arch: ArchSpec) -> list[nn.Module]:
 
 def build_model(arch: ArchSpec) -> nn.Sequential:
     """``Sequential(Linear(D, h1), Act(), [Dropout(p),] ..., Linear(hk, 1))`` for ``arch`` (float32);
-    a cnn's convolution blocks and ``Flatten`` come first."""
+    a cnn's convolution blocks and ``Flatten`` come first; a resnet is torchvision's network as a
+    named ``Sequential`` (:mod:`workers.engine.models.resnet`)."""
+    if arch.resnet is not None:
+        return build_resnet(arch.resnet)
     widths = [arch.flat_features, *arch.hidden]
     layers: list[nn.Module] = _conv_layers(arch)
     for width_in, width_out in itertools.pairwise(widths):
@@ -70,10 +74,20 @@ def _init_linear(layer: nn.Linear | nn.Conv2d, generator: torch.Generator) -> No
 def _seeded_model(arch: ArchSpec, generator: torch.Generator) -> nn.Sequential:
     """A freshly built model whose parameters come only from ``generator``."""
     model = build_model(arch)
+    if arch.resnet is not None:
+        init_resnet(model, generator)
+        return model
     for module in model:
         if isinstance(module, (nn.Linear, nn.Conv2d)):
             _init_linear(module, generator)
     return model
+
+
+def correction_mode(network: nn.Module) -> nn.Module:
+    """``network`` set up for a correction's gradient steps: training mode (dropout active) with
+    every BatchNorm frozen in eval mode, so running statistics are used and never updated."""
+    network.train()
+    return freeze_batch_norm(network)
 
 
 def _as_tensors(

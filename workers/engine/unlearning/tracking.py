@@ -285,7 +285,7 @@ def guarded_network_step(scope: CorrectionScope, train: Dataset, spec: Correctio
         for parameter in trainable.parameters():
             parameter.requires_grad_(True)
         task = NetworkTask(
-            arch=model.arch, network=trainable.train(), original=model.network,
+            arch=model.arch, network=trainable, original=model.network,
             features=torch.as_tensor(train.features, device=model.device, dtype=model.dtype),
             labels=torch.as_tensor(train.labels, device=model.device, dtype=model.dtype),
             eps=torch.from_numpy(result.eps).to(model.device), config=spec.method, seed=spec.seed)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from workers.engine.models.training import correction_mode
 from workers.engine.unlearning.methods.base import MethodOutcome, NetworkTask
 from workers.engine.unlearning.methods.common import (
     LossFn,
@@ -74,8 +75,8 @@ def apply(task: NetworkTask) -> MethodOutcome:
     generator = make_generator(task.seed)
     loss = _mixture_loss(task, generator)
     rows = WeightedRows.build(task.retained + task.removal, task.features.dtype)
-    trainer = Trainer(task, trainable_from(task, len(task.arch.linear_indices)), generator)
-    task.network.train()
+    trainer = Trainer(task, trainable_from(task, len(task.arch.trainable_units)), generator)
+    correction_mode(task.network)
     last = 0.0
     for _ in range(task.config.epochs):
         last = trainer.epoch(rows, loss)

@@ -25,7 +25,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from workers.engine.errors import NonFiniteError, NumericalError
-from workers.engine.models.training import _init_linear, _seeded_model
+from workers.engine.models.resnet import init_resnet
+from workers.engine.models.training import _init_linear, _seeded_model, correction_mode
 from workers.engine.unlearning.methods.base import MethodOutcome, NetworkTask
 
 __all__ = [
@@ -160,19 +161,19 @@ def check_layers(task: NetworkTask, allow_zero: bool) -> int:
     Raises:
         ValueError: naming ``method.layers`` when it does not fit the architecture.
     """
-    count = len(task.arch.linear_indices)
+    count = len(task.arch.trainable_units)
     layers = task.config.layers
     low = 0 if allow_zero else 1
     if not low <= layers <= count:
         raise ValueError(f"method.layers must be between {low} and {count} (the model has {count} "
-                         f"Linear layers) for {task.config.name}; got {layers}")
+                         f"{task.arch.unit_description}) for {task.config.name}; got {layers}")
     return count if layers == 0 else layers
 
 
 def _first_position(task: NetworkTask, layers: int) -> int:
     """Sequential position where the last ``layers`` Linear layers start; all of them (every Linear
     layer) means the whole network, a cnn's convolution blocks included."""
-    indices = task.arch.linear_indices
+    indices = task.arch.trainable_units
     return 0 if layers >= len(indices) else indices[-layers]
 
 
@@ -197,7 +198,11 @@ def reinitialize_from(task: NetworkTask, layers: int, generator: torch.Generator
     them: every Linear and Conv2d layer)."""
     start = _first_position(task, layers)
     for position, module in enumerate(task.network):
-        if position >= start and isinstance(module, (nn.Linear, nn.Conv2d)):
+        if position < start:
+            continue
+        if task.arch.resnet is not None:
+            init_resnet(module, generator)
+        elif isinstance(module, (nn.Linear, nn.Conv2d)):
             _init_linear(module, generator)
 
 
@@ -306,7 +311,7 @@ def fit_retained(task: NetworkTask, layers: int, generator: torch.Generator) -> 
     """
     rows = WeightedRows.build(task.retained, task.features.dtype)
     trainer = Trainer(task, trainable_from(task, layers), generator)
-    task.network.train()
+    correction_mode(task.network)
     loss = weighted_task_loss(task)
     last = 0.0
     for _ in range(task.config.epochs):

@@ -11,6 +11,7 @@ is the configured one, and a NaN/Inf loss or parameter stops the method with Non
 
 from __future__ import annotations
 
+from workers.engine.models.training import correction_mode
 from workers.engine.unlearning.methods.base import MethodOutcome, NetworkTask
 from workers.engine.unlearning.methods.common import (
     Trainer,
@@ -40,9 +41,9 @@ def apply(task: NetworkTask) -> MethodOutcome:
     coefficient = task.eps + task.config.alpha * task.retained
     rows = WeightedRows.build(coefficient, task.features.dtype)
     generator = make_generator(task.seed)
-    trainer = Trainer(task, trainable_from(task, len(task.arch.linear_indices)), generator)
+    trainer = Trainer(task, trainable_from(task, len(task.arch.trainable_units)), generator)
     loss = weighted_task_loss(task)
-    task.network.train()
+    correction_mode(task.network)
     last = 0.0
     for _ in range(task.config.epochs):
         last = trainer.epoch(rows, loss)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from workers.engine.models.training import correction_mode
 from workers.engine.unlearning.methods.base import MethodOutcome, NetworkTask
 from workers.engine.unlearning.methods.common import (
     LossFn,
@@ -67,9 +68,9 @@ def apply(task: NetworkTask) -> MethodOutcome:
     if forget is None:
         notes.append("no sample has removal mass rᵢ > 0: max-steps skipped")
     generator = make_generator(task.seed)
-    trainer = Trainer(task, trainable_from(task, len(task.arch.linear_indices)), generator)
+    trainer = Trainer(task, trainable_from(task, len(task.arch.trainable_units)), generator)
     max_step, min_step = _losses(task)
-    task.network.train()
+    correction_mode(task.network)
     diagnostics: dict[str, float] = {}
     for epoch in range(config.epochs):
         if forget is not None and epoch < config.max_epochs:
