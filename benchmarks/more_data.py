@@ -1,7 +1,7 @@
 """Two more benchmark data sets, COMPAS and German credit, built like the shipped examples.
 
 The raw files are vendored under ``benchmarks/data/`` (see ``SOURCES.md`` there; nothing is
-downloaded). Preprocessing follows ``workers/engine/examples.py`` and reuses its encoder: one-hot
+downloaded). Preprocessing follows ``workers/engine/examples/tabular.py`` and reuses its encoder: one-hot
 categoricals and standardized numerics fitted on the training split, a stratified 60/20/20
 train/audit/eval split (label × sensitive group) and the baseline 64-32 ReLU MLP trained with a
 fixed seed. The examples are built in memory (no parquet files); the result is the same
@@ -31,9 +31,9 @@ import pandas as pd
 import torch
 
 from benchmarks.engine_runs import Example, prepare_example
-from workers.engine.examples import (
+from workers.engine.examples import ExampleInfo
+from workers.engine.examples.tabular import (
     HIDDEN,
-    ExampleInfo,
     TrainSettings,
     _fit_encoder,
     _model_ready,

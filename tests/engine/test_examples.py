@@ -131,7 +131,7 @@ def test_failure_leaves_nothing_behind(tmp_path: Path) -> None:
 
 
 def test_unknown_example_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="adult or bank"):
+    with pytest.raises(InputError, match="adult, bank, colored-mnist"):
         build_example("compas", tmp_path / "x")  # type: ignore[arg-type]
 
 

@@ -22,8 +22,9 @@ EXIT_TARGET_MISSED = 3
 
 
 def _add_example(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser("example", help="build a ready-to-correct example from real UCI data")
-    parser.add_argument("name", choices=("adult", "bank"))
+    parser = sub.add_parser("example", help="build a ready-to-correct example from real data (UCI tables, "
+                            "MNIST images)")
+    parser.add_argument("name", choices=("adult", "bank", "colored-mnist"))
     parser.add_argument("--out", required=True, type=Path, help="directory to create")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="replace files in a non-empty --out")
@@ -46,7 +47,8 @@ def _add_correct(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     io.add_argument("--features", help="comma-separated feature columns (default: all others)")
     io.add_argument("--out", required=True, type=Path, help="output directory")
     target = parser.add_argument_group("target")
-    target.add_argument("--objective", required=True, choices=get_args(Metric))
+    target.add_argument("--objective", choices=get_args(Metric),
+                        help="the target (required unless --spec sets objective.metric)")
     target.add_argument("--reduction", type=float, help="fraction ρ of the audit target to remove")
     target.add_argument("--utility-tolerance", type=float, help="allowed predicted log-loss increase τ")
     target.add_argument("--privileged-group", help="orient the gap as this group minus the rest")
@@ -122,6 +124,10 @@ def spec_from_args(args: argparse.Namespace) -> CorrectionSpec:
         _set(tree, path, getattr(args, flag))
     if args.no_robust_eval:
         _set(tree, "evaluation.robustness", False)
+    objective = tree.get("objective")
+    if not isinstance(objective, dict) or "metric" not in objective:
+        raise ValueError("no objective: pass --objective (demographic_parity, equal_opportunity, "
+                         "equalized_odds or robustness) or set objective.metric in --spec")
     return spec_from_dict(tree)
 
 

@@ -1,4 +1,4 @@
-"""Ready-to-correct examples built from the vendored UCI data (``softunlearn example adult|bank``).
+"""The tabular examples, built from the vendored UCI data (``softunlearn example adult|bank``).
 
 An example directory holds ``train.parquet``, ``audit.parquet``, ``eval.parquet`` (model-ready
 float64 features, then the 0/1 label, the sensitive column as strings, and ``reference_logits``,
@@ -15,12 +15,8 @@ downloaded; the data are the gzip files in ``workers/engine/vendor`` (see ``SOUR
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -32,17 +28,17 @@ import torch
 from safetensors.torch import save_file
 
 from workers.engine.errors import InputError
+from workers.engine.examples.common import ExampleInfo, Progress
 from workers.engine.io.architecture import ArchSpec
 from workers.engine.io.datasets import REFERENCE_COLUMN
 from workers.engine.io.identity import checkpoint_metadata
 from workers.engine.models.training import train_mlp
 
-__all__ = ["EXAMPLE_FILES", "ExampleInfo", "ExampleName", "build_example"]
+__all__ = ["EXAMPLE_FILES", "SETTINGS", "TabularName", "TrainSettings", "build_tabular_into"]
 
-ExampleName = Literal["adult", "bank"]
-Progress = Callable[[str], None]
+TabularName = Literal["adult", "bank"]
 
-VENDOR = Path(__file__).resolve().parent / "vendor"
+VENDOR = Path(__file__).resolve().parents[1] / "vendor"
 EXAMPLE_FILES = ("train.parquet", "audit.parquet", "eval.parquet", "model.safetensors",
                  "arch.json", "schema.json", "README.md", "ATTRIBUTION")
 HIDDEN = (64, 32)
@@ -71,23 +67,6 @@ class TrainSettings:
     batch_size: int
     lr: float
     weight_decay: float
-
-
-@dataclass(frozen=True)
-class ExampleInfo:
-    """What :func:`build_example` wrote and how good the baseline model is."""
-
-    name: str
-    out_dir: Path
-    paths: dict[str, Path]
-    label: str
-    sensitive: tuple[str, ...]
-    n_train: int
-    n_audit: int
-    n_eval: int
-    in_features: int
-    eval_accuracy: float
-    train_seconds: float
 
 
 @dataclass(frozen=True)
@@ -313,32 +292,12 @@ def _attribution(citation: str) -> str:
             "described in README.md.\n")
 
 
-def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
-    """Refuse a non-empty ``out_dir`` unless ``overwrite``; create its parent."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"--out {out_dir} exists and is not a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise InputError(f"--out {out_dir} exists and is not empty; choose a new directory or "
-                         "pass overwrite=True (--overwrite)")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-
-
-def _publish(staging: Path, out_dir: Path) -> None:
-    """Move the finished files into ``out_dir`` (a single rename when it does not exist yet)."""
-    if not out_dir.exists():
-        os.replace(staging, out_dir)
-        return
-    for name in EXAMPLE_FILES:
-        os.replace(staging / name, out_dir / name)
-    shutil.rmtree(staging, ignore_errors=True)
-
-
 # ---------------------------------------------------------------------------------------------
 # Entry point
 
 
-def _build_into(name: ExampleName, staging: Path, seed: int, say: Progress) -> ExampleInfo:
-    """Every file of the example, written into ``staging``."""
+def build_tabular_into(name: TabularName, staging: Path, seed: int, say: Progress) -> ExampleInfo:
+    """Every file of the tabular example ``name``, written into ``staging``."""
     say(f"{name}: reading and splitting the vendored UCI data")
     splits = _adult_splits(seed) if name == "adult" else _bank_splits(seed)
     encoder = _fit_encoder(splits.train, splits.numeric, splits.categorical)
@@ -368,37 +327,3 @@ def _build_into(name: ExampleName, staging: Path, seed: int, say: Progress) -> E
                        sensitive=(splits.sensitive,), n_train=len(frames["train"]),
                        n_audit=len(frames["audit"]), n_eval=len(frames["eval"]),
                        in_features=arch.in_features, eval_accuracy=accuracy, train_seconds=seconds)
-
-
-def build_example(
-    name: ExampleName,
-    out_dir: Path,
-    seed: int = 0,
-    progress: Progress | None = None,
-    *,
-    overwrite: bool = False,
-) -> ExampleInfo:
-    """Write the ready-to-correct example ``name`` ("adult" or "bank") into ``out_dir``.
-
-    The files are built in a temporary directory beside ``out_dir`` and moved in only when all
-    of them are written, so a failure leaves no half example. The same seed gives the same
-    splits and a byte-identical ``model.safetensors`` (on the same machine and torch build).
-
-    Raises:
-        InputError: unknown example name, or ``out_dir`` is not empty and ``overwrite`` is false.
-    """
-    if name not in ("adult", "bank"):
-        raise InputError(f"unknown example {name!r}; choose adult or bank")
-    out_dir = Path(out_dir)
-    _prepare_out_dir(out_dir, overwrite)
-    say: Progress = progress or (lambda _message: None)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
-    try:
-        built = _build_into(name, staging, seed, say)
-        _publish(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    paths = {file: out_dir / file for file in EXAMPLE_FILES}
-    say(f"{name}: example written to {out_dir}")
-    return replace(built, out_dir=out_dir, paths=paths)
