@@ -29,6 +29,12 @@ def bank_example(tmp_path_factory: pytest.TempPathFactory) -> ExampleInfo:
     return build_example("bank", tmp_path_factory.mktemp("examples") / "bank", seed=0)
 
 
+@pytest.fixture(scope="session")
+def colored_mnist_example(tmp_path_factory: pytest.TempPathFactory) -> ExampleInfo:
+    """The colored-mnist image example (seed 0)."""
+    return build_example("colored-mnist", tmp_path_factory.mktemp("examples") / "colored-mnist", seed=0)
+
+
 def run_correct(args: list[str], out: Path) -> dict[str, Any]:
     """Run ``softunlearn correct``; its exit code must say what the report's ``target_met`` says
     (0 met, 3 missed). Returns the report."""

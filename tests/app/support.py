@@ -166,7 +166,7 @@ def flush_test_db() -> None:
 
 
 def upload_example(client: TestClient, example: ExampleInfo, key: str = KEY_A) -> dict[str, str]:
-    """Upload the example's model and three splits; returns their ids."""
+    """Upload the example's model and three splits (Parquet, or tensor datasets); returns their ids."""
     d = example.out_dir
     arch = (d / "arch.json").read_text()
     schema = (d / "schema.json").read_text()
@@ -177,9 +177,11 @@ def upload_example(client: TestClient, example: ExampleInfo, key: str = KEY_A) -
     assert response.status_code == 201, response.text
     ids["model_id"] = response.json()["id"]
     for split in ("train", "audit", "eval"):
-        with open(d / f"{split}.parquet", "rb") as handle:
+        path = next(d / f"{split}{suffix}" for suffix in (".parquet", ".safetensors")
+                    if (d / f"{split}{suffix}").exists())
+        with open(path, "rb") as handle:
             response = client.post("/v1/datasets", headers=auth(key), data={"schema": schema},
-                                   files={"file": (f"{split}.parquet", handle)})
+                                   files={"file": (path.name, handle)})
         assert response.status_code == 201, response.text
         ids[f"{split}_dataset_id"] = response.json()["id"]
     return ids

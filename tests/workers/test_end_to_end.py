@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from tests.app.support import ROOT, TestClient, auth, job_body, upload_example, worker_process
+from tests.app.support import ROOT, TestClient, auth, job_body, upload_example, wait_for, worker_process
+from tests.engine.examples.test_colored_mnist import assert_gap_cut
 from workers.engine.examples import ExampleInfo
 from workers.settings import ServiceSettings
 
@@ -72,3 +73,20 @@ def test_correction_over_http_matches_the_cli(client: TestClient, settings: Serv
     reference = cli_report(adult_example, spec, tmp_path / "cli")
     for key in COMPARED:
         assert report[key] == reference[key], key
+
+
+def test_the_image_example_is_corrected_through_the_service(client: TestClient, settings: ServiceSettings,
+                                                           colored_mnist_example: ExampleInfo,
+                                                           tmp_path: Path) -> None:
+    ids = upload_example(client, colored_mnist_example)
+    spec = json.loads((colored_mnist_example.out_dir / "spec.json").read_text())
+    with worker_process(settings, tmp_path / "worker.log"):
+        job = client.post("/v1/jobs", headers=auth(), json={**ids, **spec}).json()
+        job = wait_for(client, job["id"], ("succeeded", "failed", "canceled"), timeout=300)
+    assert job["status"] == "succeeded", (job, (tmp_path / "worker.log").read_text()[-3000:])
+    model = client.get(f"/v1/jobs/{job['id']}/model", headers=auth())
+    (tmp_path / "corrected.safetensors").write_bytes(model.content)
+    report = client.get(f"/v1/jobs/{job['id']}/report", headers=auth()).json()
+    assert report["target_met"] is True
+    assert_gap_cut(colored_mnist_example, load_file(tmp_path / "corrected.safetensors"), report,
+                   "demographic_parity")
