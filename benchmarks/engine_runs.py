@@ -12,7 +12,9 @@ from typing import Any
 import numpy as np
 
 from workers.engine.config import CorrectionSpec, spec_from_dict
-from workers.engine.examples import SETTINGS, ExampleInfo, ExampleName, TrainSettings, build_example
+from workers.engine.examples.builder import ExampleName, build_example
+from workers.engine.examples.common import ExampleInfo
+from workers.engine.examples.tabular import SETTINGS, TrainSettings
 from workers.engine.io.architecture import load_arch
 from workers.engine.io.datasets import Dataset, load_schema
 from workers.engine.pipeline import CorrectionInputs, CorrectionResult, load_inputs, run_correction

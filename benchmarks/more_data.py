@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 from benchmarks.engine_runs import Example, prepare_example
-from workers.engine.examples import ExampleInfo
+from workers.engine.examples.common import ExampleInfo
 from workers.engine.examples.tabular import (
     HIDDEN,
     TrainSettings,

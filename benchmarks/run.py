@@ -38,7 +38,7 @@ from benchmarks.table import (
     row_from_metrics,
 )
 from benchmarks.variants import TABLES, Table, Variant, method_available, select
-from workers.engine.examples import ExampleName
+from workers.engine.examples.builder import ExampleName
 
 __all__ = ["main", "run_dataset"]
 

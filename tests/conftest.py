@@ -13,7 +13,8 @@ import pytest
 
 from app.main import create_app
 from tests.app.support import TestClient, flush_test_db, make_settings
-from workers.engine.examples import ExampleInfo, build_example
+from workers.engine.examples.builder import build_example
+from workers.engine.examples.common import ExampleInfo
 from workers.settings import ServiceSettings
 
 

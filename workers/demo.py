@@ -167,7 +167,7 @@ def _run(client: SoftUnlearnClient, example: Path, out: Path) -> int:
 
 def run_demo(out: Path | None = None, seed: int = 0) -> int:
     """Run the demo; returns the exit code."""
-    from workers.engine.examples import build_example
+    from workers.engine.examples.builder import build_example
 
     workdir = Path(tempfile.mkdtemp(prefix="softunlearn-demo-"))
     out = out or workdir / "results"

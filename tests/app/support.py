@@ -29,7 +29,7 @@ with warnings.catch_warnings():
 
 from models_store import LocalStore, Records
 from workers.demo import stop_process
-from workers.engine.examples import ExampleInfo
+from workers.engine.examples.common import ExampleInfo
 from workers.settings import ServiceSettings
 
 __all__ = ["TestClient"]

@@ -9,7 +9,7 @@ import pytest
 from app.main import create_app
 from app.security import KeyRing, hash_key
 from tests.app.support import KEY_B, TestClient, auth, job_body, upload_example
-from workers.engine.examples import ExampleInfo
+from workers.engine.examples.common import ExampleInfo
 from workers.settings import ServiceSettings
 
 PUBLIC = {"/healthz", "/readyz", "/metrics"}

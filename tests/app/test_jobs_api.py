@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.app.support import TestClient, auth, job_body, upload_example
-from workers.engine.examples import ExampleInfo
+from workers.engine.examples.common import ExampleInfo
 
 
 @pytest.fixture

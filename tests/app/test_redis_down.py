@@ -8,7 +8,7 @@ from pathlib import Path
 
 from app.main import create_app
 from tests.app.support import TestClient, auth, job_body, make_settings, upload_example
-from workers.engine.examples import ExampleInfo
+from workers.engine.examples.common import ExampleInfo
 
 
 def _closed_port() -> int:

@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import example_args
 from workers.cli.main import main
-from workers.engine.examples import ExampleInfo
+from workers.engine.examples.common import ExampleInfo
 
 
 class _Payload:

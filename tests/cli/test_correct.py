@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from tests.conftest import example_args, run_correct
 from workers.cli.main import main
-from workers.engine.examples import ExampleInfo
+from workers.engine.examples.common import ExampleInfo
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from workers.engine.errors import InputError
-from workers.engine.examples import EXAMPLE_FILES, ExampleInfo, build_example
+from workers.engine.examples.builder import EXAMPLE_FILES, build_example
+from workers.engine.examples.common import ExampleInfo
 from workers.engine.io.architecture import ArchSpec, load_arch, parse_arch
 from workers.engine.io.datasets import load_dataset, parse_schema
 from workers.engine.models.training import build_model, train_mlp

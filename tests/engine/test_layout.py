@@ -12,12 +12,12 @@ from pathlib import Path
 ENGINE = Path(__file__).resolve().parents[2] / "workers" / "engine"
 ROOT_PACKAGE = "workers.engine"
 
-TOP_LEVEL_MODULES = {"__init__.py", "config.py", "errors.py", "examples.py", "pipeline.py", "progress.py",
-                     "weights.py"}
+TOP_LEVEL_MODULES = {"__init__.py", "config.py", "errors.py", "pipeline.py", "progress.py", "weights.py"}
 """The only modules allowed directly in ``workers/engine``; anything else belongs in a stage."""
 
-TOP_LEVEL_DIRS = {"io", "models", "influence", "objectives", "unlearning", "evaluation", "vendor"}
-"""The stage sub-packages (and the vendored data), the only folders allowed in ``workers/engine``."""
+TOP_LEVEL_DIRS = {"io", "models", "influence", "objectives", "unlearning", "evaluation", "examples", "vendor"}
+"""The stage sub-packages (with the examples and the vendored data), the only folders allowed in
+``workers/engine``."""
 
 
 def _module_name(path: Path) -> str:

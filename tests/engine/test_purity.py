@@ -7,7 +7,7 @@ import sys
 
 ENGINE_MODULES = [
     "workers.engine.pipeline", "workers.engine.influence.full_scope",
-    "workers.engine.unlearning.methods.registry", "workers.engine.examples",
+    "workers.engine.unlearning.methods.registry", "workers.engine.examples.builder",
     "workers.engine.evaluation.report",
 ]
 

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from tests.app.support import ROOT, TestClient, auth, job_body, upload_example, wait_for, worker_process
 from tests.engine.examples.test_colored_mnist import assert_gap_cut
-from workers.engine.examples import ExampleInfo
+from workers.engine.examples.common import ExampleInfo
 from workers.settings import ServiceSettings
 
 COMPARED = ("before", "after", "predicted", "weights", "target", "spec")

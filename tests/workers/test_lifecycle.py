@@ -21,7 +21,7 @@ from tests.app.support import (
     wait_for,
     worker_process,
 )
-from workers.engine.examples import ExampleInfo
+from workers.engine.examples.common import ExampleInfo
 from workers.settings import ServiceSettings
 
 DELAY = {"debug_stage_delay_s": 0.7}

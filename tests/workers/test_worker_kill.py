@@ -39,7 +39,7 @@ from tests.app.support import (
     upload_example,
     worker_env,
 )
-from workers.engine.examples import ExampleInfo
+from workers.engine.examples.common import ExampleInfo
 from workers.queue import connect
 from workers.settings import ServiceSettings
 

@@ -134,7 +134,7 @@ def spec_from_args(args: argparse.Namespace) -> CorrectionSpec:
 def run_example(args: argparse.Namespace) -> int:
     """Build an example directory."""
     from workers.engine.errors import EngineError
-    from workers.engine.examples import build_example
+    from workers.engine.examples.builder import build_example
 
     try:
         info = build_example(args.name, args.out, seed=args.seed, overwrite=args.overwrite,

@@ -21,8 +21,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from tests.conftest import run_correct
-from workers.engine.examples import ExampleInfo, example_files
+from workers.engine.examples.builder import example_files
 from workers.engine.examples.colored_mnist import TRAIN_AGREEMENT
+from workers.engine.examples.common import ExampleInfo
 
 REQUIRED_CUT = 0.40
 MAX_ACCURACY_DROP = 0.02

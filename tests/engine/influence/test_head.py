@@ -9,7 +9,7 @@ from scipy.stats import spearmanr
 
 from workers.engine.config import MethodConfig
 from workers.engine.errors import IllConditionedError, NonFiniteError
-from workers.engine.examples import ExampleInfo
+from workers.engine.examples.common import ExampleInfo
 from workers.engine.influence.head import (
     HeadProblem,
     factorize,

@@ -18,7 +18,7 @@ Progress = Callable[[str], None]
 
 @dataclass(frozen=True)
 class ExampleInfo:
-    """What :func:`workers.engine.examples.build_example` wrote and how good the baseline model is."""
+    """What :func:`workers.engine.examples.builder.build_example` wrote and how good the baseline model is."""
 
     name: str
     out_dir: Path

@@ -79,14 +79,18 @@ class HeadModel:
             return embedded.to(torch.float64)
 
     def design(self, features: np.ndarray) -> torch.Tensor:
-        """Design matrix Φ = [φ(x), 1] for a feature array, float64 on the device."""
-        blocks = []
-        for start in range(0, features.shape[0], EXTRACT_BATCH):
+        """Design matrix Φ = [φ(x), 1] for a feature array, float64 on the device.
+
+        Filled block by block into one preallocated n × (d+1) tensor: at 1 M × 512 each extra
+        copy (the concatenated blocks, then the bias column appended) would cost 4 GB.
+        """
+        rows, width = features.shape[0], self.arch.head_in_features
+        design = torch.empty(rows, width + 1, dtype=torch.float64, device=self.device)
+        design[:, width] = 1.0
+        for start in range(0, rows, EXTRACT_BATCH):
             batch = torch.from_numpy(features[start : start + EXTRACT_BATCH])
-            blocks.append(self.embed(batch))
-        embedded = torch.cat(blocks) if blocks else torch.zeros(0, self.arch.head_in_features)
-        ones = torch.ones(embedded.shape[0], 1, dtype=torch.float64, device=embedded.device)
-        return torch.cat([embedded.to(self.device), ones], dim=1)
+            design[start : start + batch.shape[0], :width] = self.embed(batch).reshape(batch.shape[0], width)
+        return design
 
     def with_theta(self, theta: torch.Tensor) -> HeadModel:
         """A copy whose head is ``theta`` (cast to the checkpoint dtype); the extractor is shared."""

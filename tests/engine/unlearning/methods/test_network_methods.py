@@ -17,7 +17,7 @@ from torch import nn
 
 from workers.engine.config import MethodConfig, WeightingConfig
 from workers.engine.errors import NonFiniteError
-from workers.engine.examples import ExampleInfo
+from workers.engine.examples.common import ExampleInfo
 from workers.engine.influence.head import HeadProblem, factorize, fit_head, hessian, influences
 from workers.engine.io.architecture import ArchSpec, load_arch
 from workers.engine.io.checkpoint import load_checkpoint
