@@ -32,3 +32,9 @@ def test_layers_beyond_the_model_are_refused() -> None:
     with pytest.raises(ValueError, match=r"method\.layers must be between 1 and 3"):
         check_compatibility(spec, 3)
     check_compatibility(CorrectionSpec(), 3)
+
+
+def test_max_epochs_binds_scrub_only() -> None:
+    assert spec_from_dict({"method": {"name": "gradient_ascent", "epochs": 1}}).method.epochs == 1
+    with pytest.raises(ValueError, match=r"method.max_epochs \(2.*at most method.epochs \(1\)"):
+        spec_from_dict({"method": {"name": "scrub", "epochs": 1}})

@@ -202,7 +202,11 @@ class MethodConfig:
         _check(1 <= self.refit_max_steps <= 10_000, "method.refit_max_steps must be in [1, 10000]")
         _check(0 <= self.layers <= 64, "method.layers must be between 0 and 64")
         _check(1 <= self.epochs <= 10_000, "method.epochs must be between 1 and 10000")
-        _check(0 <= self.max_epochs <= self.epochs, "method.max_epochs must be in [0, method.epochs]")
+        _check(self.max_epochs >= 0, "method.max_epochs must be >= 0")
+        # Only scrub reads max_epochs; another method with few epochs must not trip over its default.
+        _check(self.name != "scrub" or self.max_epochs <= self.epochs,
+               f"method.max_epochs ({self.max_epochs}; scrub's max-step epochs, default 2) must be at most "
+               f"method.epochs ({self.epochs}): lower max_epochs or raise epochs")
         for name in ("learning_rate", "weight_decay", "alpha", "temperature", "fisher_alpha"):
             _finite(getattr(self, name), f"method.{name}")
         _check(self.learning_rate > 0, f"method.learning_rate must be > 0; got {self.learning_rate}")
