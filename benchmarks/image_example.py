@@ -38,7 +38,8 @@ from safetensors.torch import save_file
 from benchmarks.linear_head_scale import machine_facts
 from benchmarks.table import markdown_timings
 from workers.engine.evaluation.metrics import headline_metric
-from workers.engine.examples import ExampleInfo, ExampleName, build_example
+from workers.engine.examples.builder import ExampleName, build_example
+from workers.engine.examples.common import ExampleInfo
 from workers.engine.io.architecture import parse_arch
 from workers.engine.io.datasets import REFERENCE_COLUMN
 from workers.engine.models.training import train_mlp

@@ -1,9 +1,11 @@
 """The colored-mnist example: a real image shortcut, and corrections that remove most of it.
 
 Margins (measured at seed 0 on CPU, torch 2.13): the baseline cnn's eval demographic-parity
-difference is +0.362 (equal opportunity +0.474) at accuracy 0.801. The suggested spec (last_layer,
-qp weights) brings eval DP to 0.108 (−70 %) at accuracy 0.886; equal opportunity goes to 0.147
-(−69 %) at 0.875. The tests ask for a ≥ 40 % relative cut at no more than 2 pp accuracy loss.
+difference is +0.342 (equal opportunity +0.458) at accuracy 0.813. The suggested spec (last_layer,
+qp weights) brings eval DP to 0.126 (−63 %) at accuracy 0.887; equal opportunity goes to 0.143
+(−69 %) at 0.880. The tests ask for a ≥ 40 % relative cut at no more than 2 pp accuracy loss. One
+full-scope iteration (≈ 70 s) brings eval DP to 0.296 at accuracy 0.828; that test asks only for
+a smaller gap at no more than 2 pp accuracy loss.
 """
 
 from __future__ import annotations
@@ -113,7 +115,7 @@ def test_last_layer_correction_removes_most_of_the_gap(colored_mnist_example: Ex
 def test_full_scope_correction_runs_and_shrinks_the_gap(colored_mnist_example: ExampleInfo,
                                                         tmp_path: Path) -> None:
     out = tmp_path / "out"
-    report = _correct(colored_mnist_example, out, "--scope", "full", "--max-iterations", "2")
+    report = _correct(colored_mnist_example, out, "--scope", "full", "--max-iterations", "1")
     assert report["model"]["influence_scope"] == "full"
     corrected = load_file(str(out / "model.safetensors"))
     original = load_file(str(colored_mnist_example.out_dir / "model.safetensors"))

@@ -255,6 +255,11 @@ def track_head(scope: CorrectionScope, spec: CorrectionSpec, targets: AuditTarge
             state.stop_reason = ("the qp feasibility bound was reached; tracking stopped at the best "
                                  "feasible step")
             break
+        if state.reached(current.target, spec.method.target_tolerance):
+            # Checked here too, so a goal reached by the last allowed step is not reported as the
+            # iteration budget running out.
+            state.stop_reason = "goal reached"
+            break
 
 
 def _interpolate(original: dict[str, torch.Tensor], corrected: dict[str, torch.Tensor], scale: float,
