@@ -35,7 +35,7 @@ from safetensors.numpy import load_file as load_arrays
 from safetensors.numpy import save_file as save_arrays
 from safetensors.torch import save_file
 
-from benchmarks.linear_head_scale import machine_facts
+from benchmarks.linear_head_scale import machine_facts, write_results
 from benchmarks.table import markdown_timings
 from workers.engine.evaluation.metrics import headline_metric
 from workers.engine.examples.builder import ExampleName, build_example
@@ -371,11 +371,7 @@ def _measure(args: argparse.Namespace, work: Path, say: Say) -> tuple[dict[str, 
 
 
 def _write(out: Path, payload: dict[str, Any]) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = out / f"image-example-{'quick-' if payload['quick'] else ''}{stamp}.json"
-    path.write_text(json.dumps(payload, indent=2, allow_nan=False, default=str) + "\n", encoding="utf-8")
-    return path
+    return write_results(out, "image-example-quick" if payload["quick"] else "image-example", payload)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -499,10 +499,11 @@ def _measure_all(args: argparse.Namespace, say: Say) -> tuple[list[Case], list[M
     return cases, rows
 
 
-def _write(out: Path, payload: dict[str, Any]) -> Path:
+def write_results(out: Path, prefix: str, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` as ``out/PREFIX-<UTC stamp>.json``; returns the path."""
     out.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = out / f"linear-head-scale-{stamp}.json"
+    path = out / f"{prefix}-{stamp}.json"
     path.write_text(json.dumps(payload, indent=2, allow_nan=False, default=str) + "\n", encoding="utf-8")
     return path
 
@@ -520,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
                "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                "command": " ".join(cli_command(cases[0], Path("OUT"), args.threads)[1:]) if cases else "",
                "cases": [asdict(c) for c in cases], "runs": [asdict(r) for r in rows], "markdown": tables}
-    path = _write(args.out, payload)
+    path = write_results(args.out, "linear-head-scale", payload)
     print(f"## linear_head, d = {args.width}, demographic_parity, newton, last_layer, robust evaluation OFF "
           f"({args.format} datasets, {args.threads} thread(s), RLIMIT_AS {args.cap_gib:g} GiB)\n")
     print(tables["runs"])

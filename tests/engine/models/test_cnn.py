@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -90,18 +91,22 @@ def _write_split(path: Path, rng: np.random.Generator, n: int) -> None:
     save_arrays({"x": np.ascontiguousarray(x, dtype=np.float32), "y": y, "group": group}, str(path))
 
 
-@pytest.fixture(scope="module")
-def cnn_example(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("cnn")
+def write_image_case(root: Path, arch: Mapping[str, object], epochs: int) -> Path:
+    """Three seeded 1×8×8 image splits, ``arch.json`` and a model of ``arch`` trained on train."""
     rng = np.random.default_rng(3)
     for split, n in (("train", 240), ("audit", 120), ("eval", 120)):
         _write_split(root / f"{split}.safetensors", rng, n)
-    (root / "arch.json").write_text(json.dumps(TINY))
+    (root / "arch.json").write_text(json.dumps(arch))
     train = load_arrays(str(root / "train.safetensors"))
-    model = train_mlp(parse_arch(TINY), train["x"].astype(np.float64), train["y"].astype(np.float64),
-                      seed=0, epochs=15, batch_size=32, lr=0.01, weight_decay=0.0)
+    model = train_mlp(parse_arch(arch), train["x"].astype(np.float64), train["y"].astype(np.float64),
+                      seed=0, epochs=epochs, batch_size=32, lr=0.01, weight_decay=0.0)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(root / "model.safetensors"))
     return root
+
+
+@pytest.fixture(scope="module")
+def cnn_example(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_image_case(tmp_path_factory.mktemp("cnn"), TINY, epochs=15)
 
 
 def _args(root: Path, out: Path, *extra: str) -> list[str]:

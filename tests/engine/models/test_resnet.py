@@ -13,14 +13,14 @@ import torch.nn.functional as F
 from safetensors.numpy import load_file as load_arrays
 from safetensors.torch import load_file, save_file
 
-from tests.engine.models.test_cnn import _write_split
+from tests.engine.models.test_cnn import write_image_case
 from workers.cli.main import main
 from workers.engine.config import MethodConfig, MethodName
 from workers.engine.errors import CheckpointError, InputError
 from workers.engine.io.architecture import parse_arch
 from workers.engine.io.checkpoint import read_checkpoint
 from workers.engine.models.head_model import HeadModel
-from workers.engine.models.training import build_model, train_mlp
+from workers.engine.models.training import build_model
 from workers.engine.unlearning.methods.base import NetworkTask
 from workers.engine.unlearning.methods.registry import apply_network_method
 
@@ -149,16 +149,7 @@ def test_bad_resnet_json_is_refused_naming_the_field(change: dict[str, object], 
 
 @pytest.fixture(scope="module")
 def resnet_example(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("resnet")
-    rng = np.random.default_rng(3)
-    for split, n in (("train", 240), ("audit", 120), ("eval", 120)):
-        _write_split(root / f"{split}.safetensors", rng, n)
-    (root / "arch.json").write_text(json.dumps(TINY))
-    train = load_arrays(str(root / "train.safetensors"))
-    model = train_mlp(parse_arch(TINY), train["x"].astype(np.float64), train["y"].astype(np.float64),
-                      seed=0, epochs=8, batch_size=32, lr=0.01, weight_decay=0.0)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(root / "model.safetensors"))
-    return root
+    return write_image_case(tmp_path_factory.mktemp("resnet"), TINY, epochs=8)
 
 
 def _args(root: Path, out: Path, *extra: str) -> list[str]:

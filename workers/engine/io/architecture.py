@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from workers.engine.errors import InputError
-from workers.engine.io.resnet import ResNetLayout, parse_resnet
+from workers.engine.io.resnet import ResNetLayout, parse_resnet, scalar_count
 
 __all__ = ["ACTIVATIONS", "FAMILIES", "POOLS", "ArchSpec", "ConvBlock", "load_arch", "parse_arch"]
 
@@ -207,13 +207,7 @@ class ArchSpec:
         """Number of scalar parameters (a resnet's running statistics excluded)."""
         if self.resnet is not None:
             return self.resnet.parameter_count()
-        total = 0
-        for shape in self.expected_shapes().values():
-            count = 1
-            for dim in shape:
-                count *= dim
-            total += count
-        return total
+        return scalar_count(self.expected_shapes().values())
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form of PRODUCT.md."""

@@ -16,12 +16,14 @@ builds the module.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from workers.engine.errors import InputError
 
-__all__ = ["RESNET_DEPTHS", "ResNetLayout", "parse_resnet"]
+__all__ = ["RESNET_DEPTHS", "ResNetLayout", "parse_resnet", "scalar_count"]
 
 RESNET_DEPTHS: dict[int, tuple[int, int, int, int]] = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
 """Residual blocks per stage, as torchvision's ``resnet18``/``resnet34``."""
@@ -111,19 +113,18 @@ class ResNetLayout:
 
     def parameter_count(self) -> int:
         """Trainable scalars (running statistics excluded)."""
-        total = 0
-        for key, shape in self.expected_shapes().items():
-            if not key.endswith(NORM_STATISTICS):
-                count = 1
-                for dim in shape:
-                    count *= dim
-                total += count
-        return total
+        return scalar_count(shape for key, shape in self.expected_shapes().items()
+                            if not key.endswith(NORM_STATISTICS))
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form."""
         return {"type": "resnet", "depth": self.depth, "input_shape": list(self.input_shape),
                 "small_input": self.small_input, "base_width": self.base_width}
+
+
+def scalar_count(shapes: Iterable[tuple[int, ...]]) -> int:
+    """Total number of scalars in tensors of these shapes."""
+    return sum(math.prod(shape) for shape in shapes)
 
 
 def _int_in(value: Any, name: str, low: int, high: int) -> int:
