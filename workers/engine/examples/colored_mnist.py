@@ -31,6 +31,7 @@ import torch
 from safetensors.numpy import save_file as save_arrays
 from safetensors.torch import save_file
 
+from workers.engine.evaluation.metrics import classification_metrics
 from workers.engine.examples.common import ExampleInfo, Progress
 from workers.engine.io.architecture import ArchSpec, parse_arch
 from workers.engine.io.datasets import REFERENCE_COLUMN
@@ -130,12 +131,11 @@ def _logits(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
 
 
 def _gaps(logits: np.ndarray, split: _Split) -> dict[str, float]:
-    """Accuracy, DP difference and equal-opportunity difference (red − green) of hard predictions."""
-    predicted = logits > 0
-    red, positive = split.colours == 1, split.labels == 1
-    return {"accuracy": float(np.mean(predicted == positive)),
-            "dp": float(predicted[red].mean() - predicted[~red].mean()),
-            "eo": float(predicted[red & positive].mean() - predicted[~red & positive].mean())}
+    """Accuracy and the DP / equal-opportunity differences, as the report computes them."""
+    metrics = classification_metrics(1.0 / (1.0 + np.exp(-logits)), split.labels.astype(np.float64),
+                                     np.asarray(COLOURS, dtype=object)[split.colours])
+    return {key: float(metrics[key]) for key in ("accuracy", "demographic_parity_difference",
+                                                 "equal_opportunity_difference")}
 
 
 def _write_split(split: _Split, logits: np.ndarray, path: Path) -> None:
@@ -145,7 +145,8 @@ def _write_split(split: _Split, logits: np.ndarray, path: Path) -> None:
 
 
 def _readme(seed: int, baseline: dict[str, dict[str, float]], seconds: float) -> str:
-    rows = [f"| {role} | {SPLIT_SIZES[role]:,} | {m['accuracy']:.3f} | {m['dp']:+.3f} | {m['eo']:+.3f} |"
+    rows = [f"| {role} | {SPLIT_SIZES[role]:,} | {m['accuracy']:.3f} | "
+            f"{m['demographic_parity_difference']:.3f} | {m['equal_opportunity_difference']:.3f} |"
             for role, m in baseline.items()]
     return "\n".join([
         "# SoftUnlearn example: colored-mnist", "",
@@ -158,7 +159,7 @@ def _readme(seed: int, baseline: dict[str, dict[str, float]], seconds: float) ->
         f"then 784 -> 32 -> 1), Adam, {EPOCHS} epochs, batch {BATCH_SIZE}, lr {LEARNING_RATE}, weight decay "
         f"{WEIGHT_DECAY}, seed {seed}, {seconds:.1f} s. It reads the colour as a shortcut (eval: colour "
         "is independent of the label, yet red digits are predicted positive far more often):", "",
-        "| split | rows | accuracy | DP difference (red − green) | equal-opportunity difference |",
+        "| split | rows | accuracy | DP difference | equal-opportunity difference |",
         "|---|---|---|---|---|", *rows, "",
         "## Correct it", "",
         "```bash",
@@ -188,7 +189,7 @@ def build_colored_mnist_into(staging: Path, seed: int, say: Progress) -> Example
         baseline[role] = _gaps(logits, split)
         _write_split(split, logits, staging / f"{role}.safetensors")
     say(f"colored-mnist: baseline eval accuracy {baseline['eval']['accuracy']:.4f}, DP difference "
-        f"{baseline['eval']['dp']:+.3f} ({seconds:.1f} s); writing files")
+        f"{baseline['eval']['demographic_parity_difference']:.3f} ({seconds:.1f} s); writing files")
     tensors = {k: v.detach().to(torch.float32).contiguous() for k, v in model.state_dict().items()}
     save_file(tensors, str(staging / "model.safetensors"),
               metadata=checkpoint_metadata(arch, ("x[3,28,28]",)))

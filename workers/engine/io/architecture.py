@@ -159,6 +159,12 @@ class ArchSpec:
         return self.linear_indices[-1]
 
     @property
+    def uses_activation(self) -> bool:
+        """Whether ``activation`` is part of the network (an mlp with hidden layers, a cnn); a
+        resnet is ReLU throughout, a linear head and logistic regression have none."""
+        return self.family == "cnn" or (self.family == "mlp" and bool(self.hidden))
+
+    @property
     def head_name(self) -> str:
         """The engine's module name of the head (``fc`` for a resnet, else its index)."""
         return "fc" if self.resnet is not None else str(self.head_index)

@@ -26,7 +26,6 @@ from workers.engine.io.tensor_datasets import is_tensor_dataset
 __all__ = ["CorrectionInputs", "load_inputs"]
 
 
-
 @dataclass
 class CorrectionInputs:
     """Validated inputs of a job: architecture, checkpoint tensors and datasets."""
@@ -41,12 +40,11 @@ class CorrectionInputs:
     """sha256 of the checkpoint file (the corrected checkpoint records it as its parent)."""
 
 
-def _with_sensitive_features(path: Path, schema: DatasetSchema, arch: ArchSpec,
+def _with_sensitive_features(path: Path, columns: list[str], schema: DatasetSchema, arch: ArchSpec,
                              notes: list[str]) -> DatasetSchema:
     """Let numeric sensitive columns be features when that is what makes the model's width fit."""
     if schema.features is not None or is_tensor_dataset(path) or arch.image_shape is not None:
         return schema
-    columns = read_columns(path)
     features = resolve_features(columns, schema)
     if len(features) == arch.in_features:
         return schema
@@ -84,7 +82,7 @@ def _check_width(data: Dataset, arch: ArchSpec) -> Dataset:
     return data
 
 
-def _by_recorded_names(path: Path, schema: DatasetSchema, recorded: tuple[str, ...],
+def _by_recorded_names(path: Path, columns: list[str], schema: DatasetSchema, recorded: tuple[str, ...],
                        notes: list[str]) -> DatasetSchema:
     """Match feature columns by the names the checkpoint records, never by position."""
     if schema.features is not None and set(schema.features) != set(recorded):
@@ -93,7 +91,6 @@ def _by_recorded_names(path: Path, schema: DatasetSchema, recorded: tuple[str, .
         raise DatasetError(f"the checkpoint records its {len(recorded)} feature columns; schema.features "
                            f"differs (not named: {missing[:10]}; not the model's: {extra[:10]}); drop "
                            "schema.features or list the model's columns")
-    columns = read_columns(path)
     absent = [c for c in recorded if c not in columns]
     if absent:
         raise DatasetError(f"{path.name}: feature column(s) {absent[:10]} that the checkpoint records are "
@@ -109,12 +106,13 @@ def _by_recorded_names(path: Path, schema: DatasetSchema, recorded: tuple[str, .
 
 def _resolve_schema(path: Path, schema: DatasetSchema, arch: ArchSpec, recorded: tuple[str, ...] | None,
                     notes: list[str]) -> DatasetSchema:
-    if schema.reference_logits is None and REFERENCE_COLUMN in read_columns(path) \
+    columns = read_columns(path)
+    if schema.reference_logits is None and REFERENCE_COLUMN in columns \
             and REFERENCE_COLUMN not in (schema.features or ()):
         schema = dataclasses.replace(schema, reference_logits=REFERENCE_COLUMN)
     if recorded is not None:
-        return _by_recorded_names(path, schema, recorded, notes)
-    return _with_sensitive_features(path, schema, arch, notes)
+        return _by_recorded_names(path, columns, schema, recorded, notes)
+    return _with_sensitive_features(path, columns, schema, arch, notes)
 
 
 def load_inputs(model_path: Path, arch: ArchSpec, train: tuple[Path, DatasetSchema],

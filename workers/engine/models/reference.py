@@ -38,6 +38,8 @@ def _beyond(rebuilt: np.ndarray, reference: np.ndarray) -> np.ndarray:
 def _matching_activation(model: HeadModel, data: Dataset) -> str | None:
     """Another activation under which the same checkpoint reproduces the reference, if any."""
     assert data.reference_logits is not None
+    if not model.arch.uses_activation:
+        return None
     rows = slice(0, PROBE_ROWS)
     for activation in ACTIVATIONS:
         if activation == model.arch.activation:

@@ -31,8 +31,9 @@ POOL_MODULES: dict[str, type[nn.MaxPool2d] | type[nn.AvgPool2d]] = {"max": nn.Ma
 
 
 def _conv_layers(arch: ArchSpec) -> list[nn.Module]:
-    """A cnn's ``Conv2d, Act, [Pool]`` blocks and the ``Flatten`` (nothing for the other families)."""
-    if arch.image_shape is None or arch.resnet is not None:
+    """A cnn's ``Conv2d, Act, [Pool]`` blocks and the ``Flatten`` (nothing for mlp and linear_head;
+    a resnet is built by :func:`build_resnet`)."""
+    if arch.image_shape is None:
         return []
     layers: list[nn.Module] = []
     channels = arch.image_shape[0]

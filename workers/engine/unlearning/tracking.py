@@ -34,6 +34,7 @@ from workers.engine.weights import WeightResult, solve_weights
 __all__ = ["Measurement", "Tracking", "guarded_network_step", "measure", "rejection",
            "track_head"]
 
+
 @dataclass(frozen=True)
 class Measurement:
     """One model measured on the audit set."""
