@@ -139,7 +139,8 @@ def _pick_device(settings: ServiceSettings) -> str:
 def _execute(records: Records, record: JobRecord, settings: ServiceSettings) -> dict[str, float]:
     """Run the engine and publish the outputs; returns the stage timings."""
     from workers.engine.config import spec_from_dict
-    from workers.engine.pipeline import run_correction, write_outputs
+    from workers.engine.pipeline import run_correction
+    from workers.reporting.outputs import write_outputs
 
     progress = _Progress(records, record, settings.debug_stage_delay_s)
     with ExitStack() as stack:

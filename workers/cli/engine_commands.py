@@ -164,7 +164,8 @@ def run_correct(args: argparse.Namespace) -> int:
     from workers.engine.errors import EngineError
     from workers.engine.evaluation.report import format_summary
     from workers.engine.io.architecture import load_arch
-    from workers.engine.pipeline import load_inputs, run_correction, write_outputs
+    from workers.engine.pipeline import load_inputs, run_correction
+    from workers.reporting.outputs import write_outputs
 
     if args.threads:
         import torch

@@ -27,10 +27,9 @@ from workers.engine.evaluation.metrics import (
     classification_metrics,
     evaluate_split,
 )
-from workers.engine.evaluation.report import build_report, render_html
+from workers.engine.evaluation.report import build_report
 from workers.engine.evaluation.verdict import assess
 from workers.engine.influence.scopes import CorrectionScope, HeadScope
-from workers.engine.io.checkpoint import save_checkpoint
 from workers.engine.io.datasets import Dataset
 from workers.engine.io.identity import checkpoint_metadata
 from workers.engine.io.inputs import CorrectionInputs, load_inputs
@@ -46,11 +45,7 @@ __all__ = [
     "ProgressCallback",
     "load_inputs",
     "run_correction",
-    "write_outputs",
 ]
-
-OUTPUT_MODE = 0o644
-
 
 @dataclass
 class CorrectionResult:
@@ -197,32 +192,3 @@ def _version() -> str | None:
         return importlib.metadata.version("softunlearn")
     except importlib.metadata.PackageNotFoundError:
         return None
-
-
-def _staged(path: Path) -> Path:
-    handle, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
-    os.close(handle)
-    os.chmod(tmp, OUTPUT_MODE)
-    return Path(tmp)
-
-
-def write_outputs(result: CorrectionResult, out_dir: Path) -> dict[str, Path]:
-    """Write ``model.safetensors``, ``report.json`` and ``report.html``.
-
-    All three are written to temporary files first and renamed into place only when every one
-    was written, so a failure leaves no partial output.
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {name: out_dir / name for name in ("model.safetensors", "report.json", "report.html")}
-    staged = {name: _staged(path) for name, path in paths.items()}
-    try:
-        save_checkpoint(result.state, staged["model.safetensors"], result.metadata)
-        staged["report.json"].write_text(json.dumps(result.report, indent=2, allow_nan=False),
-                                         encoding="utf-8")
-        staged["report.html"].write_text(render_html(result.report), encoding="utf-8")
-        for name, path in paths.items():
-            os.replace(staged[name], path)
-    finally:
-        for tmp in staged.values():
-            tmp.unlink(missing_ok=True)
-    return paths

@@ -1,0 +1,79 @@
+"""Writing one correction's output files, all or nothing.
+
+``model.safetensors`` (the corrected checkpoint, its metadata pointing at its parent and at the
+report), ``report.json``, ``report.html`` and ``weights.parquet`` (row, ε, effective weight 1 + ε
+per training row) are written to temporary files in the output directory and renamed into place
+only once every one was written, so a failure leaves no partial output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from workers.engine.io.checkpoint import save_checkpoint
+from workers.engine.pipeline import CorrectionResult
+from workers.reporting.page import render_html
+
+__all__ = ["OUTPUT_FILES", "weights_table", "write_outputs"]
+
+OUTPUT_FILES = ("model.safetensors", "report.json", "report.html", "weights.parquet")
+OUTPUT_MODE = 0o644
+
+
+def _staged(path: Path) -> Path:
+    handle, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
+    os.close(handle)
+    os.chmod(tmp, OUTPUT_MODE)
+    return Path(tmp)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_table(weights: np.ndarray) -> pa.Table:
+    """The per-sample weights as a table: ``row`` (training row index), ``epsilon``, ``weight``."""
+    effective = np.ascontiguousarray(weights, dtype=np.float64)
+    return pa.table({
+        "row": pa.array(np.arange(effective.shape[0], dtype=np.int64)),
+        "epsilon": pa.array(effective - 1.0),
+        "weight": pa.array(effective),
+    })
+
+
+def write_outputs(result: CorrectionResult, out_dir: Path) -> dict[str, Path]:
+    """Write the four output files of ``result`` into ``out_dir``; returns their paths by name.
+
+    The report records the corrected checkpoint's sha256 under
+    ``provenance.corrected_model_sha256``.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {name: out_dir / name for name in OUTPUT_FILES}
+    staged = {name: _staged(path) for name, path in paths.items()}
+    try:
+        save_checkpoint(result.state, staged["model.safetensors"], result.metadata)
+        provenance = result.report.get("provenance")
+        if isinstance(provenance, dict):
+            provenance["corrected_model_sha256"] = _sha256(staged["model.safetensors"])
+        staged["report.json"].write_text(json.dumps(result.report, indent=2, allow_nan=False),
+                                         encoding="utf-8")
+        staged["report.html"].write_text(render_html(result.report), encoding="utf-8")
+        pq.write_table(weights_table(result.weights), staged["weights.parquet"])
+        for name, path in paths.items():
+            os.replace(staged[name], path)
+    finally:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
+    return paths
