@@ -170,6 +170,20 @@ class JobPublic(BaseModel):
     links: dict[str, str]
 
 
+class FrontierPublic(BaseModel):
+    """The trade-off frontier of a succeeded job's report."""
+
+    job_id: str
+    report_id: str | None = Field(default=None, description="provenance.report_id of the report.")
+    decision_split: str | None = Field(default=None, description="eval when the job has one, else audit.")
+    target_metric: str | None = Field(default=None, description="The hard-label metric of the target.")
+    frontier: list[dict[str, Any]] = Field(description=(
+        "Points {scheme, reduction | k_fraction, audit: {...}, eval: {...}, predicted, weights, guard}; "
+        "the split objects have the keys of report.before/after."))
+    frontier_info: dict[str, Any] = Field(description="How the points were made: step, scheme, grids, "
+                                          "seconds, skipped, notes.")
+
+
 class JobList(BaseModel):
     """One page of jobs, newest first."""
 

@@ -146,7 +146,8 @@ def _execute(records: Records, record: JobRecord, settings: ServiceSettings) -> 
     with ExitStack() as stack:
         inputs = _load(records, record, stack)
         result = run_correction(inputs, spec_from_dict(record.spec), progress=progress,
-                                should_cancel=progress.should_cancel, device=_pick_device(settings))
+                                should_cancel=progress.should_cancel, device=_pick_device(settings),
+                                job_id=record.id)
     if progress.should_cancel():
         from workers.engine.errors import CorrectionCanceled
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from app.deps import ServicesDep, TenantDep
-from app.schemas import JobCreate, JobList, JobPublic, Problem
+from app.schemas import FrontierPublic, JobCreate, JobList, JobPublic, Problem
 from app.services import jobs as service
 
 __all__ = ["router"]
@@ -63,6 +63,16 @@ def _output(services: ServicesDep, tenant: str, job_id: str, output: str) -> str
     return service.output_key(services.records, services.redis, services.settings, tenant, job_id, output)
 
 
+REPORT_PAGE_HEADERS = {
+    # The page is self-contained: inline styles and inline SVG, no scripts, no fetches, no frames.
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
+                               "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+}
+OUTPUT_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
+
+
 @router.get("/{job_id}/report", response_class=JSONResponse,
             responses={**_OUTPUT_ERRORS, 200: {
                 "content": {"application/json": {"schema": {"type": "object"}}},
@@ -70,14 +80,37 @@ def _output(services: ServicesDep, tenant: str, job_id: str, output: str) -> str
 def get_report(job_id: str, services: ServicesDep, tenant: TenantDep) -> Response:
     """The before/after report (JSON): fairness, robustness and utility on audit and eval."""
     key = _output(services, tenant, job_id, "report")
-    return Response(services.store.get_bytes(key), media_type="application/json")
+    return Response(services.store.get_bytes(key), media_type="application/json", headers=OUTPUT_HEADERS)
+
+
+@router.get("/{job_id}/frontier", response_model=FrontierPublic, responses=_OUTPUT_ERRORS)
+def get_frontier(job_id: str, services: ServicesDep, tenant: TenantDep, response: Response) -> FrontierPublic:
+    """The trade-off frontier of the report (``report["frontier"]``): one point per reduction ρ of
+    the job's scheme and per hard-removal share k, each with the before/after metric keys on
+    audit and eval, and how the points were made (``frontier_info``)."""
+    key = _output(services, tenant, job_id, "report")
+    response.headers.update(OUTPUT_HEADERS)
+    return service.frontier_public(job_id, services.store.get_bytes(key))
 
 
 @router.get("/{job_id}/report.html", responses={**_OUTPUT_ERRORS, 200: {"content": {"text/html": {}}}})
 def get_report_html(job_id: str, services: ServicesDep, tenant: TenantDep) -> Response:
     """The before/after report as a human-readable HTML page."""
     key = _output(services, tenant, job_id, "report_html")
-    return Response(services.store.get_bytes(key), media_type="text/html; charset=utf-8")
+    return Response(services.store.get_bytes(key), media_type="text/html; charset=utf-8",
+                    headers=REPORT_PAGE_HEADERS)
+
+
+@router.get("/{job_id}/weights", response_class=StreamingResponse,
+            responses={**_OUTPUT_ERRORS, 200: {"content": {"application/vnd.apache.parquet": {}},
+                                               "description": "Per training row: row, epsilon, weight."}})
+def get_weights(job_id: str, services: ServicesDep, tenant: TenantDep) -> StreamingResponse:
+    """The per-sample weights (Parquet): training ``row`` index, ``epsilon``, effective ``weight`` = 1 + ε."""
+    key = _output(services, tenant, job_id, "weights")
+    headers = {"Content-Disposition": f'attachment; filename="weights-{job_id}.parquet"',
+               "Content-Length": str(services.store.size(key)), **OUTPUT_HEADERS}
+    return StreamingResponse(services.store.open_chunks(key), media_type="application/vnd.apache.parquet",
+                             headers=headers)
 
 
 @router.get("/{job_id}/model", response_class=StreamingResponse,

@@ -6,13 +6,14 @@ a 422 naming the field at submission, not a failure discovered later by a worker
 
 from __future__ import annotations
 
+import json
 import logging
 
 from redis import Redis
 from redis.exceptions import RedisError
 
 from app.errors import ApiError
-from app.schemas import SPEC_PARTS, JobCreate, JobErrorPublic, JobList, JobPublic
+from app.schemas import SPEC_PARTS, FrontierPublic, JobCreate, JobErrorPublic, JobList, JobPublic
 from models_store import ArtifactRecord, JobRecord, Records
 from models_store.keys import new_id
 from models_store.records import IdempotencyEntry, request_digest, utcnow
@@ -29,7 +30,8 @@ __all__ = ["cancel_job", "get_job", "job_public", "list_jobs", "output_key", "su
 log = logging.getLogger(__name__)
 DATASET_FIELDS = ("train_dataset_id", "audit_dataset_id", "eval_dataset_id")
 MAX_IDEMPOTENCY_KEY = 255
-OUTPUTS = {"model": "model.safetensors", "report": "report.json", "report_html": "report.html"}
+OUTPUTS = {"model": "model.safetensors", "report": "report.json", "report_html": "report.html",
+           "weights": "weights.parquet"}
 
 
 def _invalid(field: str, message: str) -> ApiError:
@@ -103,7 +105,8 @@ def job_public(record: JobRecord) -> JobPublic:
     base = f"/v1/jobs/{record.id}"
     links = {"self": base, "cancel": f"{base}/cancel"}
     if record.status == "succeeded":
-        links |= {"report": f"{base}/report", "report_html": f"{base}/report.html", "model": f"{base}/model"}
+        links |= {"report": f"{base}/report", "report_html": f"{base}/report.html", "model": f"{base}/model",
+                  "frontier": f"{base}/frontier", "weights": f"{base}/weights"}
     request = record.request
     return JobPublic(
         id=record.id, status=record.status, stage=record.stage, progress=record.progress,
@@ -218,6 +221,17 @@ def cancel_job(
     except RedisError as exc:
         log.warning("could not reach RQ to cancel job %s: %s", job_id, exc)
     return record
+
+
+def frontier_public(job_id: str, report_bytes: bytes) -> FrontierPublic:
+    """The frontier part of a stored report (a report written before frontiers has none)."""
+    report = json.loads(report_bytes)
+    target = report.get("target", {})
+    info = report.get("frontier_info") or {"skipped": "this report was written before frontiers existed"}
+    return FrontierPublic(job_id=job_id, report_id=report.get("provenance", {}).get("report_id"),
+                          decision_split=target.get("decision_split"),
+                          target_metric=target.get("hard_metric"),
+                          frontier=report.get("frontier", []), frontier_info=info)
 
 
 def output_key(records: Records, redis: Redis, settings: ServiceSettings, tenant: str, job_id: str,

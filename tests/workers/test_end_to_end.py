@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import pyarrow.parquet as pq
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from tests.app.support import ROOT, TestClient, auth, job_body, upload_example, wait_for, worker_process
@@ -16,7 +20,7 @@ from tests.engine.examples.test_colored_mnist import assert_gap_cut
 from workers.engine.examples.common import ExampleInfo
 from workers.settings import ServiceSettings
 
-COMPARED = ("before", "after", "predicted", "weights", "target", "spec")
+COMPARED = ("before", "after", "predicted", "weights", "target", "spec", "frontier", "confidence", "warnings")
 
 
 def cli_report(example: ExampleInfo, spec: dict[str, object], out: Path) -> dict[str, object]:
@@ -69,10 +73,49 @@ def test_correction_over_http_matches_the_cli(client: TestClient, settings: Serv
     report = client.get(f"/v1/jobs/{job['id']}/report", headers=auth()).json()
     html = client.get(f"/v1/jobs/{job['id']}/report.html", headers=auth())
     assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")
+    assert "default-src 'none'" in html.headers["content-security-policy"]
+    assert html.headers["x-content-type-options"] == "nosniff" and html.headers["cache-control"] == "no-store"
     spec = {k: body[k] for k in ("objective", "weighting", "method", "evaluation")}
     reference = cli_report(adult_example, spec, tmp_path / "cli")
     for key in COMPARED:
         assert report[key] == reference[key], key
+    check_provenance(client, job, ids, report, tmp_path / "corrected.safetensors")
+    check_frontier_and_weights(client, job, report, tmp_path)
+
+
+def check_provenance(client: TestClient, job: dict[str, Any], ids: dict[str, str], report: dict[str, Any],
+                     corrected: Path) -> None:
+    """The service's provenance names the job and the uploads' sha256 (recomputed from the files)."""
+    provenance = report["provenance"]
+    assert provenance["job_id"] == provenance["run_id"] == job["id"]
+    model = client.get(f"/v1/models/{ids['model_id']}", headers=auth()).json()
+    assert provenance["model_sha256"] == model["sha256"]
+    for role in ("train", "audit", "eval"):
+        uploaded = client.get(f"/v1/datasets/{ids[f'{role}_dataset_id']}", headers=auth()).json()
+        assert provenance["datasets"][role] == uploaded["sha256"], role
+    assert provenance["corrected_model_sha256"] == hashlib.sha256(corrected.read_bytes()).hexdigest()
+    with safe_open(str(corrected), framework="pt") as handle:
+        identity = json.loads(handle.metadata()["softunlearn"])
+    assert identity["report_id"] == provenance["report_id"]
+    assert identity["parent_sha256"] == model["sha256"]
+
+
+def check_frontier_and_weights(client: TestClient, job: dict[str, Any], report: dict[str, Any],
+                               tmp_path: Path) -> None:
+    """``GET /frontier`` serves the report's frontier; ``GET /weights`` the per-sample weights."""
+    assert {"frontier", "weights"} <= set(job["links"])
+    frontier = client.get(job["links"]["frontier"], headers=auth())
+    assert frontier.status_code == 200, frontier.text
+    body = frontier.json()
+    assert body["frontier"] == report["frontier"] and len(body["frontier"]) == 14
+    assert body["frontier_info"] == report["frontier_info"]
+    assert body["report_id"] == report["provenance"]["report_id"] and body["decision_split"] == "eval"
+    weights = client.get(job["links"]["weights"], headers=auth())
+    assert weights.status_code == 200 and weights.headers["content-type"] == "application/vnd.apache.parquet"
+    (tmp_path / "weights.parquet").write_bytes(weights.content)
+    table = pq.read_table(tmp_path / "weights.parquet")
+    assert table.num_rows == report["data"]["train_rows"]
+    assert min(table.column("epsilon").to_pylist()) == report["weights"]["min"]
 
 
 def test_the_image_example_is_corrected_through_the_service(client: TestClient, settings: ServiceSettings,

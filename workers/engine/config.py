@@ -19,6 +19,7 @@ __all__ = [
     "AttackConfig",
     "CorrectionSpec",
     "EvaluationConfig",
+    "FrontierConfig",
     "GuardConfig",
     "InfluenceConfig",
     "MethodConfig",
@@ -295,6 +296,44 @@ class InfluenceConfig:
         _check(self.max_memory_gb > 0, "influence.max_memory_gb must be > 0")
 
 
+DEFAULT_FRONTIER_REDUCTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+DEFAULT_FRONTIER_K_FRACTIONS = (0.01, 0.02, 0.05, 0.1)
+MAX_FRONTIER_POINTS = 50
+
+
+def _fractions(values: Any, name: str, low_open: float, high: float, high_closed: bool) -> tuple[float, ...]:
+    _check(isinstance(values, (list, tuple)), f"{name} must be a list of numbers")
+    _check(len(values) <= MAX_FRONTIER_POINTS, f"{name} may list at most {MAX_FRONTIER_POINTS} values")
+    out = []
+    for value in values:
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), f"{name} must hold numbers")
+        _finite(float(value), name)
+        inside = low_open < value <= high if high_closed else low_open < value < high
+        _check(inside, f"{name} values must lie in ({low_open:g}, {high:g}{']' if high_closed else ')'}")
+        out.append(float(value))
+    return tuple(sorted(set(out)))
+
+
+@dataclass(frozen=True)
+class FrontierConfig:
+    """The trade-off frontier the report shows next to the chosen correction.
+
+    From the influence at the input model (computed once), one unguarded Newton step per point:
+    the job's weighting scheme at each ``reductions`` ρ (``qp`` when the job's scheme is
+    ``hard``) and hard removal of each ``k_fractions`` share of the training rows. Both lists
+    empty: no frontier.
+    """
+
+    reductions: tuple[float, ...] = DEFAULT_FRONTIER_REDUCTIONS
+    k_fractions: tuple[float, ...] = DEFAULT_FRONTIER_K_FRACTIONS
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reductions",
+                           _fractions(self.reductions, "evaluation.frontier.reductions", 0.0, 1.0, True))
+        object.__setattr__(self, "k_fractions",
+                           _fractions(self.k_fractions, "evaluation.frontier.k_fractions", 0.0, 1.0, False))
+
+
 @dataclass(frozen=True)
 class EvaluationConfig:
     """What the before/after report measures besides accuracy and fairness.
@@ -303,7 +342,8 @@ class EvaluationConfig:
     metric and of its change (resampled within sensitive groups, seeded by the job's seed).
     ``min_group_rows``: a group with fewer rows in any split gets a ``small_group`` warning;
     ``min_changed_predictions``: fewer changed eval (else audit) predictions get a
-    ``few_predictions_changed`` warning.
+    ``few_predictions_changed`` warning. ``frontier``: the grid of the report's trade-off
+    frontier (:class:`FrontierConfig`).
     """
 
     robustness: bool = True
@@ -312,6 +352,7 @@ class EvaluationConfig:
     ci_level: float = 0.95
     min_group_rows: int = 30
     min_changed_predictions: int = 20
+    frontier: FrontierConfig = field(default_factory=FrontierConfig)
 
     def __post_init__(self) -> None:
         _check(100 <= self.n_boot <= 100_000, "evaluation.n_boot must be in [100, 100000]")

@@ -6,14 +6,9 @@ the store. Nothing here knows about HTTP, queues or Redis.
 
 from __future__ import annotations
 
-import importlib.metadata
-import json
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,6 +22,7 @@ from workers.engine.evaluation.metrics import (
     classification_metrics,
     evaluate_split,
 )
+from workers.engine.evaluation.provenance import new_report_id, provenance, tool_version
 from workers.engine.evaluation.report import build_report
 from workers.engine.evaluation.verdict import assess
 from workers.engine.influence.scopes import CorrectionScope, HeadScope
@@ -37,7 +33,16 @@ from workers.engine.models.head_model import HeadModel, pick_device
 from workers.engine.models.reference import check_reference_logits
 from workers.engine.objectives.targets import AuditTargets, acceptance_attack
 from workers.engine.progress import ProgressCallback, StageClock
-from workers.engine.unlearning.tracking import Tracking, guarded_network_step, measure, track_head
+from workers.engine.unlearning.frontier import Frontier, compute_frontier, step_description
+from workers.engine.unlearning.tracking import (
+    Measurement,
+    StartInfluence,
+    Tracking,
+    guarded_network_step,
+    influence_at,
+    measure,
+    track_head,
+)
 
 __all__ = [
     "CorrectionInputs",
@@ -127,21 +132,39 @@ def _polish_effect_on_eval(setup: _Setup, polish: dict[str, Any]) -> None:
 
 
 def _correct(setup: _Setup, inputs: CorrectionInputs, spec: CorrectionSpec, clock: StageClock,
-             state: Tracking) -> HeadModel:
+             state: Tracking, start: Measurement, known: StartInfluence | None) -> HeadModel:
     """The guarded correction; the input model itself when no step passes the guard."""
-    start = measure(setup.scope.current_model(), setup.targets)
     if spec.method.name in HEAD_METHODS:
-        track_head(setup.scope, spec, setup.targets, clock, state, start)
+        track_head(setup.scope, spec, setup.targets, clock, state, start, known)
         corrected = setup.scope.current_model() if state.records else None
     else:
-        corrected = guarded_network_step(setup.scope, inputs.train, spec, setup.targets, clock, state, start)
+        corrected = guarded_network_step(setup.scope, inputs.train, spec, setup.targets, clock, state, start,
+                                         known)
     return corrected if corrected is not None else setup.model
+
+
+def _frontier(setup: _Setup, spec: CorrectionSpec, clock: StageClock, origin: Measurement,
+              state: Tracking) -> tuple[Measurement, StartInfluence | None, Frontier]:
+    """The influence at the correction's start, computed once, and the frontier from it."""
+    start = measure(setup.scope.current_model(), setup.targets)
+    with clock.stage("influence", 0.17):
+        known = influence_at(setup.scope, start.target) if not state.reached(
+            start.target, spec.method.target_tolerance) else None
+    with clock.stage("frontier", 0.18):
+        if known is None:
+            frontier = Frontier([], {"step": step_description(spec), "scheme": spec.weighting.scheme,
+                                     "reductions": [], "k_fractions": [], "seconds": 0.0,
+                                     "skipped": "the input model already meets the goal", "notes": []})
+        else:
+            frontier = compute_frontier(setup.scope, spec, setup.targets, setup.contexts, known, origin,
+                                        start)
+    return start, known, frontier
 
 
 def run_correction(inputs: CorrectionInputs, spec: CorrectionSpec,
                    progress: ProgressCallback | None = None,
                    should_cancel: Callable[[], bool] | None = None,
-                   device: str | None = None) -> CorrectionResult:
+                   device: str | None = None, job_id: str | None = None) -> CorrectionResult:
     """Run one correction job in-process.
 
     Args:
@@ -150,8 +173,10 @@ def run_correction(inputs: CorrectionInputs, spec: CorrectionSpec,
         progress: called with (stage, overall fraction in [0, 1]) as stages start.
         should_cancel: polled between stages; True raises :class:`CorrectionCanceled`.
         device: ``cpu``/``cuda``; default CUDA when available.
+        job_id: the service's job id, recorded in the report's provenance (None: a CLI run).
     """
     torch.manual_seed(spec.seed)
+    report_id = new_report_id()
     clock = StageClock(progress, should_cancel)
     started = time.perf_counter()
     chosen = pick_device(device)
@@ -164,7 +189,8 @@ def run_correction(inputs: CorrectionInputs, spec: CorrectionSpec,
     initial = abs(origin.target)
     state = Tracking(goal=(1 - spec.objective.reduction) * initial, initial=initial,
                      tau_left=spec.objective.utility_tolerance, origin=origin)
-    corrected = _correct(setup, inputs, spec, clock, state)
+    start, known, frontier = _frontier(setup, spec, clock, origin, state)
+    corrected = _correct(setup, inputs, spec, clock, state, start, known)
     with clock.stage("evaluate", 0.75):
         final = measure(corrected, setup.targets) if state.records else origin
         before = {name: evaluate_split(setup.model, ctx) for name, ctx in setup.contexts.items()}
@@ -179,16 +205,10 @@ def run_correction(inputs: CorrectionInputs, spec: CorrectionSpec,
             after={name: e.metrics for name, e in after.items()},
             state=state, final=final, verdict=verdict, final_weights=final_weights,
             polish=polish, timings=clock.timings, device=str(chosen), extra_notes=setup.notes,
+            frontier=frontier, provenance=provenance(inputs, spec, str(chosen), report_id, job_id=job_id),
         )
     report["timings"]["total"] = time.perf_counter() - started
     clock.progress("done", 1.0)
     metadata = checkpoint_metadata(inputs.arch, inputs.train.feature_names, inputs.model_sha256,
-                                   version=_version())
+                                   report_id=report_id, version=tool_version())
     return CorrectionResult(state=corrected.state, report=report, weights=final_weights, metadata=metadata)
-
-
-def _version() -> str | None:
-    try:
-        return importlib.metadata.version("softunlearn")
-    except importlib.metadata.PackageNotFoundError:
-        return None

@@ -8,7 +8,6 @@ only once every one was written, so a failure leaves no partial output.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -18,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from workers.engine.io.checkpoint import save_checkpoint
+from workers.engine.io.checkpoint import file_sha256, save_checkpoint
 from workers.engine.pipeline import CorrectionResult
 from workers.reporting.page import render_html
 
@@ -33,14 +32,6 @@ def _staged(path: Path) -> Path:
     os.close(handle)
     os.chmod(tmp, OUTPUT_MODE)
     return Path(tmp)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def weights_table(weights: np.ndarray) -> pa.Table:
@@ -66,7 +57,7 @@ def write_outputs(result: CorrectionResult, out_dir: Path) -> dict[str, Path]:
         save_checkpoint(result.state, staged["model.safetensors"], result.metadata)
         provenance = result.report.get("provenance")
         if isinstance(provenance, dict):
-            provenance["corrected_model_sha256"] = _sha256(staged["model.safetensors"])
+            provenance["corrected_model_sha256"] = file_sha256(staged["model.safetensors"])
         staged["report.json"].write_text(json.dumps(result.report, indent=2, allow_nan=False),
                                          encoding="utf-8")
         staged["report.html"].write_text(render_html(result.report), encoding="utf-8")

@@ -13,11 +13,12 @@ from workers.engine.weights import WeightResult
 if TYPE_CHECKING:
     from workers.engine.evaluation.verdict import Verdict
     from workers.engine.io.inputs import CorrectionInputs
+    from workers.engine.unlearning.frontier import Frontier
     from workers.engine.unlearning.tracking import Measurement, Tracking
 
 __all__ = ["REPORT_VERSION", "build_report", "format_summary"]
 
-REPORT_VERSION = 2
+REPORT_VERSION = 3
 HEADLINE = ("accuracy", "log_loss", "demographic_parity_difference", "equal_opportunity_difference",
             "equalized_odds_difference", "robust_accuracy", "robust_accuracy_frozen")
 
@@ -38,7 +39,20 @@ def _weights_summary(final_eps: np.ndarray, solved: list[WeightResult], spec: Co
     summary["iterations"] = [r.summary(*bounds) for r in solved]
     for row in summary["iterations"]:
         row.pop("notes", None)
+    summary["histogram"] = _histogram(1.0 + final_eps)
     return summary
+
+
+HISTOGRAM_BINS = 40
+
+
+def _histogram(effective: np.ndarray) -> dict[str, list[float] | list[int]]:
+    """Counts of the effective weights 1 + ε in equal bins over their range."""
+    low, high = (float(effective.min()), float(effective.max())) if effective.size else (1.0, 1.0)
+    if high - low < 1e-12:
+        low, high = low - 0.5, high + 0.5
+    counts, edges = np.histogram(effective, bins=HISTOGRAM_BINS, range=(low, high))
+    return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
 
 
 def _predicted(iterations: list[dict[str, Any]]) -> dict[str, Any]:
@@ -70,12 +84,31 @@ SURROGATES = {
 """What the differentiable surrogate of each objective is (the influence is taken on it)."""
 
 
+def _headline(section: dict[str, Any], verdict: Verdict, spec: CorrectionSpec) -> str:
+    """One sentence: the hard-label metric the user asked for, on the decision split, with its CI."""
+    split, metric = section["decision_split"], section["hard_metric"]
+    before, after = section["eval_hard_before"], section["eval_hard_after"]
+    change = verdict.confidence.get(split, {}).get(metric, {}).get("change")
+    noise = ""
+    if change is not None:
+        noise = (f" (change {change['estimate']:+.4f}, {spec.evaluation.ci_level:.0%} CI "
+                 f"[{change['low']:+.4f}, {change['high']:+.4f}]"
+                 + ("; within noise)" if change.get("within_noise") else ")"))
+    status = "met" if verdict.target_met else "not met"
+    values = "n/a" if before is None or after is None else f"{before:.4f} -> {after:.4f}"
+    return (f"Target {status}: {split} {metric} {values}{noise}; goal: remove "
+            f"{spec.objective.reduction:.0%} of the audit surrogate ({section['audit_before']:.4f} -> "
+            f"{section['audit_after']:.4f}, goal {abs(section['audit_goal']):.4f})")
+
+
 def _target_section(spec: CorrectionSpec, state: Tracking, final: Measurement, verdict: Verdict,
-                    ) -> dict[str, Any]:
+                    before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     origin = state.origin
     sign = 1.0 if origin.target >= 0 else -1.0
     robust = spec.objective.metric == "robustness"
-    return {
+    hard = headline_metric(spec.objective.metric)
+    decision = verdict.decision_split
+    section = {
         "metric": spec.objective.metric,
         "hard_metric": headline_metric(spec.objective.metric),
         "surrogate": SURROGATES[spec.objective.metric],
@@ -88,14 +121,18 @@ def _target_section(spec: CorrectionSpec, state: Tracking, final: Measurement, v
         "decision_split": verdict.decision_split,
         "iterations": len(state.records),
         "stopped_because": state.stop_reason,
+        "eval_hard_before": before[decision].get(hard),
+        "eval_hard_after": after[decision].get(hard),
     }
+    section["headline"] = _headline(section, verdict, spec)
+    return section
 
 
 def build_report(*, spec: CorrectionSpec, inputs: CorrectionInputs, sensitive: str,
                  before: dict[str, Any], after: dict[str, Any], state: Tracking, final: Measurement,
                  verdict: Verdict, final_weights: np.ndarray, polish: dict[str, Any],
-                 timings: dict[str, float], device: str, extra_notes: list[str] | None = None,
-                 ) -> dict[str, Any]:
+                 timings: dict[str, float], device: str, frontier: Frontier,
+                 provenance: dict[str, Any], extra_notes: list[str] | None = None) -> dict[str, Any]:
     """Assemble the report of one correction (every number JSON-serializable)."""
     iterations = state.records
     notes = [*inputs.notes, *(extra_notes or [])]
@@ -116,7 +153,7 @@ def build_report(*, spec: CorrectionSpec, inputs: CorrectionInputs, sensitive: s
             "audit_rows": inputs.audit.n,
             "eval_rows": inputs.eval.n if inputs.eval is not None else None,
         },
-        "target": _target_section(spec, state, final, verdict),
+        "target": _target_section(spec, state, final, verdict, before, after),
         "before": before,
         "after": after,
         "confidence": verdict.confidence,
@@ -130,6 +167,9 @@ def build_report(*, spec: CorrectionSpec, inputs: CorrectionInputs, sensitive: s
         "timings": dict(timings),
         "device": device,
         "notes": notes,
+        "frontier": frontier.points,
+        "frontier_info": frontier.info,
+        "provenance": provenance,
     }
 
 
@@ -138,8 +178,8 @@ def format_summary(report: dict[str, Any]) -> str:
     lines = []
     target = report["target"]
     lines.append(f"TARGET {'MET' if report['target_met'] else 'NOT MET'}: {target['metric']} on "
-                 f"{report['data']['sensitive_attribute']}, audit {target['hard_metric']} "
-                 f"{_plain(target['audit_hard_before'])} -> {_plain(target['audit_hard_after'])}")
+                 f"{report['data']['sensitive_attribute']}")
+    lines.append(target["headline"])
     lines.append(f"audit surrogate ({target['surrogate']}) {_plain(target['audit_before'])} -> "
                  f"{_plain(target['audit_after'])} (goal {_plain(target['audit_goal'])}, "
                  f"{target['iterations']} step(s); stopped: {target['stopped_because']})")
@@ -156,9 +196,23 @@ def format_summary(report: dict[str, Any]) -> str:
     lines.append(f"\npredicted/realized audit target change: {_plain(predicted['target_change'])} / "
                  f"{_plain(predicted['realized_target_change'])}; utility change: "
                  f"{_plain(predicted['utility_change'])} / {_plain(predicted['realized_utility_change'])}")
-    lines.append(f"total time {report['timings'].get('total', 0.0):.2f}s on {report['device']}")
+    lines.append(_frontier_line(report))
+    lines.append(f"total time {report['timings'].get('total', 0.0):.2f}s on {report['device']}; report "
+                 f"{report['provenance']['report_id']}")
     lines.extend(f"note: {note}" for note in report["notes"])
     return "\n".join(lines)
+
+
+def _frontier_line(report: dict[str, Any]) -> str:
+    info = report["frontier_info"]
+    if info.get("skipped"):
+        return f"frontier: not computed ({info['skipped']})"
+    split = report["target"]["decision_split"]
+    metric = report["target"]["hard_metric"]
+    cells = [f"{'rho' if 'reduction' in p else 'k'}={p.get('reduction', p.get('k_fraction')):g}: "
+             f"{_plain(p[split].get(metric))}/{_plain(p[split]['accuracy'])}"
+             for p in report["frontier"]]
+    return f"frontier ({split} {metric}/accuracy per point, {info['seconds']:.1f}s): " + ", ".join(cells)
 
 
 def _plain(value: Any) -> str:

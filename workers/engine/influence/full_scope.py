@@ -149,6 +149,15 @@ class FullScope:
         return [f"full Newton step solved by {info['solver']} (relative residual "
                 f"{info.get('relative_residual', 0.0):.1e}, damping {info['damping']:.3g})"]
 
+    def trial_model(self, delta: np.ndarray, method: MethodConfig) -> HeadModel:
+        """The network after a Newton step with ``delta`` (one inverse-HVP solve); then undone."""
+        snapshot = self.snapshot()
+        try:
+            self.step(delta, method)
+            return self.current_model()
+        finally:
+            self.restore(snapshot)
+
     def snapshot(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Copies of the flat parameters and the weights."""
         return self.engine.flat_parameters(), self.weights.clone()

@@ -57,6 +57,9 @@ class CorrectionScope(Protocol):
     def current_model(self) -> HeadModel:
         """The model at the current parameters."""
 
+    def trial_model(self, delta: np.ndarray, method: MethodConfig) -> HeadModel:
+        """The model one :meth:`step` with ``delta`` would give, leaving the scope where it is."""
+
     def snapshot(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Copies of (parameters, weights), to undo a step with :meth:`restore`."""
 
@@ -176,6 +179,11 @@ class HeadScope:
     def current_model(self) -> HeadModel:
         """The model with the current head."""
         return self.model.with_theta(self.theta)
+
+    def trial_model(self, delta: np.ndarray, method: MethodConfig) -> HeadModel:
+        """The head after a step with ``delta``; the factorized Hessian is kept for the next one."""
+        result = apply_step(self.problem, self.theta, self.weights, delta, self._require_factor(), method)
+        return self.model.with_theta(result.theta)
 
     def snapshot(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Copies of the head and the weights."""

@@ -20,7 +20,7 @@ from workers.engine.io.safetensors_header import (
     read_header_and_metadata,
 )
 
-__all__ = ["Checkpoint", "load_checkpoint", "read_checkpoint", "save_checkpoint"]
+__all__ = ["Checkpoint", "file_sha256", "load_checkpoint", "read_checkpoint", "save_checkpoint"]
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".onnx", ".jit")
 
@@ -39,7 +39,8 @@ def load_checkpoint(path: str | Path, arch: ArchSpec) -> dict[str, torch.Tensor]
     return read_checkpoint(path, arch).state
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -78,7 +79,7 @@ def read_checkpoint(path: str | Path, arch: ArchSpec) -> Checkpoint:
     # corrected checkpoint carries them either way, so its keys are torchvision's.
     for key in arch.counter_keys():
         state.setdefault(key, torch.tensor(0, dtype=torch.int64))
-    return Checkpoint(state=state, metadata=metadata, sha256=_sha256(path))
+    return Checkpoint(state=state, metadata=metadata, sha256=file_sha256(path))
 
 
 def save_checkpoint(state: dict[str, torch.Tensor], path: str | Path,

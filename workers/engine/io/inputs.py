@@ -10,7 +10,7 @@ import torch
 
 from workers.engine.errors import DatasetError, InputError
 from workers.engine.io.architecture import ArchSpec
-from workers.engine.io.checkpoint import read_checkpoint
+from workers.engine.io.checkpoint import file_sha256, read_checkpoint
 from workers.engine.io.datasets import (
     REFERENCE_COLUMN,
     Dataset,
@@ -38,6 +38,8 @@ class CorrectionInputs:
     notes: list[str] = field(default_factory=list)
     model_sha256: str | None = None
     """sha256 of the checkpoint file (the corrected checkpoint records it as its parent)."""
+    dataset_sha256: dict[str, str] = field(default_factory=dict)
+    """sha256 of each dataset file, by role (train, audit, eval)."""
 
 
 def _with_sensitive_features(path: Path, columns: list[str], schema: DatasetSchema, arch: ArchSpec,
@@ -127,12 +129,14 @@ def load_inputs(model_path: Path, arch: ArchSpec, train: tuple[Path, DatasetSche
     recorded = recorded_feature_names(checkpoint.metadata)
     notes: list[str] = []
     loaded: dict[str, Dataset] = {}
+    hashes: dict[str, str] = {}
     for role, pair in (("train", train), ("audit", audit), ("eval", eval)):
         if pair is None:
             continue
         path, schema = pair
         schema = _resolve_schema(Path(path), schema, arch, recorded, notes)
         loaded[role] = _check_width(load_dataset(path, schema, role), arch)
+        hashes[role] = file_sha256(Path(path))
     reference = loaded["train"]
     for role, data in loaded.items():
         if data.feature_names != reference.feature_names:
@@ -145,4 +149,4 @@ def load_inputs(model_path: Path, arch: ArchSpec, train: tuple[Path, DatasetSche
         for data in loaded.values():
             check_groups_present(reference, data, sensitive_attribute)
     return CorrectionInputs(arch, checkpoint.state, loaded["train"], loaded["audit"], loaded.get("eval"),
-                            sorted(set(notes)), checkpoint.sha256)
+                            sorted(set(notes)), checkpoint.sha256, hashes)

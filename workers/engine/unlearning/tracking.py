@@ -31,8 +31,8 @@ from workers.engine.objectives.targets import AuditTargets, acceptance_attack
 from workers.engine.progress import StageClock
 from workers.engine.weights import WeightResult, solve_weights
 
-__all__ = ["Measurement", "Tracking", "guarded_network_step", "measure", "rejection",
-           "track_head"]
+__all__ = ["Measurement", "StartInfluence", "Tracking", "guarded_network_step", "influence_at", "measure",
+           "rejection", "track_head"]
 
 
 @dataclass(frozen=True)
@@ -149,25 +149,43 @@ def _reduction_bound(state: Tracking, value: float, max_reduction: float) -> flo
     return max(math.floor(reachable * 1000) / 1000, 0.0)
 
 
+@dataclass(frozen=True)
+class StartInfluence:
+    """Influences at the point a correction starts from, computed once and shared by the report's
+    frontier and the correction's first step."""
+
+    a: np.ndarray
+    """Oriented target influences: removing row i changes |target| by aᵢ."""
+    b: np.ndarray
+    """Utility influences: removing row i changes the mean audit log-loss by bᵢ."""
+    solver: dict[str, Any]
+
+
+def influence_at(scope: CorrectionScope, value: float) -> StartInfluence:
+    """Target and utility influences at the scope's current parameters (``value``: the signed target)."""
+    solver = scope.prepare()
+    utility_grad = scope.utility()[1]
+    sign = 1.0 if value >= 0 else -1.0
+    return StartInfluence(sign * scope.influences(scope.target()[1]), scope.influences(utility_grad), solver)
+
+
 def _solve(scope: CorrectionScope, spec: CorrectionSpec, clock: StageClock, state: Tracking,
-           value: float, first: bool, fraction: float) -> tuple[WeightResult, dict[str, Any]]:
-    """Influence at the current parameters, then the weights for the rest of the way."""
+           value: float, first: bool, fraction: float, known: StartInfluence | None = None,
+           ) -> tuple[WeightResult, dict[str, Any]]:
+    """Influence at the current parameters (``known`` when already computed there), then the
+    weights for the rest of the way."""
     with clock.stage("influence", fraction):
-        solver = scope.prepare()
-        utility_grad = scope.utility()[1]
-        sign = 1.0 if value >= 0 else -1.0
-        a = sign * scope.influences(scope.target()[1])
-        b = scope.influences(utility_grad)
+        influence = known if known is not None else influence_at(scope, value)
     weighting = spec.weighting if first else dataclasses.replace(spec.weighting, on_infeasible="best_effort")
     with clock.stage("weights", fraction + 0.05):
         try:
-            result = solve_weights(a, b, abs(value) - state.goal, weighting, state.tau_left,
-                                   (scope.weights - 1).cpu().numpy())
+            result = solve_weights(influence.a, influence.b, abs(value) - state.goal, weighting,
+                                   state.tau_left, (scope.weights - 1).cpu().numpy())
         except InfeasibleError as exc:
             bound = _reduction_bound(state, value, exc.max_reduction)
             raise InfeasibleError(f"{exc} (as a fraction of the audit target: objective.reduction at most "
                                   f"{bound:.3f})", exc.max_reduction) from exc
-    return result, solver
+    return result, influence.solver
 
 
 def _record(index: int, current: Measurement, candidate: Measurement, weights: WeightResult,
@@ -220,8 +238,9 @@ def _line_search(scope: CorrectionScope, result: WeightResult, spec: CorrectionS
 
 
 def track_head(scope: CorrectionScope, spec: CorrectionSpec, targets: AuditTargets, clock: StageClock,
-               state: Tracking, start: Measurement) -> None:
-    """Head methods: guarded influence → weights → step until the goal (or a step fails)."""
+               state: Tracking, start: Measurement, known: StartInfluence | None = None) -> None:
+    """Head methods: guarded influence → weights → step until the goal (or a step fails);
+    ``known``: the influence at ``start``, if already computed."""
     budget = 1 if spec.weighting.scheme == "hard" else spec.method.max_iterations
     current = start
     state.stop_reason = f"method.max_iterations ({budget}) reached"
@@ -231,7 +250,8 @@ def track_head(scope: CorrectionScope, spec: CorrectionSpec, targets: AuditTarge
             break
         fraction = 0.2 + 0.5 * index / budget
         try:
-            result, solver = _solve(scope, spec, clock, state, current.target, index == 0, fraction)
+            result, solver = _solve(scope, spec, clock, state, current.target, index == 0, fraction,
+                                    known if index == 0 else None)
         except (InfeasibleError, NumericalError) as exc:
             if index == 0:
                 raise
@@ -277,14 +297,16 @@ def _interpolate(original: dict[str, torch.Tensor], corrected: dict[str, torch.T
 
 
 def guarded_network_step(scope: CorrectionScope, train: Dataset, spec: CorrectionSpec, targets: AuditTargets,
-                         clock: StageClock, state: Tracking, start: Measurement) -> HeadModel | None:
+                         clock: StageClock, state: Tracking, start: Measurement,
+                         known: StartInfluence | None = None) -> HeadModel | None:
     """Network methods: weights at the input model, one method run, then the guard; a rejected
-    run is shortened along the straight line from the input parameters. None: nothing accepted."""
+    run is shortened along the straight line from the input parameters. None: nothing accepted.
+    ``known``: the influence at ``start``, if already computed."""
     from workers.engine.unlearning.methods.base import NetworkTask
     from workers.engine.unlearning.methods.registry import apply_network_method
 
     assert spec.method.name not in HEAD_METHODS
-    result, solver = _solve(scope, spec, clock, state, start.target, True, 0.2)
+    result, solver = _solve(scope, spec, clock, state, start.target, True, 0.2, known)
     model = scope.current_model()
     with clock.stage("unlearn", 0.3):
         trainable = copy.deepcopy(model.network)
