@@ -140,11 +140,21 @@ class SoftUnlearnClient:
         """The report page of a succeeded job."""
         return self._check(self._http.get(f"/v1/jobs/{job_id}/report.html")).text
 
+    def get_frontier(self, job_id: str) -> dict[str, Any]:
+        """The trade-off frontier of a succeeded job (``frontier``, ``frontier_info``)."""
+        return self._json(self._http.get(f"/v1/jobs/{job_id}/frontier"))
+
     def download_model(self, job_id: str, destination: str | Path) -> Path:
         """Stream the corrected checkpoint to ``destination`` (written atomically)."""
-        destination = Path(destination)
+        return self._download(f"/v1/jobs/{job_id}/model", Path(destination))
+
+    def download_weights(self, job_id: str, destination: str | Path) -> Path:
+        """Stream the per-sample weights (Parquet: row, epsilon, weight) to ``destination``."""
+        return self._download(f"/v1/jobs/{job_id}/weights", Path(destination))
+
+    def _download(self, route: str, destination: Path) -> Path:
         partial = destination.with_name(destination.name + ".partial")
-        with self._http.stream("GET", f"/v1/jobs/{job_id}/model") as response:
+        with self._http.stream("GET", route) as response:
             if not response.is_success:
                 response.read()
                 self._check(response)

@@ -156,9 +156,10 @@ def _run(client: SoftUnlearnClient, example: Path, out: Path) -> int:
     corrected = client.download_model(job["id"], out / "corrected.safetensors")
     (out / "report.json").write_text(json.dumps(client.get_report(job["id"]), indent=2))
     (out / "report.html").write_text(client.get_report_html(job["id"]))
+    weights = client.download_weights(job["id"], out / "weights.parquet")
     check = _check_checkpoint(example / "model.safetensors", corrected)
     print(f"corrected checkpoint: {corrected} ({check})")
-    print(f"report: {out / 'report.json'}, {out / 'report.html'}\n")
+    print(f"report: {out / 'report.json'}, {out / 'report.html'}; per-sample weights: {weights}\n")
     from workers.engine.evaluation.report import format_summary
 
     print(format_summary(json.loads((out / "report.json").read_text())))

@@ -19,6 +19,7 @@ def test_committed_openapi_matches_the_app() -> None:
     paths = json.loads(committed)["paths"]
     for path in ("/v1/models", "/v1/datasets", "/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/cancel",
                  "/v1/jobs/{job_id}/report", "/v1/jobs/{job_id}/report.html", "/v1/jobs/{job_id}/model",
+                 "/v1/jobs/{job_id}/frontier", "/v1/jobs/{job_id}/weights",
                  "/healthz", "/readyz", "/metrics"):
         assert path in paths, path
 

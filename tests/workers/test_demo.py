@@ -30,3 +30,4 @@ def test_demo_runs_end_to_end_and_starts_redis_when_none_answers(tmp_path: Path)
     assert report["after"]["audit"]["demographic_parity_difference"] < \
         report["before"]["audit"]["demographic_parity_difference"]
     assert (tmp_path / "corrected.safetensors").stat().st_size > 0
+    assert (tmp_path / "weights.parquet").stat().st_size > 0 and report["provenance"]["job_id"]

@@ -66,7 +66,8 @@ def test_sigkilled_work_horse_never_stays_running(settings: ServiceSettings,
         job = wait_for(client, job_id, ("failed", "succeeded", "canceled"), timeout=60)
     if retries:
         assert (job["status"], job["attempts"]) == ("succeeded", 2), job
-        assert sorted(outputs(settings, job_id)) == ["model.safetensors", "report.html", "report.json"]
+        assert sorted(outputs(settings, job_id)) == ["model.safetensors", "report.html", "report.json",
+                                                     "weights.parquet"]
     else:
         assert job["status"] == "failed" and job["error"]["code"] == "worker_crashed", job
         assert outputs(settings, job_id) == []

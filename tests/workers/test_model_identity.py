@@ -100,7 +100,7 @@ def test_a_wrong_activation_fails_the_job_naming_the_one_that_matches(
     assert "/tmp" not in message and str(settings.store) not in message and \
         str(tanh_example.root) not in message, message
     assert refused["attempts"] == 1 and "model" not in refused["links"], refused  # engine errors: no retry
-    for output in ("model", "report", "report.html"):
+    for output in ("model", "report", "report.html", "frontier", "weights"):
         response = client.get(f"/v1/jobs/{refused_id}/{output}", headers=auth())
         assert response.status_code in (404, 409), (output, response.status_code, response.text)
         assert response.json()["code"] == "job_not_succeeded", response.text

@@ -152,7 +152,7 @@ def test_killed_worker_never_leaves_job_running(settings: ServiceSettings, adult
             assert {k: tuple(v.shape) for k, v in corrected.items()} == \
                 {k: tuple(v.shape) for k, v in original.items()}
             assert records.store.list_children(records.output_prefix("acme", job_id)) == \
-                ["model.safetensors", "report.html", "report.json"]
+                ["model.safetensors", "report.html", "report.json", "weights.parquet"]
         else:
             assert job["status"] == "failed", job
             assert job["error"]["code"] == "worker_crashed", job

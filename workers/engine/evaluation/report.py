@@ -185,13 +185,15 @@ def format_summary(report: dict[str, Any]) -> str:
                  f"{target['iterations']} step(s); stopped: {target['stopped_because']})")
     lines.extend(f"warning [{w['code']}]: {w['message']}" for w in report["warnings"])
     for split in report["before"]:
-        lines.append(f"\n{split:<34}{'before':>10}{'after':>10}{'change':>10}")
+        level = report["confidence"].get(split, {}).get("level", 0.95)
+        lines.append(f"\n{split:<34}{'before':>10}{'after':>10}{'change':>10}   {level:.0%} CI of the change")
         for key in HEADLINE:
             old, new = report["before"][split].get(key), report["after"][split].get(key)
             if old is None and new is None:
                 continue
             change = new - old if isinstance(old, float) and isinstance(new, float) else None
-            lines.append(f"  {key:<32}{_plain(old):>10}{_plain(new):>10}{_plain(change):>10}")
+            lines.append(f"  {key:<32}{_plain(old):>10}{_plain(new):>10}{_plain(change):>10}   "
+                         + _change_interval(report["confidence"].get(split, {}).get(key)))
     predicted = report["predicted"]
     lines.append(f"\npredicted/realized audit target change: {_plain(predicted['target_change'])} / "
                  f"{_plain(predicted['realized_target_change'])}; utility change: "
@@ -201,6 +203,14 @@ def format_summary(report: dict[str, Any]) -> str:
                  f"{report['provenance']['report_id']}")
     lines.extend(f"note: {note}" for note in report["notes"])
     return "\n".join(lines)
+
+
+def _change_interval(interval: dict[str, Any] | None) -> str:
+    if not interval:
+        return ""
+    change = interval["change"]
+    noise = " within noise" if change["within_noise"] else ""
+    return f"[{change['low']:+.4f}, {change['high']:+.4f}]{noise}"
 
 
 def _frontier_line(report: dict[str, Any]) -> str:

@@ -18,7 +18,8 @@ machine-readable codes:
 | ``few_predictions_changed`` | fewer than ``evaluation.min_changed_predictions`` predictions changed |
 | ``accuracy_drop`` | accuracy fell by more than ``ACCURACY_DROP_WARNING`` |
 | ``other_gap_worsened`` | another fairness gap rose by more than ``OTHER_GAP_WARNING`` |
-| ``prediction_mismatch`` | a step realized far more or less than its first-order prediction |
+| ``prediction_mismatch`` | a step cut the target far more than predicted, or its audit log-loss |
+|  | rose more than ``UTILITY_MISMATCH`` beyond the first-order prediction |
 | ``sensitive_is_feature`` | the sensitive column is also a model input |
 """
 
@@ -42,6 +43,10 @@ OTHER_GAP_WARNING = 0.02
 """Rise of a fairness gap other than the target (absolute, held-out split) that earns a warning."""
 MISMATCH_FACTOR = 2.0
 """A step whose realized target change is more than this many times its prediction is flagged."""
+UTILITY_MISMATCH = 0.01
+"""Audit log-loss (nats) by which a step's realized utility change may exceed its first-order
+prediction before it is flagged: the prediction is only first order, and a zero-utility-change
+scheme (soft-2.3) still moves the loss at second order."""
 
 
 @dataclass
@@ -141,6 +146,11 @@ def _tracking_warnings(verdict: Verdict, state: Tracking, polish: dict[str, Any]
         if predicted > 0 and realized > MISMATCH_FACTOR * predicted:
             verdict.warn("prediction_mismatch", f"step {record['iteration']} reduced the audit target by "
                          f"{realized:.4g}, more than {MISMATCH_FACTOR:g}x the {predicted:.4g} predicted")
+        realized_loss, predicted_loss = record["realized_utility_change"], record["predicted_utility_change"]
+        if realized_loss - predicted_loss > UTILITY_MISMATCH:
+            verdict.warn("prediction_mismatch", f"step {record['iteration']} raised the audit log-loss by "
+                         f"{realized_loss:.4f} against {predicted_loss:.4f} predicted (first order): the "
+                         "utility cost is a second-order effect the weights could not see")
     if polish.get("exceeded") and not polish.get("applied"):
         verdict.warn("polish_not_applied", str(polish.get("note", "")))
 

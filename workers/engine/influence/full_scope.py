@@ -150,13 +150,18 @@ class FullScope:
                 f"{info.get('relative_residual', 0.0):.1e}, damping {info['damping']:.3g})"]
 
     def trial_model(self, delta: np.ndarray, method: MethodConfig) -> HeadModel:
-        """The network after a Newton step with ``delta`` (one inverse-HVP solve); then undone."""
-        snapshot = self.snapshot()
-        try:
-            self.step(delta, method)
-            return self.current_model()
-        finally:
-            self.restore(snapshot)
+        """The network after a Newton step with ``delta``, leaving the scope where it is. With the
+        original Hessian its factor (exact solver) stays cached for the next point."""
+        if method.hessian == "reweighted":
+            snapshot = self.snapshot()
+            try:
+                self.step(delta, method)
+                return self.current_model()
+            finally:
+                self.restore(snapshot)
+        eps = torch.from_numpy(delta).to(self.weights)
+        solution, _ = self.engine.solve(self.engine.weighted_gradient_sum(eps, "frontier"), "frontier")
+        return self._model_at(self.engine.flat_parameters() - solution)
 
     def snapshot(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Copies of the flat parameters and the weights."""
@@ -170,7 +175,10 @@ class FullScope:
 
     def current_model(self) -> HeadModel:
         """The model at the current parameters, in the checkpoint's dtype."""
-        state = flat_to_state(self.engine.network, self.engine.flat_parameters())
+        return self._model_at(self.engine.flat_parameters())
+
+    def _model_at(self, flat: torch.Tensor) -> HeadModel:
+        state = flat_to_state(self.engine.network, flat)
         cast = {key: value.to("cpu", self.model.dtype) for key, value in state.items()}
         # Buffers (a resnet's BatchNorm statistics) are not parameters: they stay the model's.
         state = {**self.model.state, **self.model.arch.to_external(cast)}
