@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 __all__ = ["REPORT_VERSION", "build_report", "format_summary"]
 
-REPORT_VERSION = 2
+REPORT_VERSION = 3
 HEADLINE = ("accuracy", "log_loss", "demographic_parity_difference", "equal_opportunity_difference",
             "equalized_odds_difference", "robust_accuracy", "robust_accuracy_frozen")
 
