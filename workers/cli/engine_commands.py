@@ -4,21 +4,49 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import textwrap
 import time
+import traceback
 from pathlib import Path
 from typing import Any, get_args
 
+from workers.cli.gates import METRICS, Gate, apply_gates, format_gates, parse_gate
 from workers.engine.config import CorrectionSpec, MethodName, Metric, Scheme, Solver, spec_from_dict
 
-__all__ = ["EXIT_BAD_INPUT", "EXIT_OK", "EXIT_TARGET_MISSED", "register", "spec_from_args"]
+__all__ = ["EXIT_BAD_INPUT", "EXIT_INTERNAL", "EXIT_OK", "EXIT_TARGET_MISSED", "register", "spec_from_args"]
 
 EXIT_OK = 0
-"""The job succeeded and its target was met."""
+"""The job succeeded, its target was met and every ``--gate`` passed."""
+EXIT_INTERNAL = 1
+"""An unexpected exception (a bug): the message asks for a report."""
 EXIT_BAD_INPUT = 2
 """Bad input: the message names what to change; nothing was written."""
 EXIT_TARGET_MISSED = 3
-"""The job succeeded (outputs written) but its target was not met (report ``target_met`` false)."""
+"""The job succeeded (outputs written) but its target was not met (report ``target_met`` false)
+or a ``--gate`` failed."""
+
+DEBUG_ENV = "SOFTUNLEARN_DEBUG"
+"""Set to 1 to print the traceback of an internal error."""
+
+CORRECT_EPILOG = f"""\
+gates:
+  --gate 'SPLIT.METRIC<=VALUE' (repeatable; operators <=, >=, <, >) checks one number of the
+  report after the run, e.g. --gate 'eval.demographic_parity_difference<=0.05'
+  --gate 'eval.accuracy_change>=-0.01'. METRIC is the value after the correction, or with a
+  suffix _before, _change (after - before), _change_low / _change_high (bootstrap interval of
+  the change). Results are recorded in report.json under "gates"; a gate on a number the
+  report lacks (e.g. robust_accuracy with --no-robust-eval) fails.
+{textwrap.fill("Metrics: " + ", ".join(METRICS) + ".", width=94, initial_indent="  ",
+               subsequent_indent="  ")}
+
+exit codes:
+  {EXIT_OK}  succeeded: target met and every gate passed
+  {EXIT_INTERNAL}  internal error (please report it; SOFTUNLEARN_DEBUG=1 prints the traceback)
+  {EXIT_BAD_INPUT}  bad input: the message names what to change; nothing was written
+  {EXIT_TARGET_MISSED}  succeeded (outputs written) but the target was missed or a gate failed
+"""
 
 
 def _add_example(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -33,8 +61,10 @@ def _add_example(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 def _add_correct(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("correct", help="run one correction job in-process",
-                            description="Correct a trained classifier by soft-weighted unlearning. "
-                            "Writes OUT/model.safetensors, OUT/report.json and OUT/report.html.")
+                            description="Correct a trained classifier by soft-weighted unlearning.\n"
+                            "Writes OUT/model.safetensors, OUT/report.json, OUT/report.html and "
+                            "OUT/weights.parquet.",
+                            epilog=CORRECT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     io = parser.add_argument_group("inputs")
     io.add_argument("--model", required=True, type=Path, help="checkpoint (.safetensors)")
     io.add_argument("--arch", required=True, type=Path, help="architecture JSON")
@@ -80,11 +110,21 @@ def _add_correct(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     parser.add_argument("--spec", type=Path, help="JSON job spec; flags override its fields")
     parser.add_argument("--no-robust-eval", action="store_true", help="skip robust accuracy")
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--gate", action="append", default=[], type=_gate_arg,
+                        metavar="'SPLIT.METRIC<=VALUE'",
+                        help="fail (exit 3) unless this holds on the report; repeatable (see below)")
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (small models on a busy "
                         "machine run fastest with 1)")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     parser.set_defaults(handler=run_correct)
+
+
+def _gate_arg(text: str) -> Gate:
+    try:
+        return parse_gate(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -159,11 +199,30 @@ def _progress(quiet: bool) -> Any:
 
 
 def run_correct(args: argparse.Namespace) -> int:
-    """Run the correction and write OUT/model.safetensors, report.json, report.html."""
-    from workers.cli.inputs import schema_from_args
+    """Run the correction and write OUT/model.safetensors, report.json, report.html, weights.parquet.
+
+    Returns ``EXIT_OK``, ``EXIT_TARGET_MISSED`` (target missed or a gate failed; outputs written),
+    ``EXIT_BAD_INPUT`` or ``EXIT_INTERNAL`` (an unexpected exception: a bug).
+    """
     from workers.engine.errors import EngineError
+
+    try:
+        return _correct(args)
+    except (EngineError, ValueError, OSError, argparse.ArgumentTypeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as exc:
+        if os.environ.get(DEBUG_ENV) == "1":
+            traceback.print_exc(file=sys.stderr)
+        print(f"internal error: {type(exc).__name__}: {exc} (please report this)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def _correct(args: argparse.Namespace) -> int:
+    from workers.cli.inputs import schema_from_args
     from workers.engine.evaluation.report import format_summary
     from workers.engine.io.architecture import load_arch
+    from workers.engine.models.head_model import pick_device
     from workers.engine.pipeline import load_inputs, run_correction
     from workers.reporting.outputs import write_outputs
 
@@ -171,19 +230,19 @@ def run_correct(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(max(1, args.threads))
-    try:
-        schema = schema_from_args(args)
-        args.sensitive = args.sensitive or schema.sensitive[0]
-        spec = spec_from_args(args)
-        sensitive = spec.objective.sensitive_attribute
-        arch = load_arch(args.arch)
-        inputs = load_inputs(args.model, arch, (args.train, schema), (args.audit, schema),
-                             (args.eval, schema) if args.eval else None, sensitive)
-        result = run_correction(inputs, spec, progress=_progress(args.quiet), device=args.device)
-        paths = write_outputs(result, args.out)
-    except (EngineError, ValueError, OSError, argparse.ArgumentTypeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    pick_device(args.device)
+    schema = schema_from_args(args)
+    args.sensitive = args.sensitive or schema.sensitive[0]
+    spec = spec_from_args(args)
+    sensitive = spec.objective.sensitive_attribute
+    arch = load_arch(args.arch)
+    inputs = load_inputs(args.model, arch, (args.train, schema), (args.audit, schema),
+                         (args.eval, schema) if args.eval else None, sensitive)
+    result = run_correction(inputs, spec, progress=_progress(args.quiet), device=args.device)
+    gates_passed = apply_gates(result.report, args.gate)
+    paths = write_outputs(result, args.out)
     print(format_summary(result.report))
+    if args.gate:
+        print(format_gates(result.report["gates"]))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
-    return EXIT_OK if result.report["target_met"] else EXIT_TARGET_MISSED
+    return EXIT_OK if result.report["target_met"] and gates_passed else EXIT_TARGET_MISSED

@@ -14,10 +14,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from workers.engine.errors import InputError
 from workers.engine.io.architecture import ArchSpec
 from workers.engine.models.training import build_model
 
-__all__ = ["HeadModel", "floating_dtype", "pick_device"]
+__all__ = ["DEVICE_TYPES", "HeadModel", "floating_dtype", "pick_device"]
 
 EXTRACT_BATCH = 65_536
 
@@ -27,11 +28,34 @@ def floating_dtype(state: dict[str, torch.Tensor]) -> torch.dtype:
     return next(value.dtype for value in state.values() if value.is_floating_point())
 
 
+DEVICE_TYPES = ("cpu", "cuda")
+"""Device types the engine runs on."""
+
+
 def pick_device(requested: str | None = None) -> torch.device:
-    """``requested`` if given, else CUDA when available, else CPU."""
-    if requested:
-        return torch.device(requested)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``requested`` if given, else CUDA when available, else CPU.
+
+    Raises:
+        InputError: ``requested`` is not ``cpu``, ``cuda`` or ``cuda:N``, or names CUDA (or a
+            CUDA device index) this machine does not have.
+    """
+    if not requested:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in DEVICE_TYPES:
+        raise InputError(f"--device {requested}: unknown device; use cpu, cuda or cuda:N, or omit --device "
+                         "(CUDA when available, else CPU)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {requested}: CUDA is not available on this machine "
+                         "(torch.cuda.is_available() is false); use --device cpu or omit --device")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise InputError(f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA "
+                         f"device(s) (cuda:0 to cuda:{torch.cuda.device_count() - 1}); use one of them "
+                         "or omit --device")
+    return device
 
 
 @dataclass
