@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from tests.app.support import ROOT, TestClient, auth, job_body, upload_example, wait_for, worker_process
 from tests.engine.examples.test_colored_mnist import assert_gap_cut
 from workers.engine.examples.common import ExampleInfo
+from workers.reporting.schema import validate_report
 from workers.settings import ServiceSettings
 
 COMPARED = ("before", "after", "predicted", "weights", "target", "spec", "frontier", "confidence", "warnings")
@@ -79,6 +80,7 @@ def test_correction_over_http_matches_the_cli(client: TestClient, settings: Serv
     reference = cli_report(adult_example, spec, tmp_path / "cli")
     for key in COMPARED:
         assert report[key] == reference[key], key
+    validate_report(report)
     check_provenance(client, job, ids, report, tmp_path / "corrected.safetensors")
     check_frontier_and_weights(client, job, report, tmp_path)
 
@@ -130,6 +132,7 @@ def test_the_image_example_is_corrected_through_the_service(client: TestClient, 
     model = client.get(f"/v1/jobs/{job['id']}/model", headers=auth())
     (tmp_path / "corrected.safetensors").write_bytes(model.content)
     report = client.get(f"/v1/jobs/{job['id']}/report", headers=auth()).json()
+    validate_report(report)
     assert report["target_met"] is True
     assert_gap_cut(colored_mnist_example, load_file(tmp_path / "corrected.safetensors"), report,
                    "demographic_parity")
