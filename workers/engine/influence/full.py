@@ -316,6 +316,15 @@ class FullInfluence:
         parts = [self.per_sample_gradients(rows) @ vector for rows in self._chunks()]
         return _finite(torch.cat(parts), stage, "per-sample gradient products")
 
+    def weighted_gradient_sums(self, eps: torch.Tensor, stage: str = "influence") -> torch.Tensor:
+        """``Σᵢ εᵢⱼ gᵢ`` for every column j of ``eps`` (n, k): (P, k) from one pass of per-sample
+        gradients, instead of k reverse passes over the data."""
+        eps = eps.to(self._flat)
+        total = self._flat.new_zeros(self._flat.shape[0], eps.shape[1])
+        for rows in self._chunks():
+            total += self.per_sample_gradients(rows).T @ eps[rows]
+        return _finite(total, stage, "the weighted gradient sums")
+
     def weighted_gradient_sum(self, eps: torch.Tensor, stage: str = "influence") -> torch.Tensor:
         """``Σᵢ εᵢ gᵢ`` (flat) without forming per-sample gradients."""
         total = self._weighted_grad(eps.to(self._flat).reshape(-1))
@@ -441,12 +450,14 @@ class FullInfluence:
 
     # -- solves -------------------------------------------------------------------------------
 
-    def solve(self, vector: torch.Tensor, stage: str) -> tuple[torch.Tensor, dict[str, Any]]:
+    def solve(self, vector: torch.Tensor, stage: str, check_residual: bool = True,
+              ) -> tuple[torch.Tensor, dict[str, Any]]:
         """``(H + δI)⁻¹ v`` by the configured solver.
 
         Returns:
             The solution and diagnostics: solver, iterations, relative_residual
-            ``‖(H + δI)x − v‖/‖v‖`` (one extra HVP), damping, plus solver-specific entries.
+            ``‖(H + δI)x − v‖/‖v‖`` (one extra HVP over the training set; None when
+            ``check_residual`` is false), damping, plus solver-specific entries.
 
         Raises:
             IllConditionedError: not positive definite after damping, CG not converging, LiSSA
@@ -475,9 +486,11 @@ class FullInfluence:
                                     self.config.lissa_depth, stage)
             info.update(extra)
         solution = _finite(solution, stage, "the inverse-Hessian-vector product")
-        rhs_norm = float(rhs.norm())
-        residual = float((self.hvp(solution, stage) - rhs).norm())
-        info["relative_residual"] = residual / rhs_norm if rhs_norm > 0 else 0.0
+        info["relative_residual"] = None
+        if check_residual:
+            rhs_norm = float(rhs.norm())
+            residual = float((self.hvp(solution, stage) - rhs).norm())
+            info["relative_residual"] = residual / rhs_norm if rhs_norm > 0 else 0.0
         return solution, info
 
     def polish(self, tolerance: float | None = None, max_steps: int | None = None,

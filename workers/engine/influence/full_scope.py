@@ -149,19 +149,28 @@ class FullScope:
         return [f"full Newton step solved by {info['solver']} (relative residual "
                 f"{info.get('relative_residual', 0.0):.1e}, damping {info['damping']:.3g})"]
 
-    def trial_model(self, delta: np.ndarray, method: MethodConfig) -> HeadModel:
-        """The network after a Newton step with ``delta``, leaving the scope where it is. With the
-        original Hessian its factor (exact solver) stays cached for the next point."""
+    def trial_models(self, deltas: list[np.ndarray], method: MethodConfig) -> list[HeadModel]:
+        """The networks after a Newton step with each of ``deltas``, leaving the scope where it is.
+
+        With the original Hessian the steps share one pass of per-sample gradients (a step is
+        linear in ε) and, with the exact solver, one factorization; the solves skip their
+        residual diagnostic (one Hessian-vector product over the training set each), since each
+        point's realized metrics are measured anyway."""
         if method.hessian == "reweighted":
-            snapshot = self.snapshot()
-            try:
-                self.step(delta, method)
-                return self.current_model()
-            finally:
-                self.restore(snapshot)
-        eps = torch.from_numpy(delta).to(self.weights)
-        solution, _ = self.engine.solve(self.engine.weighted_gradient_sum(eps, "frontier"), "frontier")
-        return self._model_at(self.engine.flat_parameters() - solution)
+            return [self._trial_reweighted(delta, method) for delta in deltas]
+        eps = torch.from_numpy(np.stack(deltas, axis=1)).to(self.weights)
+        sums = self.engine.weighted_gradient_sums(eps, "frontier")
+        flat = self.engine.flat_parameters()
+        return [self._model_at(flat - self.engine.solve(sums[:, j], "frontier", check_residual=False)[0])
+                for j in range(len(deltas))]
+
+    def _trial_reweighted(self, delta: np.ndarray, method: MethodConfig) -> HeadModel:
+        snapshot = self.snapshot()
+        try:
+            self.step(delta, method)
+            return self.current_model()
+        finally:
+            self.restore(snapshot)
 
     def snapshot(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Copies of the flat parameters and the weights."""

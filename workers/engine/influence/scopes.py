@@ -57,8 +57,9 @@ class CorrectionScope(Protocol):
     def current_model(self) -> HeadModel:
         """The model at the current parameters."""
 
-    def trial_model(self, delta: np.ndarray, method: MethodConfig) -> HeadModel:
-        """The model one :meth:`step` with ``delta`` would give, leaving the scope where it is."""
+    def trial_models(self, deltas: list[np.ndarray], method: MethodConfig) -> list[HeadModel]:
+        """The models one :meth:`step` with each of ``deltas`` would give, leaving the scope
+        where it is."""
 
     def snapshot(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Copies of (parameters, weights), to undo a step with :meth:`restore`."""
@@ -180,10 +181,11 @@ class HeadScope:
         """The model with the current head."""
         return self.model.with_theta(self.theta)
 
-    def trial_model(self, delta: np.ndarray, method: MethodConfig) -> HeadModel:
-        """The head after a step with ``delta``; the factorized Hessian is kept for the next one."""
-        result = apply_step(self.problem, self.theta, self.weights, delta, self._require_factor(), method)
-        return self.model.with_theta(result.theta)
+    def trial_models(self, deltas: list[np.ndarray], method: MethodConfig) -> list[HeadModel]:
+        """The heads after a step with each of ``deltas``; one factorized Hessian serves them all."""
+        factor = self._require_factor()
+        return [self.model.with_theta(apply_step(self.problem, self.theta, self.weights, delta, factor,
+                                                 method).theta) for delta in deltas]
 
     def snapshot(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Copies of the head and the weights."""

@@ -27,6 +27,7 @@ from workers.engine.config import HEAD_METHODS, CorrectionSpec, MethodConfig, We
 from workers.engine.errors import InfeasibleError, NumericalError
 from workers.engine.evaluation.metrics import SplitContext, evaluate_split
 from workers.engine.influence.scopes import CorrectionScope
+from workers.engine.models.head_model import HeadModel
 from workers.engine.objectives.targets import AuditTargets
 from workers.engine.unlearning.tracking import Measurement, StartInfluence, measure, rejection
 from workers.engine.weights import WeightResult, solve_weights
@@ -65,10 +66,9 @@ def step_description(spec: CorrectionSpec) -> str:
             "method.max_iterations = 1 would take before its guard")
 
 
-def _point(scope: CorrectionScope, spec: CorrectionSpec, targets: AuditTargets,
-           contexts: dict[str, SplitContext], start: Measurement, origin: Measurement,
-           weights: WeightResult, method: MethodConfig) -> dict[str, Any]:
-    model = scope.trial_model(weights.eps, method)
+def _evaluate(model: HeadModel, spec: CorrectionSpec, targets: AuditTargets,
+              contexts: dict[str, SplitContext], start: Measurement, origin: Measurement,
+              weights: WeightResult) -> dict[str, Any]:
     candidate = measure(model, targets)
     reason = rejection(candidate, start, origin, spec.guard, spec.objective.utility_tolerance,
                        -weights.predicted_target_change)
@@ -102,25 +102,27 @@ def compute_frontier(scope: CorrectionScope, spec: CorrectionSpec, targets: Audi
     ``origin`` is the user's input model (the goal is a fraction of its target, as in the job);
     ``start`` the model the correction starts from (the input model, or its polished head).
     A point whose weights cannot be computed is left out, with the reason in ``info["notes"]``.
+    The steps are taken together (:meth:`CorrectionScope.trial_models`): one factorization, and
+    in the full scope one pass of per-sample gradients, serves every point.
     """
     began = time.perf_counter()
-    method = _step_method(spec)
     initial = abs(origin.target)
     notes: list[str] = []
-    points: list[dict[str, Any]] = []
+    solved: list[tuple[str, float, WeightResult]] = []
     for key, value, weighting, fraction_request in _requests(spec, initial):
         # The job asks for |start| − (1 − ρ)·|origin|: ρ of the input model's target.
         request = abs(start.target) - (initial - fraction_request) if key == "reduction" else fraction_request
         try:
             if request <= 0:
                 raise InfeasibleError(f"the start already meets {key} {value:g}", max_reduction=0.0)
-            weights = solve_weights(influence.a, influence.b, request, weighting,
-                                    spec.objective.utility_tolerance)
-            point = _point(scope, spec, targets, contexts, start, origin, weights, method)
+            solved.append((key, value, solve_weights(influence.a, influence.b, request, weighting,
+                                                     spec.objective.utility_tolerance)))
         except (InfeasibleError, NumericalError) as exc:
             notes.append(f"{key} {value:g} left out: {exc}")
-            continue
-        points.append({key: value, **point})
+    deltas = [weights.eps for _, _, weights in solved]
+    models = scope.trial_models(deltas, _step_method(spec)) if solved else []
+    points = [{key: value, **_evaluate(model, spec, targets, contexts, start, origin, weights)}
+              for (key, value, weights), model in zip(solved, models, strict=True)]
     info = {
         "step": step_description(spec),
         "scheme": _soft_weighting(spec).scheme,
