@@ -18,9 +18,10 @@ import websocket
 
 from workers.reporting.page import render_html
 
-pytestmark = pytest.mark.slow
-
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
+    CHROMIUM is None, reason="no chromium binary on PATH (chromium or chromium-browser): the browser test "
+    "needs one; scripts/setup.sh installs Debian's chromium where apt-get is available")]
 STARTUP_SECONDS = 30.0
 REPLY_SECONDS = 30.0
 PLOTS = ("plot-frontier", "plot-groups-1", "plot-groups-2", "plot-weights", "plot-predicted")
@@ -104,9 +105,7 @@ def _devtools_url(log: Path, process: subprocess.Popen[bytes]) -> str:
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[DevTools]:
     """Headless Chromium on a fresh profile and a CDP client to it; the browser is killed after."""
-    if CHROMIUM is None:
-        pytest.skip("no chromium binary on PATH (chromium or chromium-browser): the browser test needs "
-                    "one; scripts/setup.sh installs Debian's chromium where apt-get is available")
+    assert CHROMIUM is not None
     log = tmp_path / "chromium.log"
     with log.open("wb") as stderr:
         process = subprocess.Popen(

@@ -189,6 +189,8 @@ def test_an_old_minimal_report_renders(adult_report: dict[str, Any]) -> None:
     report.pop("report_version")
     report["predicted"] = {"target_change": 0.0, "utility_change": 0.0}
     del report["before"]["audit"]["groups"]["Male"]["tpr"]
+    report["frontier"] = [{"reduction": 0.5}, {"k_fraction": 0.1, "eval": {"accuracy": 0.8}}]
+    report["frontier_info"] = {"skipped": None}
     page = render_html(report)
     assert "No tracking steps were recorded" in page
     assert "This report has no confidence intervals for eval." in page

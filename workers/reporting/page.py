@@ -87,14 +87,20 @@ def _interval(ci: Any) -> dict[str, Any] | None:
     return {"low": ci["low"], "high": ci["high"]}
 
 
+def _confidence(report: Mapping[str, Any], split: str) -> Mapping[str, Any]:
+    """``report["confidence"][split]``, or an empty map where the report has none."""
+    cis = (report.get("confidence") or {}).get(split)
+    return cis if isinstance(cis, Mapping) else {}
+
+
 def _metric_rows(report: Mapping[str, Any], split: str) -> list[dict[str, Any]]:
-    cis = report.get("confidence", {}).get(split, {})
+    cis = _confidence(report, split)
     rows = []
     for key in HEADLINE:
         old, new = report["before"][split].get(key), report["after"][split].get(key)
         if old is None and new is None:
             continue
-        ci = cis.get(key, {})
+        ci = cis.get(key) or {}
         change = (new - old if isinstance(old, int | float) and isinstance(new, int | float) else None)
         rows.append({"key": key, "label": METRIC_LABELS.get(key, key), "before": old, "after": new,
                      "change": change, "before_ci": _interval(ci.get("before")),
@@ -117,8 +123,8 @@ def _group_rows(report: Mapping[str, Any], split: str) -> list[dict[str, Any]]:
 
 
 def _confidence_info(report: Mapping[str, Any], split: str) -> dict[str, Any] | None:
-    cis = report.get("confidence", {}).get(split)
-    if not isinstance(cis, Mapping):
+    cis = _confidence(report, split)
+    if not cis:
         return None
     return {key: cis.get(key) for key in ("level", "n_boot", "method", "seed", "predictions_changed")}
 
@@ -140,20 +146,34 @@ def _frontier_row(label: str, setting: str, point: Mapping[str, Any], split: str
             "accepted": guard_map.get("accepted"), "reason": guard_map.get("reason")}
 
 
+def _short(value: Any) -> str:
+    """A setting such as ρ or k in its shortest form (0.1, not 0.1000)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{value:g}"
+    return format_value(value)
+
+
 def _setting(point: Mapping[str, Any]) -> str:
     """A frontier point's setting: "ρ = 0.3" (soft) or "k = 0.05" (hard)."""
     for key, symbol in (("reduction", "ρ"), ("k_fraction", "k")):
-        value = point.get(key)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return f"{symbol} = {value:g}"
+        if key in point:
+            return f"{symbol} = {_short(point[key])}"
     return "–"
+
+
+def _frontier_info(report: Mapping[str, Any]) -> dict[str, Any] | None:
+    """``frontier_info`` with every key the page shows (absent ones None, lists empty)."""
+    info = report.get("frontier_info")
+    if not isinstance(info, Mapping):
+        return None
+    lists = {key: [_short(v) for v in info.get(key) or []] for key in ("reductions", "k_fractions")}
+    return {**{key: info.get(key) for key in ("step", "scheme", "seconds", "skipped")}, **lists}
 
 
 def _frontier_view(report: Mapping[str, Any], split: str) -> dict[str, Any]:
     points = [p for p in report.get("frontier") or [] if isinstance(p, Mapping)]
-    info = report.get("frontier_info")
-    info = info if isinstance(info, Mapping) else None
-    skipped = info.get("skipped") if info else None
+    info = _frontier_info(report)
+    skipped = info["skipped"] if info else None
     other = "audit" if split != "audit" else None
     if isinstance(skipped, str):
         message: str | None = f"The frontier was not computed: {skipped}"
@@ -172,7 +192,7 @@ def _frontier_view(report: Mapping[str, Any], split: str) -> dict[str, Any]:
     has_robust = any(row["metrics"]["robust_accuracy"] is not None for row in rows)
     return {"split": split, "other": other, "plot": plot, "message": message, "rows": rows,
             "has_robust": has_robust, "metric": report["target"]["hard_metric"],
-            "info": dict(info) if info else None}
+            "info": info, "level": _confidence(report, split).get("level")}
 
 
 def _histogram(weights: Mapping[str, Any]) -> tuple[list[float], list[int]] | str:
@@ -235,12 +255,21 @@ def _facts(report: Mapping[str, Any], split: str) -> list[tuple[str, Any]]:
             ("device", report.get("device"))]
 
 
+def _subtitle(report: Mapping[str, Any]) -> dict[str, Any]:
+    provenance = report.get("provenance")
+    provenance = provenance if isinstance(provenance, Mapping) else {}
+    return {"objective": report["target"].get("metric"),
+            "attribute": (report.get("data") or {}).get("sensitive_attribute"),
+            "report_id": provenance.get("report_id"), "created_at": provenance.get("created_at")}
+
+
 def page_context(report: Mapping[str, Any]) -> dict[str, Any]:
     """What the template shows, computed from ``report``: plain values, plus the plots as SVG."""
     split = _decision_split(report)
     target = report["target"]
     return {
         "target_met": bool(report["target_met"]),
+        "subtitle": _subtitle(report),
         "headline": _headline(report, split),
         "surrogate": {key: target.get(key)
                       for key in ("surrogate", "audit_before", "audit_after", "audit_goal")},

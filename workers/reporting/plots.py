@@ -113,8 +113,8 @@ def _point(ax: Axes, row: Mapping[str, Any], metric: str, cis: Mapping[str, Any]
     x, y = _number(row.get(metric)), _number(row.get("accuracy"))
     if x is None or y is None:
         return
-    container = ax.errorbar([x], [y], xerr=_error(x, cis.get(metric, {}).get(stage)),
-                            yerr=_error(y, cis.get("accuracy", {}).get(stage)), capsize=3,
+    container = ax.errorbar([x], [y], xerr=_error(x, (cis.get(metric) or {}).get(stage)),
+                            yerr=_error(y, (cis.get("accuracy") or {}).get(stage)), capsize=3,
                             elinewidth=1, linestyle="none", zorder=4, **style)
     marker, _, bars = container.lines
     marker.set_gid(gid)
@@ -151,7 +151,7 @@ def frontier_svg(report: Mapping[str, Any], split: str, frontier: Sequence[Mappi
     chosen correction (with 95 % intervals), the soft frontier (gid ``soft``, one marker per
     point, labelled ρ) and the hard-removal points (gid ``hard``, labelled k)."""
     metric = str(report["target"]["hard_metric"])
-    cis = report.get("confidence", {}).get(split, {})
+    cis = (report.get("confidence") or {}).get(split) or {}
     with matplotlib.rc_context(_RC):
         fig = Figure(figsize=(WIDTH_IN, 4.4), layout="constrained")
         ax = fig.add_subplot()
