@@ -168,9 +168,9 @@ def _screenshot(browser: DevTools, session: str, path: Path) -> bytes:
 
 @pytest.mark.timeout(120)
 def test_the_page_loads_offline_without_errors_and_draws_every_plot(
-        browser: DevTools, augmented_report: dict[str, Any], tmp_path: Path) -> None:
+        browser: DevTools, adult_report: dict[str, Any], tmp_path: Path) -> None:
     page = tmp_path / "report.html"
-    page.write_text(render_html(augmented_report), encoding="utf-8")
+    page.write_text(render_html(adult_report), encoding="utf-8")
     session = _open(browser, page.as_uri())
 
     svgs = _evaluate(browser, session, MEASURE_SVGS)
@@ -179,9 +179,9 @@ def test_the_page_loads_offline_without_errors_and_draws_every_plot(
         assert 300 < svg["width"] <= 641 and svg["height"] > 100, svg
         assert svg["paths"] > 0 and svg["drawn"] > 10, svg
     markers = _evaluate(browser, session, COUNT_FRONTIER_MARKERS)
-    assert markers == {"soft": 10, "hard": 3, "before": 1, "chosen": 1}
+    assert markers == {"soft": 10, "hard": 4, "before": 1, "chosen": 1}
     banner = _evaluate(browser, session, "document.querySelector('.banner .verdict').innerText")
-    assert banner.endswith("TARGET MET" if augmented_report["target_met"] else "TARGET NOT MET")
+    assert banner.endswith("TARGET MET" if adult_report["target_met"] else "TARGET NOT MET")
 
     png = _screenshot(browser, session, tmp_path / "report.png")
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 50_000

@@ -1,6 +1,5 @@
-"""The report's HTML page, rendered from the real Adult report (and a copy with synthetic
-optional fields, see ``tests/reporting/conftest.py``): self-contained, escaped, complete, and
-still rendering when the optional keys are missing."""
+"""The report's HTML page, rendered from the real Adult report: self-contained, escaped,
+complete, and still rendering when the optional keys (of older reports) are missing."""
 
 from __future__ import annotations
 
@@ -12,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from tests.reporting.conftest import SYNTHETIC_K_FRACTIONS, SYNTHETIC_REDUCTIONS
 from workers.reporting.page import render_html
 
 pytestmark = pytest.mark.slow
@@ -69,9 +67,8 @@ def _without_optional(report: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-@pytest.mark.parametrize("which", ["adult_report", "augmented_report"])
-def test_the_page_is_self_contained(which: str, request: pytest.FixtureRequest) -> None:
-    page = render_html(request.getfixturevalue(which))
+def test_the_page_is_self_contained(adult_report: dict[str, Any]) -> None:
+    page = render_html(adult_report)
     assert "<script" not in page.lower()
     assert "http://" not in page and "https://" not in page
     assert "@import" not in page and "@font-face" not in page
@@ -83,8 +80,8 @@ def test_the_page_is_self_contained(which: str, request: pytest.FixtureRequest) 
     assert page.lstrip().lower().startswith("<!doctype html>")
 
 
-def test_user_strings_are_escaped_everywhere(augmented_report: dict[str, Any]) -> None:
-    report = copy.deepcopy(augmented_report)
+def test_user_strings_are_escaped_everywhere(adult_report: dict[str, Any]) -> None:
+    report = copy.deepcopy(adult_report)
     _rename_group(report, "Female", EVIL)
     report["notes"].append(f"see https://example.org/?q={EVIL}")
     report["warnings"].append({"code": "small_group", "message": f"group {EVIL} is small"})
@@ -102,25 +99,27 @@ def test_user_strings_are_escaped_everywhere(augmented_report: dict[str, Any]) -
     assert f"{EVIL} (n={report['before']['audit']['groups'][EVIL]['n']})" in labels
 
 
-def test_a_dollar_in_a_group_name_is_text_not_mathtext(augmented_report: dict[str, Any]) -> None:
-    report = copy.deepcopy(augmented_report)
+def test_a_dollar_in_a_group_name_is_text_not_mathtext(adult_report: dict[str, Any]) -> None:
+    report = copy.deepcopy(adult_report)
     _rename_group(report, "Male", "a $b$ c")
     assert "a $b$ c (n=" in render_html(report)
 
 
-def test_the_frontier_plot_has_one_marker_per_point(augmented_report: dict[str, Any]) -> None:
-    frontier = _svgs(render_html(augmented_report))["plot-frontier"]
-    assert len(list(_by_id(frontier, "frontier-soft").iter("use"))) == len(SYNTHETIC_REDUCTIONS)
-    assert len(list(_by_id(frontier, "frontier-hard").iter("use"))) == len(SYNTHETIC_K_FRACTIONS)
+def test_the_frontier_plot_has_one_marker_per_point(adult_report: dict[str, Any]) -> None:
+    frontier = _svgs(render_html(adult_report))["plot-frontier"]
+    reductions = adult_report["frontier_info"]["reductions"]
+    assert len(list(_by_id(frontier, "frontier-soft").iter("use"))) == len(reductions) == 10
+    hard = adult_report["frontier_info"]["k_fractions"]
+    assert len(list(_by_id(frontier, "frontier-hard").iter("use"))) == len(hard)
     assert len(list(_by_id(frontier, "frontier-before").iter("use"))) == 1
     assert len(list(_by_id(frontier, "frontier-chosen").iter("use"))) == 1
     labels = ["".join(el.itertext()) for el in frontier.iter("text")]
-    assert [f"ρ={r:g}" for r in SYNTHETIC_REDUCTIONS] == [t for t in labels if t.startswith("ρ=")]
-    assert {"k=1%", "k=5%", "k=10%"} <= set(labels)
+    assert [f"ρ={r:g}" for r in reductions] == [t for t in labels if t.startswith("ρ=")]
+    assert {"k=1%", "k=2%", "k=5%", "k=10%"} <= set(labels)
 
 
-def test_every_plot_is_well_formed_inline_svg_with_unique_ids(augmented_report: dict[str, Any]) -> None:
-    page = render_html(augmented_report)
+def test_every_plot_is_well_formed_inline_svg_with_unique_ids(adult_report: dict[str, Any]) -> None:
+    page = render_html(adult_report)
     svgs = _svgs(page)
     assert list(svgs) == ["plot-frontier", "plot-groups-1", "plot-groups-2", "plot-weights", "plot-predicted"]
     assert "<?xml" not in page and "<!DOCTYPE svg" not in page and "<metadata" not in page
@@ -129,45 +128,45 @@ def test_every_plot_is_well_formed_inline_svg_with_unique_ids(augmented_report: 
     for reference in re.findall(r'(?:href="#|url\(#)([^")]+)', page):
         assert reference in ids, reference
     weights = svgs["plot-weights"]
-    counts = augmented_report["weights"]["histogram"]["counts"]
+    counts = adult_report["weights"]["histogram"]["counts"]
     bars = [el for el in weights.iter() if (el.get("id") or "").startswith("weights-bar-")]
     assert len(bars) == len(counts)
 
 
-def test_plots_are_deterministic(augmented_report: dict[str, Any]) -> None:
-    assert render_html(augmented_report) == render_html(copy.deepcopy(augmented_report))
+def test_plots_are_deterministic(adult_report: dict[str, Any]) -> None:
+    assert render_html(adult_report) == render_html(copy.deepcopy(adult_report))
 
 
-def test_summary_comes_first_and_sections_are_in_order(augmented_report: dict[str, Any]) -> None:
-    page = render_html(augmented_report)
+def test_summary_comes_first_and_sections_are_in_order(adult_report: dict[str, Any]) -> None:
+    page = render_html(adult_report)
     positions = [page.index(f'<section id="{name}">') for name in SECTIONS]
     assert positions == sorted(positions)
     summary = page[positions[0]:positions[1]]
-    assert ("TARGET MET" if augmented_report["target_met"] else "TARGET NOT MET") in summary
-    assert augmented_report["target"]["surrogate"] in summary
-    for warning in augmented_report["warnings"]:
+    assert ("TARGET MET" if adult_report["target_met"] else "TARGET NOT MET") in summary
+    assert adult_report["target"]["surrogate"] in summary
+    for warning in adult_report["warnings"]:
         assert f'<span class="code">{warning["code"]}</span>' in summary
-    failed = copy.deepcopy(augmented_report)
+    failed = copy.deepcopy(adult_report)
     failed["target_met"] = False
     failed["target"]["headline"] = "Eval DP went from 0.21 to 0.20 & stayed within noise."
     page = render_html(failed)
     assert "TARGET NOT MET" in page and "Eval DP went from 0.21 to 0.20 &amp; stayed within noise." in page
 
 
-def test_metric_tables_show_intervals_and_changes_within_noise(augmented_report: dict[str, Any]) -> None:
-    page = render_html(augmented_report)
-    within = [metric for split in augmented_report["confidence"].values() for metric in split.values()
+def test_metric_tables_show_intervals_and_changes_within_noise(adult_report: dict[str, Any]) -> None:
+    page = render_html(adult_report)
+    within = [metric for split in adult_report["confidence"].values() for metric in split.values()
               if isinstance(metric, dict) and metric["change"]["within_noise"]]
     assert page.count('<span class="noise">within noise</span>') == len(within)
-    accuracy = augmented_report["confidence"]["eval"]["accuracy"]
+    accuracy = adult_report["confidence"]["eval"]["accuracy"]
     for stage in ("before", "after", "change"):
         assert f"[{accuracy[stage]['low']:.4f}, {accuracy[stage]['high']:.4f}]" in page
 
 
-def test_group_tables_show_counts_beside_rates(augmented_report: dict[str, Any]) -> None:
-    page = render_html(augmented_report)
+def test_group_tables_show_counts_beside_rates(adult_report: dict[str, Any]) -> None:
+    page = render_html(adult_report)
     for split in ("audit", "eval"):
-        for group, row in augmented_report["before"][split]["groups"].items():
+        for group, row in adult_report["before"][split]["groups"].items():
             counts = "".join(f'<td class="n" rowspan="2">{row[k]}</td>'
                              for k in ("n", "positives", "negatives"))
             assert f'<td rowspan="2">{group}</td>{counts}' in page
@@ -196,8 +195,8 @@ def test_an_old_minimal_report_renders(adult_report: dict[str, Any]) -> None:
     assert "This report has no confidence intervals for eval." in page
 
 
-def test_a_skipped_frontier_shows_the_reason_instead_of_the_plot(augmented_report: dict[str, Any]) -> None:
-    report = copy.deepcopy(augmented_report)
+def test_a_skipped_frontier_shows_the_reason_instead_of_the_plot(adult_report: dict[str, Any]) -> None:
+    report = copy.deepcopy(adult_report)
     report["frontier"] = []
     report["frontier_info"]["skipped"] = "the time budget <60 s> was spent"
     page = render_html(report)
@@ -205,10 +204,11 @@ def test_a_skipped_frontier_shows_the_reason_instead_of_the_plot(augmented_repor
     assert "The frontier was not computed: the time budget &lt;60 s&gt; was spent" in page
 
 
-def test_a_robustness_report_plots_robust_accuracy(augmented_report: dict[str, Any]) -> None:
-    report = copy.deepcopy(augmented_report)
+def test_a_robustness_report_plots_robust_accuracy(adult_report: dict[str, Any]) -> None:
+    report = copy.deepcopy(adult_report)
     report["target"]["hard_metric"] = "robust_accuracy"
     frontier = _svgs(render_html(report))["plot-frontier"]
     labels = ["".join(el.itertext()) for el in frontier.iter("text")]
     assert any(label.startswith("robust accuracy on eval") for label in labels)
-    assert len(list(_by_id(frontier, "frontier-soft").iter("use"))) == len(SYNTHETIC_REDUCTIONS)
+    soft = report["frontier_info"]["reductions"]
+    assert len(list(_by_id(frontier, "frontier-soft").iter("use"))) == len(soft)

@@ -73,6 +73,10 @@ def _confidence(spec: CorrectionSpec, splits: dict[str, Dataset], sensitive: str
                 before: dict[str, SplitEvaluation], after: dict[str, SplitEvaluation]) -> dict[str, Any]:
     attack = acceptance_attack(spec)
     robust_label = attack_label(attack) if attack is not None else None
+    if robust_label is None and splits:
+        # Fairness objectives with robust evaluation: the interval is of the reported
+        # robust_accuracy, the adaptive accuracy under the first (evaluation) attack.
+        robust_label = next(iter(before[next(iter(splits))].robust_correct), None)
     config = BootstrapConfig(n_boot=spec.evaluation.n_boot, level=spec.evaluation.ci_level, seed=spec.seed)
     return {name: paired_bootstrap(data.labels, data.sensitive[sensitive],
                                    _predictions(before[name], robust_label),
