@@ -128,8 +128,9 @@ class SplitContext:
 
 
 def _robust_accuracy(model: HeadModel, design: torch.Tensor, context: SplitContext,
-                     config: AttackConfig) -> tuple[dict[str, Any], np.ndarray]:
-    """Robust accuracy against the frozen and the adaptive attack; per-row adaptive correctness."""
+                     config: AttackConfig) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """Robust accuracy against the frozen and the adaptive attack; per-row adaptive and frozen
+    correctness."""
     labels = context.data.labels
     frozen = context.frozen[attack_label(config)]
     theta = model.theta()
@@ -141,13 +142,14 @@ def _robust_accuracy(model: HeadModel, design: torch.Tensor, context: SplitConte
         adversarial = attack_inputs(model, context.data.features, labels, config)
         adaptive_pred = model.logits(adversarial).cpu().numpy() >= 0
     adaptive_correct = adaptive_pred == (labels == 1)
+    frozen_correct = frozen_pred == (labels == 1)
     summary = {
         "attack": {"kind": config.kind, "norm": config.norm, "epsilon": config.epsilon,
                    "steps": config.steps, "kappa": config.kappa},
-        "frozen": float((frozen_pred == (labels == 1)).mean()),
+        "frozen": float(frozen_correct.mean()),
         "adaptive": float(adaptive_correct.mean()),
     }
-    return summary, adaptive_correct
+    return summary, adaptive_correct, frozen_correct
 
 
 def _surrogates(theta: torch.Tensor, design: torch.Tensor, context: SplitContext,
@@ -172,6 +174,8 @@ class SplitEvaluation:
     proba: np.ndarray
     robust_correct: dict[str, np.ndarray] = field(default_factory=dict)
     """Adaptive correctness per row, by attack label."""
+    frozen_correct: dict[str, np.ndarray] = field(default_factory=dict)
+    """Correctness per row under the attack crafted against the input model, by attack label."""
 
 
 def evaluate_split(model: HeadModel, context: SplitContext) -> SplitEvaluation:
@@ -185,8 +189,8 @@ def evaluate_split(model: HeadModel, context: SplitContext) -> SplitEvaluation:
         robustness = {}
         for config in context.attacks:
             label = attack_label(config)
-            robustness[label], evaluation.robust_correct[label] = _robust_accuracy(model, design, context,
-                                                                                   config)
+            robustness[label], evaluation.robust_correct[label], evaluation.frozen_correct[label] = \
+                _robust_accuracy(model, design, context, config)
         primary = robustness[attack_label(context.attacks[0])]
         metrics["robust_accuracy"] = primary["adaptive"]
         metrics["robust_accuracy_frozen"] = primary["frozen"]

@@ -35,8 +35,8 @@ BASE_METRICS = ("accuracy", "log_loss", "demographic_parity_difference", "equal_
 # Bytes of one (replications × group rows) array; a block holds about three of them at once.
 BLOCK_BYTES = 16 * 2**20
 # Per-row columns summed per group, for each of before and after.
-_CORRECT, _LOSS, _SELECTED, _TRUE_POS, _FALSE_POS, _ROBUST = range(6)
-_PER_MODEL = 6
+_CORRECT, _LOSS, _SELECTED, _TRUE_POS, _FALSE_POS, _ROBUST, _FROZEN = range(7)
+_PER_MODEL = 7
 
 
 @dataclass(frozen=True)
@@ -50,10 +50,12 @@ class BootstrapConfig:
 
 @dataclass(frozen=True)
 class SplitPredictions:
-    """One model's outputs on the split: P(y=1) and, optionally, correctness under attack."""
+    """One model's outputs on the split: P(y=1) and, optionally, correctness under attack
+    (adaptive: crafted against this model; frozen: the attack crafted against the input model)."""
 
     proba: np.ndarray
     robust_correct: np.ndarray | None = None
+    frozen_correct: np.ndarray | None = None
 
 
 def _validate(labels: np.ndarray, groups: np.ndarray, before: SplitPredictions, after: SplitPredictions,
@@ -62,7 +64,8 @@ def _validate(labels: np.ndarray, groups: np.ndarray, before: SplitPredictions, 
     if n == 0:
         raise ValueError("paired_bootstrap needs at least one row")
     arrays = {"groups": groups, "before.proba": before.proba, "after.proba": after.proba,
-              "before.robust_correct": before.robust_correct, "after.robust_correct": after.robust_correct}
+              "before.robust_correct": before.robust_correct, "after.robust_correct": after.robust_correct,
+              "before.frozen_correct": before.frozen_correct, "after.frozen_correct": after.frozen_correct}
     for name, values in arrays.items():
         if values is not None and values.shape != (n,):
             raise ValueError(f"{name} has shape {values.shape}, expected ({n},) like labels")
@@ -79,8 +82,9 @@ def _model_columns(labels: np.ndarray, prediction: SplitPredictions) -> np.ndarr
     clipped = np.clip(prediction.proba, LOG_EPS, 1 - LOG_EPS)
     loss = -(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped))
     robust = np.zeros_like(labels) if prediction.robust_correct is None else prediction.robust_correct
+    frozen = np.zeros_like(labels) if prediction.frozen_correct is None else prediction.frozen_correct
     return np.column_stack([(selected == labels), loss, selected, selected * labels,
-                            selected * (1 - labels), robust]).astype(np.float64)
+                            selected * (1 - labels), robust, frozen]).astype(np.float64)
 
 
 def _resampled_sums(columns: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
@@ -130,6 +134,7 @@ def _replicate_metrics(sums: np.ndarray, sizes: np.ndarray, model: int) -> dict[
         "equal_opportunity_difference": tpr_diff,
         "equalized_odds_difference": np.maximum(tpr_diff, fpr_diff),
         "robust_accuracy": own[:, :, _ROBUST].sum(axis=1) / n,
+        "robust_accuracy_frozen": own[:, :, _FROZEN].sum(axis=1) / n,
     }
 
 
@@ -139,6 +144,8 @@ def _point_estimates(labels: np.ndarray, groups: np.ndarray, prediction: SplitPr
     out = {name: float(metrics[name]) for name in BASE_METRICS}
     if prediction.robust_correct is not None:
         out["robust_accuracy"] = float(np.mean(prediction.robust_correct))
+    if prediction.frozen_correct is not None:
+        out["robust_accuracy_frozen"] = float(np.mean(prediction.frozen_correct))
     return out
 
 
@@ -159,8 +166,8 @@ def paired_bootstrap(labels: np.ndarray, groups: np.ndarray, before: SplitPredic
                      after: SplitPredictions, config: BootstrapConfig) -> dict[str, Any]:
     """Percentile intervals for each metric before, after and of the paired change.
 
-    Point estimates are ``classification_metrics``' values (and the mean of ``robust_correct``,
-    reported when both models have it). The result is JSON-serialisable.
+    Point estimates are ``classification_metrics``' values (and the means of ``robust_correct``
+    and ``frozen_correct``, each reported when both models have it). The result is JSON-serialisable.
     """
     _validate(labels, groups, before, after, config)
     labels = np.asarray(labels, dtype=np.float64)
@@ -172,9 +179,11 @@ def paired_bootstrap(labels: np.ndarray, groups: np.ndarray, before: SplitPredic
     reps = [_replicate_metrics(sums, sizes, model) for model in (0, 1)]
     points = [_point_estimates(labels, groups, p) for p in (before, after)]
     robust = before.robust_correct is not None and after.robust_correct is not None
+    frozen = before.frozen_correct is not None and after.frozen_correct is not None
+    reported = (*BASE_METRICS, *(("robust_accuracy",) if robust else ()),
+                *(("robust_accuracy_frozen",) if frozen else ()))
     out: dict[str, Any] = {name: _summarise(points[0][name], points[1][name], reps[0][name], reps[1][name],
-                                            config.level)
-                           for name in BASE_METRICS + (("robust_accuracy",) if robust else ())}
+                                            config.level) for name in reported}
     out.update({"n_boot": config.n_boot, "level": config.level, "seed": config.seed, "method": METHOD,
                 "predictions_changed": int(((before.proba >= 0.5) != (after.proba >= 0.5)).sum())})
     return out

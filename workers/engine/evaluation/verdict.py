@@ -66,7 +66,8 @@ class Verdict:
 
 def _predictions(evaluation: SplitEvaluation, robust_label: str | None) -> SplitPredictions:
     robust = evaluation.robust_correct.get(robust_label) if robust_label else None
-    return SplitPredictions(proba=evaluation.proba, robust_correct=robust)
+    frozen = evaluation.frozen_correct.get(robust_label) if robust_label else None
+    return SplitPredictions(proba=evaluation.proba, robust_correct=robust, frozen_correct=frozen)
 
 
 def _confidence(spec: CorrectionSpec, splits: dict[str, Dataset], sensitive: str,
@@ -78,10 +79,13 @@ def _confidence(spec: CorrectionSpec, splits: dict[str, Dataset], sensitive: str
         # robust_accuracy, the adaptive accuracy under the first (evaluation) attack.
         robust_label = next(iter(before[next(iter(splits))].robust_correct), None)
     config = BootstrapConfig(n_boot=spec.evaluation.n_boot, level=spec.evaluation.ci_level, seed=spec.seed)
-    return {name: paired_bootstrap(data.labels, data.sensitive[sensitive],
-                                   _predictions(before[name], robust_label),
-                                   _predictions(after[name], robust_label), config)
-            for name, data in splits.items()}
+    out = {name: paired_bootstrap(data.labels, data.sensitive[sensitive],
+                                  _predictions(before[name], robust_label),
+                                  _predictions(after[name], robust_label), config)
+           for name, data in splits.items()}
+    for interval in out.values():
+        interval["robust_attack"] = robust_label  # the attack the robust intervals are of
+    return out
 
 
 def _significant(spec: CorrectionSpec, interval: dict[str, Any]) -> tuple[bool, str, dict[str, Any] | None]:
