@@ -109,6 +109,8 @@ def _add_correct(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     net.add_argument("--temperature", type=float, help="distillation temperature (scrub, bad teacher)")
     parser.add_argument("--spec", type=Path, help="JSON job spec; flags override its fields")
     parser.add_argument("--no-robust-eval", action="store_true", help="skip robust accuracy")
+    parser.add_argument("--no-frontier", action="store_true", help="skip the report's trade-off frontier "
+                        "(spec evaluation.frontier sets its grid)")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--gate", action="append", default=[], type=_gate_arg,
                         metavar="'SPLIT.METRIC<=VALUE'",
@@ -164,6 +166,8 @@ def spec_from_args(args: argparse.Namespace) -> CorrectionSpec:
         _set(tree, path, getattr(args, flag))
     if args.no_robust_eval:
         _set(tree, "evaluation.robustness", False)
+    if args.no_frontier:
+        _set(tree, "evaluation.frontier", {"reductions": [], "k_fractions": []})
     objective = tree.get("objective")
     if not isinstance(objective, dict) or "metric" not in objective:
         raise ValueError("no objective: pass --objective (demographic_parity, equal_opportunity, "

@@ -33,6 +33,7 @@ from workers.engine.influence.full import (
     flat_to_state,
     objective_gradient,
 )
+from workers.engine.influence.full_scope import span_basis
 from workers.engine.io.architecture import ArchSpec
 from workers.engine.models.training import train_mlp
 
@@ -104,6 +105,8 @@ def test_per_sample_products_and_gradient_sums_match_a_naive_autograd_loop(
     assert torch.allclose(engine.per_sample_dot(vectors[:, 0]), naive @ vectors[:, 0], rtol=1e-10, atol=1e-12)
     eps = torch.randn(N, generator=generator, dtype=torch.float64)
     assert torch.allclose(engine.weighted_gradient_sum(eps), naive.T @ eps, rtol=1e-10, atol=1e-10)
+    block = torch.randn(N, 4, generator=generator, dtype=torch.float64)
+    assert torch.allclose(engine.weighted_gradient_sums(block), naive.T @ block, rtol=1e-10, atol=1e-10)
     expected = naive.sum(0) + LAMBDA * engine.flat_parameters()
     assert torch.allclose(engine.gradient(), expected, rtol=1e-10, atol=1e-10)
 
@@ -258,3 +261,13 @@ def test_gauss_newton_products_match_the_dense_gauss_newton_matrix(relu: nn.Sequ
     assert torch.allclose(engine.hvp(vector), damped @ vector, rtol=1e-10, atol=1e-10)
     assert torch.allclose(engine.dense_hessian(), damped, rtol=1e-10, atol=1e-10)
     assert float(torch.linalg.eigvalsh(engine.dense_hessian())[0]) >= LAMBDA + 0.5 - 1e-9
+
+
+def test_a_span_basis_reproduces_its_columns_with_the_rank_of_their_span() -> None:
+    rng = np.random.default_rng(0)
+    direction, other = rng.normal(size=N), rng.normal(size=N)
+    columns = np.column_stack([0.1 * direction, 0.7 * direction, -0.3 * direction, other])
+    basis, coefficients = span_basis(columns)
+    assert basis.shape == (N, 2) and coefficients.shape == (2, 4)
+    np.testing.assert_allclose(basis @ coefficients, columns, rtol=0, atol=1e-12)
+    assert span_basis(np.zeros((N, 3)))[0].shape == (N, 1)

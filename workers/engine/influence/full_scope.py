@@ -21,7 +21,7 @@ from workers.engine.influence.full import FullInfluence, flat_to_state, objectiv
 from workers.engine.models.head_model import HeadModel
 from workers.engine.objectives.targets import AuditTargets
 
-__all__ = ["FullScope", "soft_gap"]
+__all__ = ["FullScope", "soft_gap", "span_basis"]
 
 NO_POLISH_REASON = (
     "not polished: a ReLU network's loss has kinks where hidden units switch, so Newton polishing "
@@ -59,6 +59,18 @@ def soft_gap(metric: str, proba: torch.Tensor, labels: np.ndarray, groups: np.nd
         gap = _rate_gap(proba, masks, privileged)
         total = total + (gap if len(conditions) == 1 else gap.abs())
     return total
+
+
+SPAN_RTOL = 1e-12
+"""Singular values below this fraction of the largest are dropped from a span's basis."""
+
+
+def span_basis(columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(basis, coefficients)`` with ``columns ≈ basis @ coefficients`` and as few basis columns
+    as the rank (thin SVD; exact up to rounding)."""
+    u, sigma, vt = np.linalg.svd(columns, full_matrices=False)
+    rank = max(1, int((sigma > SPAN_RTOL * sigma[0]).sum())) if sigma.size and sigma[0] > 0 else 1
+    return u[:, :rank] * sigma[:rank], vt[:rank]
 
 
 def _logits(network: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
@@ -152,17 +164,21 @@ class FullScope:
     def trial_models(self, deltas: list[np.ndarray], method: MethodConfig) -> list[HeadModel]:
         """The networks after a Newton step with each of ``deltas``, leaving the scope where it is.
 
-        With the original Hessian the steps share one pass of per-sample gradients (a step is
-        linear in ε) and, with the exact solver, one factorization; the solves skip their
-        residual diagnostic (one Hessian-vector product over the training set each), since each
-        point's realized metrics are measured anyway."""
+        With the original Hessian a step −H⁻¹Σεᵢgᵢ is linear in ε, so the steps are solved on a
+        basis of the deltas' span (the soft schemes' deltas at different ρ are multiples of one
+        vector): one pass of per-sample gradients and one solve per basis vector serve every
+        point. The solves skip their residual diagnostic (one Hessian-vector product over the
+        training set each), since each point's realized metrics are measured anyway.
+        """
         if method.hessian == "reweighted":
             return [self._trial_reweighted(delta, method) for delta in deltas]
-        eps = torch.from_numpy(np.stack(deltas, axis=1)).to(self.weights)
-        sums = self.engine.weighted_gradient_sums(eps, "frontier")
+        basis, coefficients = span_basis(np.stack(deltas, axis=1))
+        sums = self.engine.weighted_gradient_sums(torch.from_numpy(basis).to(self.weights), "frontier")
+        solved = torch.stack([self.engine.solve(sums[:, j], "frontier", check_residual=False)[0]
+                              for j in range(basis.shape[1])], dim=1)
+        steps = solved @ torch.from_numpy(coefficients).to(solved)
         flat = self.engine.flat_parameters()
-        return [self._model_at(flat - self.engine.solve(sums[:, j], "frontier", check_residual=False)[0])
-                for j in range(len(deltas))]
+        return [self._model_at(flat - steps[:, j]) for j in range(len(deltas))]
 
     def _trial_reweighted(self, delta: np.ndarray, method: MethodConfig) -> HeadModel:
         snapshot = self.snapshot()
