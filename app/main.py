@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.deps import Services
 from app.errors import install_error_handlers, problem_type
+from app.headers import SecurityHeadersMiddleware
 from app.metrics import Metrics, MetricsMiddleware
 from app.routes import artifacts, health, jobs
 from app.security import KeyRing
@@ -80,6 +81,8 @@ def create_app(settings: ServiceSettings | None = None, *, reconcile: bool = Tru
 
     app = FastAPI(
         title="SoftUnlearn", version=VERSION, lifespan=lifespan,
+        # No trailing-slash redirects: they would echo the request's Host header in Location.
+        redirect_slashes=False,
         description="Correct a trained classifier for fairness or robustness without retraining, by "
                     "soft-weighted machine unlearning. Errors are RFC 9457 problem+json.",
     )
@@ -89,6 +92,7 @@ def create_app(settings: ServiceSettings | None = None, *, reconcile: bool = Tru
         app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, settings=settings)
     app.add_middleware(MetricsMiddleware, metrics=services.metrics)
+    app.add_middleware(SecurityHeadersMiddleware)
     return app
 
 def app_factory() -> FastAPI:

@@ -21,13 +21,14 @@ __all__ = [
     "tenant_prefix",
 ]
 
-TENANT_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-"""Tenant names: lower-case letters, digits and dashes, at most 63 characters."""
+TENANT_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+"""Tenant names: lower-case letters, digits and dashes, at most 63 characters (matched whole,
+with ``fullmatch``: ``$`` would also accept a trailing newline)."""
 KINDS = ("models", "datasets", "jobs", "idempotency")
 """The namespaces under a tenant."""
-KEY_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)*$")
-"""Every key the store accepts; no empty segment, no leading dot, so no ``..``."""
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+KEY_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)*")
+"""Every key the store accepts (``fullmatch``); no empty segment, no leading dot, so no ``..``."""
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 
 
 def new_id() -> str:
@@ -37,12 +38,12 @@ def new_id() -> str:
 
 def is_valid_id(value: str) -> bool:
     """Whether ``value`` is an identifier this service could have generated."""
-    return bool(_UUID.match(value))
+    return bool(_UUID.fullmatch(value))
 
 
 def is_valid_tenant(value: str) -> bool:
     """Whether ``value`` is an acceptable tenant name."""
-    return bool(TENANT_PATTERN.match(value))
+    return bool(TENANT_PATTERN.fullmatch(value))
 
 
 def tenant_prefix(tenant: str) -> str:
@@ -72,6 +73,6 @@ def object_prefix(tenant: str, kind: str, object_id: str) -> str:
 def object_key(tenant: str, kind: str, object_id: str, name: str) -> str:
     """The key of file ``name`` of one stored object."""
     key = f"{object_prefix(tenant, kind, object_id)}/{name}"
-    if not KEY_PATTERN.match(key):
+    if not KEY_PATTERN.fullmatch(key):
         raise ValueError(f"invalid file name {name!r}")
     return key

@@ -115,7 +115,7 @@ class LocalStore:
         Raises:
             InvalidKey: the key is not in the key grammar or escapes the root.
         """
-        if not KEY_PATTERN.match(key) or len(key) > 512:
+        if not KEY_PATTERN.fullmatch(key) or len(key) > 512:
             raise InvalidKey(f"invalid key {key[:80]!r}")
         path = (self.root / key).resolve()
         if not path.is_relative_to(self.root) or path == self.root:
@@ -223,7 +223,7 @@ class LocalStore:
         staging.mkdir()
         try:
             for item in sorted(source.iterdir()):
-                if item.is_file() and KEY_PATTERN.match(item.name):
+                if item.is_file() and KEY_PATTERN.fullmatch(item.name):
                     shutil.copyfile(item, staging / item.name)
                     with open(staging / item.name, "rb") as handle:
                         os.fsync(handle.fileno())

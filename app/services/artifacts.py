@@ -9,7 +9,6 @@ the engine's own reader. Only then are the bytes committed under a key we genera
 from __future__ import annotations
 
 import codecs
-import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +24,7 @@ from workers.engine.errors import InputError
 from workers.engine.io.architecture import parse_arch
 from workers.engine.io.datasets import load_dataset, parse_schema, read_columns
 from workers.engine.io.identity import check_recorded_architecture
+from workers.engine.io.json_input import load_json
 from workers.engine.io.safetensors_header import (
     check_against_arch,
     checkpoint_dtypes,
@@ -54,8 +54,8 @@ def _json_field(upload: Upload, name: str, example: str) -> Any:
     if raw is None:
         raise _invalid(name, f"missing form field; send it as JSON, e.g. {example}")
     try:
-        return json.loads(raw)
-    except json.JSONDecodeError as exc:
+        return load_json(raw)
+    except ValueError as exc:
         raise _invalid(name, f"not valid JSON ({exc})") from exc
 
 

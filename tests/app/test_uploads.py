@@ -216,3 +216,26 @@ def test_tensor_dataset_upload_and_refusals(client: TestClient, settings: Servic
                        files={"file": ("d.safetensors", save({"y": tensors["y"], "sex": tensors["sex"]}))})
     assert no_x.status_code == 422 and "'x'" in no_x.json()["detail"]
     assert store_files(settings.store) == before
+
+
+DEEP = "[" * 5000 + "]" * 5000
+"""JSON nested far deeper than ``json.loads`` can recurse."""
+
+
+def test_deeply_nested_json_in_any_field_is_422_never_500(client: TestClient,
+                                                          settings: ServiceSettings) -> None:
+    response = client.post("/v1/models", headers=auth(), data={"architecture": DEEP},
+                           files={"file": ("model.safetensors", safetensors_bytes(GOOD))})
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"][0]["field"] == "architecture"
+    deep_header = b'{"a":' + DEEP.encode() + b"}"
+    checkpoint = struct.pack("<Q", len(deep_header)) + deep_header
+    response = client.post("/v1/models", headers=auth(), data={"architecture": json.dumps(ARCH)},
+                           files={"file": ("m.safetensors", checkpoint)})
+    assert (response.status_code, response.json()["code"]) == (422, "invalid_safetensors"), response.text
+    csv = b"x1,sex,y\n0.1,F,0\n0.3,M,1\n"
+    response = client.post("/v1/datasets", headers=auth(), data={"schema": DEEP},
+                           files={"file": ("d.csv", csv)})
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"][0]["field"] == "schema" and "nested" in response.json()["detail"]
+    assert store_files(settings.store) == []

@@ -16,7 +16,7 @@ def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     uvicorn.run("app.main:app_factory", factory=True, host=args.host, port=args.port,
-                log_level=args.log_level, proxy_headers=True)
+                log_level=args.log_level, proxy_headers=True, server_header=False)
     return 0
 
 

@@ -27,12 +27,12 @@ after the last block. Keys are the Sequential's indices (``0.weight``, ``0.bias`
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from workers.engine.errors import InputError
+from workers.engine.io.json_input import load_json
 from workers.engine.io.resnet import ResNetLayout, parse_resnet, scalar_count
 
 __all__ = ["ACTIVATIONS", "FAMILIES", "POOLS", "ArchSpec", "ConvBlock", "load_arch", "parse_arch"]
@@ -353,9 +353,9 @@ def parse_arch(data: Any) -> ArchSpec:
 def load_arch(path: str | Path) -> ArchSpec:
     """Read and validate an architecture JSON file."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = load_json(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise InputError(f"architecture file not found: {path}") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError) as exc:
         raise InputError(f"architecture file {path} is not valid JSON: {exc}") from exc
     return parse_arch(data)

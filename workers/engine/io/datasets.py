@@ -7,7 +7,6 @@ value is a group) and are not features unless the schema lists them in ``feature
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -17,6 +16,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from workers.engine.errors import DatasetError
+from workers.engine.io.json_input import load_json
 from workers.engine.io.tensor_datasets import is_tensor_dataset, read_tensor_dataset, tensor_columns
 
 __all__ = [
@@ -121,11 +121,12 @@ def parse_schema(data: Any) -> DatasetSchema:
 def load_schema(path: str | Path) -> DatasetSchema:
     """Read and validate a schema JSON file."""
     try:
-        return parse_schema(json.loads(Path(path).read_text(encoding="utf-8")))
+        raw = load_json(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise DatasetError(f"schema file not found: {path}") from exc
-    except json.JSONDecodeError as exc:
+    except (ValueError, UnicodeDecodeError) as exc:
         raise DatasetError(f"schema file {path} is not valid JSON: {exc}") from exc
+    return parse_schema(raw)
 
 
 def _is_parquet(path: Path) -> bool:

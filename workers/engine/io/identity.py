@@ -17,6 +17,7 @@ from typing import Any
 
 from workers.engine.errors import CheckpointError
 from workers.engine.io.architecture import ArchSpec, parse_arch
+from workers.engine.io.json_input import load_json
 
 __all__ = [
     "METADATA_KEY",
@@ -48,8 +49,8 @@ def recorded_identity(metadata: dict[str, str]) -> dict[str, Any]:
     if METADATA_KEY not in metadata:
         return {}
     try:
-        identity = json.loads(metadata[METADATA_KEY])
-    except json.JSONDecodeError as exc:
+        identity = load_json(metadata[METADATA_KEY])
+    except ValueError as exc:
         raise CheckpointError(f"checkpoint metadata {METADATA_KEY!r} is not valid JSON: {exc}") from exc
     if not isinstance(identity, dict):
         raise CheckpointError(f"checkpoint metadata {METADATA_KEY!r} must be a JSON object")

@@ -8,7 +8,6 @@ archive) are recognized by their magic bytes and refused without being unpickled
 
 from __future__ import annotations
 
-import json
 import re
 import struct
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Any, BinaryIO
 
 from workers.engine.errors import CheckpointError
 from workers.engine.io.architecture import ArchSpec
+from workers.engine.io.json_input import load_json
 
 __all__ = [
     "ALLOWED_DTYPES",
@@ -31,7 +31,7 @@ __all__ = [
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 MAX_TENSORS = 1024
 ALLOWED_DTYPES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
-_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_.]{1,200}$")
+_KEY_PATTERN = re.compile(r"[A-Za-z0-9_.]{1,200}")
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def _refuse_non_safetensors(head: bytes, name: str) -> None:
 
 
 def _entry(key: str, value: Any, dtypes: dict[str, int]) -> TensorInfo:
-    if not _KEY_PATTERN.match(key):
+    if not _KEY_PATTERN.fullmatch(key):
         raise CheckpointError(f"tensor name {key[:60]!r} is not allowed (letters, digits, '_' and '.')")
     if not isinstance(value, dict) or set(value) != {"dtype", "shape", "data_offsets"}:
         raise CheckpointError(f"tensor {key!r}: malformed header entry")
@@ -99,8 +99,8 @@ def _entry(key: str, value: Any, dtypes: dict[str, int]) -> TensorInfo:
 def _parse(raw: bytes, buffer_len: int, dtypes: dict[str, int],
            ) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        header = load_json(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
         raise CheckpointError(f"safetensors header is not valid JSON: {exc}") from exc
     if not isinstance(header, dict):
         raise CheckpointError("safetensors header must be a JSON object")

@@ -14,7 +14,6 @@ offsets); arrays are then read with ``safetensors.numpy`` — never pickle, neve
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import numpy as np
 from safetensors.numpy import load_file
 
 from workers.engine.errors import DatasetError, InputError
+from workers.engine.io.json_input import load_json
 from workers.engine.io.safetensors_header import (
     ALLOWED_DTYPES,
     TensorInfo,
@@ -52,8 +52,8 @@ def _header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, Any]]:
         raise DatasetError(f"{path.name}: a tensor dataset needs a tensor named {FEATURES_TENSOR!r} (the "
                            f"features); it has {sorted(tensors)[:10]}")
     try:
-        described = json.loads(metadata.get(METADATA_KEY, "{}"))
-    except json.JSONDecodeError as exc:
+        described = load_json(metadata.get(METADATA_KEY, "{}"))
+    except ValueError as exc:
         raise DatasetError(f"{path.name}: metadata {METADATA_KEY!r} is not valid JSON: {exc}") from exc
     if not isinstance(described, dict):
         raise DatasetError(f"{path.name}: metadata {METADATA_KEY!r} must be a JSON object")
