@@ -64,6 +64,29 @@ class ServiceSettings(BaseSettings):
     """The reconciler leaves a job alone this long after it was (re-)enqueued."""
     debug_stage_delay_s: float = Field(default=0.0, ge=0, le=60)
     """Testing and demos only: sleep this long after each engine stage."""
+    cap_epochs: int = Field(default=100, ge=1)
+    """Largest ``method.epochs`` a job may ask for (422 past it)."""
+    cap_refit_steps: int = Field(default=1000, ge=1)
+    """Largest ``method.refit_max_steps``."""
+    cap_attack_steps: int = Field(default=100, ge=1)
+    """Largest ``steps`` of ``objective.attack`` and ``evaluation.attack``."""
+    cap_lissa_depth: int = Field(default=10_000, ge=1)
+    """Largest ``influence.lissa_depth``."""
+    cap_cg_iterations: int = Field(default=5000, ge=1)
+    """Largest ``influence.cg_max_iterations``."""
+    cap_memory_gb: float = Field(default=8.0, gt=0)
+    """Largest ``influence.max_memory_gb``: a job may lower the worker's memory guard, never raise it."""
+    cap_n_boot: int = Field(default=10_000, ge=100)
+    """Largest ``evaluation.n_boot``."""
+
+    def spec_caps(self) -> dict[str, float]:
+        """Each capped spec field (dotted path) with the operator's cap."""
+        return {"method.epochs": self.cap_epochs, "method.refit_max_steps": self.cap_refit_steps,
+                "objective.attack.steps": self.cap_attack_steps,
+                "evaluation.attack.steps": self.cap_attack_steps,
+                "influence.lissa_depth": self.cap_lissa_depth,
+                "influence.cg_max_iterations": self.cap_cg_iterations,
+                "influence.max_memory_gb": self.cap_memory_gb, "evaluation.n_boot": self.cap_n_boot}
 
     def queue_name(self, name: str) -> str:
         """The RQ queue name of ``cpu`` or ``gpu``."""

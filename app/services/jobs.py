@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -77,8 +78,22 @@ def _check_dataset(field: str, dataset: ArtifactRecord, spec: CorrectionSpec,
                        f"has {len(features)} feature columns; upload it with schema.features naming them")
 
 
-def _validate(records: Records, tenant: str, body: JobCreate) -> CorrectionSpec:
+def _check_caps(spec: CorrectionSpec, settings: ServiceSettings) -> None:
+    """422 for a spec knob past the operator's cap (each costs worker time or memory)."""
+    resolved = spec.to_dict()
+    for path, cap in settings.spec_caps().items():
+        value: Any = resolved
+        for part in path.split("."):
+            value = value[part]
+        if value > cap:
+            message = f"{value:g} is over this service's limit of {cap:g} (operator setting)"
+            raise ApiError(422, "limit_exceeded", f"{path}: {message}",
+                           errors=[{"field": path, "message": message}])
+
+
+def _validate(records: Records, tenant: str, body: JobCreate, settings: ServiceSettings) -> CorrectionSpec:
     spec = _spec(body)
+    _check_caps(spec, settings)
     model = _artifact(records, tenant, "model_id", "models", body.model_id)
     arch = parse_arch(model.architecture)
     in_features = arch.in_features if arch.image_shape is None else None
@@ -147,7 +162,7 @@ def submit_job(records: Records, redis: Redis, settings: ServiceSettings, tenant
     Raises:
         ApiError: 422 invalid spec or ids, 409 reused idempotency key, 503 queue unavailable.
     """
-    spec = _validate(records, tenant, body)
+    spec = _validate(records, tenant, body, settings)
     digest = request_digest(body.model_dump(mode="json", exclude_unset=True))
     job_id = new_id()
     if idempotency_key is not None:

@@ -37,6 +37,31 @@ def test_bad_spec_is_422_naming_the_field(client: TestClient, ids: dict[str, str
     assert field in [e["field"] for e in body["errors"]], body
 
 
+@pytest.mark.parametrize(("change", "field", "cap"), [
+    ({"method": {"name": "finetune", "epochs": 10_000}}, "method.epochs", "100"),
+    ({"influence": {"lissa_depth": 1_000_000, "solver": "lissa", "scope": "full"}}, "influence.lissa_depth",
+     "10000"),
+    ({"influence": {"max_memory_gb": 1e9}}, "influence.max_memory_gb", "8"),
+    ({"objective": {"metric": "robustness", "sensitive_attribute": "sex", "attack": {"steps": 1000}}},
+     "objective.attack.steps", "100"),
+    ({"evaluation": {"attack": {"steps": 1000}}}, "evaluation.attack.steps", "100"),
+    ({"evaluation": {"n_boot": 100_000}}, "evaluation.n_boot", "10000"),
+])
+def test_knobs_past_the_operators_caps_are_422_naming_the_cap(client: TestClient, ids: dict[str, str],
+                                                              change: dict[str, object], field: str,
+                                                              cap: str) -> None:
+    response = client.post("/v1/jobs", headers=auth(), json=job_body(ids, **change))
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["code"] == "limit_exceeded" and body["errors"][0]["field"] == field, body
+    assert f"limit of {cap} " in body["detail"], body
+
+
+def test_damping_must_be_finite_and_bounded(client: TestClient, ids: dict[str, str]) -> None:
+    response = client.post("/v1/jobs", headers=auth(), json=job_body(ids, influence={"damping": 1e308}))
+    assert response.status_code == 422 and "influence.damping" in response.text, response.text
+
+
 def test_ids_of_another_kind_or_unknown_are_422(client: TestClient, ids: dict[str, str]) -> None:
     swapped = job_body(ids, train_dataset_id=ids["model_id"])
     body = client.post("/v1/jobs", headers=auth(), json=swapped).json()

@@ -53,6 +53,8 @@ DEFAULT_REDUCTION = 0.6
 """Fraction of the audit target removed when the spec names none. On the Adult example it
 cuts the eval demographic-parity difference by about three quarters for under one point of
 accuracy; 0.9 removes nearly all of it for about two and a half (docs/BENCHMARKS.md)."""
+MAX_DAMPING = 1e9
+"""Largest extra Hessian damping: far past any Hessian's scale here, where influence is ~0."""
 DEFAULT_L2_REG = 1.0
 """λ of the sum-form head objective Σ wᵢℓᵢ + (λ/2)‖w‖²; the bias is not regularized."""
 
@@ -279,7 +281,8 @@ class InfluenceConfig:
         _finite(self.l2_reg, "influence.l2_reg")
         _check(self.l2_reg >= 0, "influence.l2_reg must be >= 0")
         _finite(self.damping, "influence.damping")
-        _check(self.damping >= 0, "influence.damping must be >= 0")
+        _finite(self.damping, "influence.damping")
+        _check(0 <= self.damping <= MAX_DAMPING, f"influence.damping must be in [0, {MAX_DAMPING:g}]")
         _check(0 <= self.polish_max_steps <= 1000, "influence.polish_max_steps must be in [0, 1000]")
         _check(self.polish_tolerance > 0, "influence.polish_tolerance must be > 0")
         _check(16 <= self.chunk_size <= 1_000_000, "influence.chunk_size must be in [16, 1000000]")
