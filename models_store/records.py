@@ -153,9 +153,11 @@ class Records:
         """Key of one published output of a job."""
         return f"{self.output_prefix(tenant, job_id)}/{name}"
 
-    def create_job(self, record: JobRecord) -> None:
-        """Write a new manifest."""
-        self.store.put_bytes(self.job_key(record.tenant, record.id), record.model_dump_json().encode())
+    def create_job(self, record: JobRecord) -> bool:
+        """Write a new manifest, atomically and only if none exists under its id; returns whether
+        this call created it (False: another request bound to the same id got there first)."""
+        return self.store.create_exclusive(self.job_key(record.tenant, record.id),
+                                           record.model_dump_json().encode())
 
     def get_job(self, tenant: str, job_id: str) -> JobRecord | None:
         """The job of ``tenant`` with that id, or None."""

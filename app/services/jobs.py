@@ -171,7 +171,14 @@ def submit_job(records: Records, redis: Redis, settings: ServiceSettings, tenant
         if existing is not None:
             return existing, False
     record = _new_record(tenant, job_id, body, spec, digest, settings)
-    records.create_job(record)
+    if not records.create_job(record):
+        # A concurrent request with the same Idempotency-Key created this job between our claim
+        # and now: it, not we, enqueues it (one manifest, one enqueue, one run).
+        existing = records.get_job(tenant, job_id)
+        if existing is None:
+            raise ApiError(503, "queue_unavailable", "a concurrent request with this Idempotency-Key "
+                           "could not submit the job; retry", headers={"Retry-After": "1"})
+        return existing, False
     try:
         enqueue_correction(redis, settings, tenant, job_id, record.queue)
     except RedisError as exc:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
+from redis import Redis
 
 from tests.app.support import TestClient, auth, job_body, upload_example
 from workers.engine.examples.common import ExampleInfo
+from workers.settings import ServiceSettings
 
 
 @pytest.fixture
@@ -90,3 +94,17 @@ def test_submit_get_list_cancel_and_idempotency(client: TestClient, ids: dict[st
     assert canceled.status_code == 202 and canceled.json()["status"] == "canceled"
     assert client.get(f"/v1/jobs/{job['id']}", headers=auth()).json()["status"] == "canceled"
     assert client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth()).status_code == 409
+
+
+def test_concurrent_posts_with_one_key_make_one_job_and_one_enqueue(client: TestClient, ids: dict[str, str],
+                                                                     settings: ServiceSettings) -> None:
+    body, headers = job_body(ids), {**auth(), "Idempotency-Key": "race-1"}
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        responses = list(pool.map(lambda _: client.post("/v1/jobs", headers=headers, json=body), range(20)))
+    assert {r.status_code for r in responses} == {202}, [r.text for r in responses if r.status_code != 202]
+    job_ids = {r.json()["id"] for r in responses}
+    assert len(job_ids) == 1
+    queue = f"rq:queue:{settings.queue_name('cpu')}"
+    queued = Redis.from_url(settings.redis_url, decode_responses=True).lrange(queue, 0, -1)
+    assert queued == list(job_ids)  # enqueued once
+    assert client.get("/v1/jobs", headers=auth()).json()["total"] == 1
