@@ -33,7 +33,7 @@ from workers.engine.models.head_model import HeadModel, pick_device
 from workers.engine.models.reference import check_reference_logits
 from workers.engine.objectives.targets import AuditTargets, acceptance_attack
 from workers.engine.progress import ProgressCallback, StageClock
-from workers.engine.unlearning.frontier import Frontier, compute_frontier, step_description
+from workers.engine.unlearning.frontier import Frontier, compute_frontier, skipped_frontier
 from workers.engine.unlearning.tracking import (
     Measurement,
     StartInfluence,
@@ -152,9 +152,7 @@ def _frontier(setup: _Setup, spec: CorrectionSpec, clock: StageClock, origin: Me
             start.target, spec.method.target_tolerance) else None
     with clock.stage("frontier", 0.18):
         if known is None:
-            frontier = Frontier([], {"step": step_description(spec), "scheme": spec.weighting.scheme,
-                                     "reductions": [], "k_fractions": [], "seconds": 0.0,
-                                     "skipped": "the input model already meets the goal", "notes": []})
+            frontier = skipped_frontier(spec, "the input model already meets the goal")
         else:
             frontier = compute_frontier(setup.scope, spec, setup.targets, setup.contexts, known, origin,
                                         start)

@@ -32,7 +32,7 @@ from workers.engine.objectives.targets import AuditTargets
 from workers.engine.unlearning.tracking import Measurement, StartInfluence, measure, rejection
 from workers.engine.weights import WeightResult, solve_weights
 
-__all__ = ["Frontier", "compute_frontier", "step_description"]
+__all__ = ["Frontier", "compute_frontier", "skipped_frontier", "step_description"]
 
 WEIGHT_SUMMARY_KEYS = ("l2_norm", "min", "max", "down_weighted", "up_weighted", "removed",
                        "negative_effective_weights")
@@ -84,14 +84,32 @@ def _evaluate(model: HeadModel, spec: CorrectionSpec, targets: AuditTargets,
     }
 
 
-def _requests(spec: CorrectionSpec, reduction_of: float) -> list[tuple[str, float, WeightingConfig, float]]:
-    """(key, value, weighting, requested reduction in target units) for every point."""
+def _requests(spec: CorrectionSpec, origin: Measurement, start: Measurement,
+              ) -> list[tuple[str, float, WeightingConfig, float]]:
+    """(key, value, weighting, requested reduction of |target| from ``start``) for every point.
+
+    A soft point asks for what the job would: |start| − (1 − ρ)·|origin|, ρ of the input model's
+    target. Hard removal ignores the amount (it removes its share k).
+    """
     soft = _soft_weighting(spec)
     frontier = spec.evaluation.frontier
-    out = [("reduction", rho, soft, reduction_of * rho) for rho in frontier.reductions]
-    out += [("k_fraction", k, dataclasses.replace(spec.weighting, scheme="hard", k_fraction=k),
-             reduction_of) for k in frontier.k_fractions]
+    initial = abs(origin.target)
+    out = [("reduction", rho, soft, abs(start.target) - (1 - rho) * initial) for rho in frontier.reductions]
+    out += [("k_fraction", k, dataclasses.replace(spec.weighting, scheme="hard", k_fraction=k), initial)
+            for k in frontier.k_fractions]
     return out
+
+
+def _info(spec: CorrectionSpec, seconds: float, skipped: str | None, notes: list[str]) -> dict[str, Any]:
+    return {"step": step_description(spec), "scheme": _soft_weighting(spec).scheme,
+            "reductions": list(spec.evaluation.frontier.reductions),
+            "k_fractions": list(spec.evaluation.frontier.k_fractions),
+            "seconds": seconds, "skipped": skipped, "notes": notes}
+
+
+def skipped_frontier(spec: CorrectionSpec, reason: str) -> Frontier:
+    """A frontier with no points and the reason why."""
+    return Frontier([], _info(spec, 0.0, reason, []))
 
 
 def compute_frontier(scope: CorrectionScope, spec: CorrectionSpec, targets: AuditTargets,
@@ -106,12 +124,9 @@ def compute_frontier(scope: CorrectionScope, spec: CorrectionSpec, targets: Audi
     in the full scope one pass of per-sample gradients, serves every point.
     """
     began = time.perf_counter()
-    initial = abs(origin.target)
     notes: list[str] = []
     solved: list[tuple[str, float, WeightResult]] = []
-    for key, value, weighting, fraction_request in _requests(spec, initial):
-        # The job asks for |start| − (1 − ρ)·|origin|: ρ of the input model's target.
-        request = abs(start.target) - (initial - fraction_request) if key == "reduction" else fraction_request
+    for key, value, weighting, request in _requests(spec, origin, start):
         try:
             if request <= 0:
                 raise InfeasibleError(f"the start already meets {key} {value:g}", max_reduction=0.0)
@@ -123,13 +138,5 @@ def compute_frontier(scope: CorrectionScope, spec: CorrectionSpec, targets: Audi
     models = scope.trial_models(deltas, _step_method(spec)) if solved else []
     points = [{key: value, **_evaluate(model, spec, targets, contexts, start, origin, weights)}
               for (key, value, weights), model in zip(solved, models, strict=True)]
-    info = {
-        "step": step_description(spec),
-        "scheme": _soft_weighting(spec).scheme,
-        "reductions": list(spec.evaluation.frontier.reductions),
-        "k_fractions": list(spec.evaluation.frontier.k_fractions),
-        "seconds": time.perf_counter() - began,
-        "skipped": None if points or notes else "evaluation.frontier lists no points",
-        "notes": notes,
-    }
-    return Frontier(points, info)
+    skipped = None if points or notes else "evaluation.frontier lists no points"
+    return Frontier(points, _info(spec, time.perf_counter() - began, skipped, notes))
