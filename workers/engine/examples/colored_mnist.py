@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +36,7 @@ from workers.engine.io.datasets import REFERENCE_COLUMN
 from workers.engine.io.identity import checkpoint_metadata
 from workers.engine.io.tensor_datasets import METADATA_KEY
 from workers.engine.models.training import train_mlp
+from workers.engine.unlearning.methods.common import single_threaded
 
 __all__ = ["ARCHITECTURE", "IMAGE_EXAMPLE_FILES", "TRAIN_AGREEMENT", "build_colored_mnist_into"]
 
@@ -111,19 +110,6 @@ def _splits(seed: int) -> dict[str, _Split]:
     return splits
 
 
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """Train on one torch thread: the convolutions' float sums then run in one order, so the seed
-    alone fixes the checkpoint whatever the machine's core count (and a small cnn trains faster on
-    one thread than on several contending ones)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _logits(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         logits: np.ndarray = model(torch.from_numpy(images)).reshape(-1).double().numpy()
@@ -179,7 +165,9 @@ def build_colored_mnist_into(staging: Path, seed: int, say: Progress) -> Example
     say(f"colored-mnist: training the baseline cnn on {SPLIT_SIZES['train']:,} images")
     started = time.perf_counter()
     train = splits["train"]
-    with _one_thread():
+    # One torch thread: the convolutions' float sums then run in one order, so the seed alone fixes
+    # the checkpoint whatever the core count (and a small cnn trains faster than on contending threads).
+    with single_threaded():
         model = train_mlp(arch, train.images, train.labels.astype(np.float64), seed=seed, epochs=EPOCHS,
                           batch_size=BATCH_SIZE, lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
     seconds = time.perf_counter() - started
