@@ -6,6 +6,7 @@ problems also list ``errors`` as ``{"field": "objective.reduction", "message": .
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
 from typing import Any
@@ -15,16 +16,26 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-__all__ = ["PROBLEM_JSON", "ApiError", "install_error_handlers", "problem_response", "problem_type"]
+__all__ = [
+    "PROBLEM_JSON",
+    "ApiError",
+    "install_error_handlers",
+    "problem_document",
+    "problem_response",
+    "problem_type",
+    "storage_full",
+]
 
 log = logging.getLogger(__name__)
 _NAMED_FIELD = re.compile(r"^([a-z_]+(?:\.[a-z_]+)*)[: ]")
 PROBLEM_JSON = "application/problem+json"
 _TITLES = {
     400: "Bad request", 401: "Unauthorized", 404: "Not found", 405: "Method not allowed",
-    409: "Conflict", 413: "Content too large", 415: "Unsupported media type",
-    422: "Unprocessable content", 500: "Internal server error", 503: "Service unavailable",
+    408: "Request timeout", 409: "Conflict", 413: "Content too large", 415: "Unsupported media type",
+    422: "Unprocessable content", 429: "Too many requests", 500: "Internal server error",
+    503: "Service unavailable", 507: "Insufficient storage",
 }
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 def problem_type(code: str) -> str:
@@ -42,20 +53,33 @@ class ApiError(Exception):
         self.errors, self.headers, self.extra = errors, headers, extra or {}
 
 
-def problem_response(request: Request, error: ApiError) -> JSONResponse:
-    """Render ``error`` as ``application/problem+json``."""
+def problem_document(error: ApiError, instance: str) -> dict[str, Any]:
+    """The RFC 9457 body of ``error`` for a request to ``instance`` (a path)."""
     body: dict[str, Any] = {
         "type": problem_type(error.code),
         "title": _TITLES.get(error.status, "Error"),
         "status": error.status,
         "detail": error.detail,
-        "instance": request.url.path,
+        "instance": instance,
         "code": error.code,
         **error.extra,
     }
     if error.errors is not None:
         body["errors"] = error.errors
-    return JSONResponse(body, status_code=error.status, headers=error.headers, media_type=PROBLEM_JSON)
+    return body
+
+
+def problem_response(request: Request, error: ApiError) -> JSONResponse:
+    """Render ``error`` as ``application/problem+json``."""
+    return JSONResponse(problem_document(error, request.url.path), status_code=error.status,
+                        headers=error.headers, media_type=PROBLEM_JSON)
+
+
+def storage_full() -> ApiError:
+    """507: the store has no room (disk full or below the operator's free-space floor)."""
+    return ApiError(507, "insufficient_storage", "the server has no room to store this request right "
+                    "now; nothing was kept. Retry later or ask the operator to free space",
+                    headers={"Retry-After": "60"})
 
 
 def _field(loc: tuple[Any, ...]) -> str:
@@ -101,11 +125,18 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     if not isinstance(exc, StarletteHTTPException):
         raise exc
-    codes = {404: "not_found", 405: "method_not_allowed"}
+    codes = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
     detail = exc.detail if isinstance(exc.detail, str) else "request refused"
     error = ApiError(exc.status_code, codes.get(exc.status_code, "http_error"), detail,
                      headers=dict(exc.headers or {}))
     return problem_response(request, error)
+
+
+async def _os_error(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+        log.error("store full on %s %s: %s", request.method, request.url.path, exc.strerror)
+        return problem_response(request, storage_full())
+    return await _unexpected(request, exc)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -118,4 +149,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(OSError, _os_error)
     app.add_exception_handler(Exception, _unexpected)

@@ -10,6 +10,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["Metrics", "MetricsMiddleware"]
 
+CLIENT_CLOSED = 499
+"""Status recorded for a request that ended with no response (the client went away first)."""
+
 
 class Metrics:
     """The app's own registry (one per app, so tests can build many apps)."""
@@ -43,7 +46,7 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = {"code": 500}
+        status = {"code": CLIENT_CLOSED}
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -52,6 +55,10 @@ class MetricsMiddleware:
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except BaseException:
+            if status["code"] == CLIENT_CLOSED:
+                status["code"] = 500
+            raise
         finally:
             route: Any = scope.get("route")
             template = getattr(route, "path", "unmatched")

@@ -86,3 +86,12 @@ class Store(Protocol):
     def check_writable(self) -> None:
         """Raise OSError when the store cannot be written."""
 
+
+    def free_bytes(self) -> int:
+        """Free space left for new objects."""
+
+    def check_room(self, incoming_bytes: int = 0) -> None:
+        """Raise OSError (``ENOSPC``) when ``incoming_bytes`` more would cross the free-space floor."""
+
+    def collect_garbage(self) -> int:
+        """Remove staging left by dead processes; returns how many entries."""

@@ -2,16 +2,22 @@
 
 Layout under ``root``: objects at ``root/<key>``; staging files in ``root/.tmp`` (same
 filesystem, so the final rename is atomic); lock files in ``root/.locks``. A crash leaves at most
-stale staging files, never a partial object at a final key; :meth:`LocalStore.collect_garbage`
-removes stale staging files.
+stale staging files, never a partial object at a final key.
+
+Every staging name carries its process's owner token, and each process holds an exclusive
+``flock`` on ``.locks/owner-<token>`` for its lifetime, so :meth:`LocalStore.collect_garbage` can
+tell a live process's staging file (leave it) from a dead one's (remove it, however young) — at
+API start-up that clears what an upload cut by a crash left behind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import time
 import uuid
@@ -25,7 +31,35 @@ from models_store.keys import KEY_PATTERN
 __all__ = ["LocalStagedObject", "LocalStore"]
 
 STAGING_MAX_AGE_S = 24 * 3600
-"""Staging files older than this are removed by :meth:`LocalStore.collect_garbage`."""
+"""Staging files without an owner token older than this are removed by
+:meth:`LocalStore.collect_garbage` (those with one go as soon as their owner is dead)."""
+_OWNER = re.compile(r"^(?:stage|dir|old)-([0-9a-f]{16})-[0-9a-f]{32}$")
+_owners: dict[tuple[int, Path], tuple[str, BinaryIO]] = {}
+
+
+def _owner_token(lock_dir: Path) -> str:
+    """This process's owner token for the store whose locks are in ``lock_dir`` (held while it lives)."""
+    slot = (os.getpid(), lock_dir)
+    if slot not in _owners:
+        token = uuid.uuid4().hex[:16]
+        handle = open(lock_dir / f"owner-{token}", "a+b")  # noqa: SIM115 (held for the process's life)
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _owners[slot] = (token, handle)
+    return _owners[slot][0]
+
+
+def _owner_alive(lock_dir: Path, token: str) -> bool:
+    try:
+        handle = open(lock_dir / f"owner-{token}", "rb")  # noqa: SIM115
+    except FileNotFoundError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    return False
 
 
 def _fsync_dir(path: Path) -> None:
@@ -42,7 +76,7 @@ class LocalStagedObject:
     def __init__(self, store: LocalStore, max_bytes: int | None) -> None:
         self._store = store
         self._max = max_bytes
-        self._path = store.tmp_dir / f"stage-{uuid.uuid4().hex}"
+        self._path = store.tmp_dir / store.staging_name("stage")
         self._handle: BinaryIO = open(self._path, "xb")  # noqa: SIM115 (closed by commit/discard)
         self._hash = hashlib.sha256()
         self._size = 0
@@ -93,21 +127,43 @@ class LocalStagedObject:
         self.committed = True
 
     def discard(self) -> None:
-        """Close and delete the staging file (idempotent)."""
-        if not self._handle.closed:
-            self._handle.close()
-        self._path.unlink(missing_ok=True)
+        """Close and delete the staging file (idempotent; also when closing fails, e.g. disk full)."""
+        try:
+            if not self._handle.closed:
+                self._handle.close()
+        except OSError:
+            pass  # the buffered bytes could not be flushed: they are being thrown away anyway
+        finally:
+            self._path.unlink(missing_ok=True)
 
 
 class LocalStore:
     """Artifacts on a local filesystem under ``root``."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, min_free_bytes: int = 0) -> None:
         self.root = Path(root).expanduser().resolve()
         self.tmp_dir = self.root / ".tmp"
         self.lock_dir = self.root / ".locks"
+        self.min_free_bytes = min_free_bytes
         for directory in (self.root, self.tmp_dir, self.lock_dir):
             directory.mkdir(parents=True, exist_ok=True)
+
+    def staging_name(self, kind: str) -> str:
+        """A fresh name in ``.tmp`` carrying this process's owner token."""
+        return f"{kind}-{_owner_token(self.lock_dir)}-{uuid.uuid4().hex}"
+
+    def free_bytes(self) -> int:
+        """Free space of the store's filesystem."""
+        return shutil.disk_usage(self.root).free
+
+    def check_room(self, incoming_bytes: int = 0) -> None:
+        """Refuse a write of ``incoming_bytes`` that would leave less than ``min_free_bytes`` free.
+
+        Raises:
+            OSError: ``ENOSPC``, as a full disk would.
+        """
+        if self.free_bytes() - incoming_bytes < self.min_free_bytes:
+            raise OSError(errno.ENOSPC, "the store is below its free-space floor")
 
     def path_of(self, key: str) -> Path:
         """The file of ``key``.
@@ -219,7 +275,7 @@ class LocalStore:
         A previous publication at ``prefix`` (an earlier attempt of the same job) is replaced.
         """
         target = self.path_of(prefix)
-        staging = self.tmp_dir / f"dir-{uuid.uuid4().hex}"
+        staging = self.tmp_dir / self.staging_name("dir")
         staging.mkdir()
         try:
             for item in sorted(source.iterdir()):
@@ -230,7 +286,7 @@ class LocalStore:
             target.parent.mkdir(parents=True, exist_ok=True)
             with self._locked(prefix):
                 if target.exists():
-                    old = self.tmp_dir / f"old-{uuid.uuid4().hex}"
+                    old = self.tmp_dir / self.staging_name("old")
                     os.rename(target, old)
                     shutil.rmtree(old, ignore_errors=True)
                 os.rename(staging, target)
@@ -242,7 +298,7 @@ class LocalStore:
         """Remove the file or directory at ``prefix``."""
         path = self.path_of(prefix)
         if path.is_dir():
-            old = self.tmp_dir / f"old-{uuid.uuid4().hex}"
+            old = self.tmp_dir / self.staging_name("old")
             with contextlib.suppress(FileNotFoundError):
                 os.rename(path, old)
             shutil.rmtree(old, ignore_errors=True)
@@ -265,15 +321,36 @@ class LocalStore:
         self.delete_prefix(probe)
 
     def collect_garbage(self, max_age_s: float = STAGING_MAX_AGE_S) -> int:
-        """Remove staging entries older than ``max_age_s``; returns how many."""
+        """Remove staging entries of dead processes, and untokened ones older than ``max_age_s``;
+        returns how many."""
         cutoff = time.time() - max_age_s
         removed = 0
+        alive: dict[str, bool] = {}
         for entry in self.tmp_dir.iterdir():
+            owner = _OWNER.match(entry.name)
             with contextlib.suppress(FileNotFoundError):
-                if entry.stat().st_mtime < cutoff:
-                    if entry.is_dir():
-                        shutil.rmtree(entry, ignore_errors=True)
-                    else:
-                        entry.unlink()
-                    removed += 1
+                if owner is not None:
+                    token = owner.group(1)
+                    if token not in alive:
+                        alive[token] = _owner_alive(self.lock_dir, token)
+                    if alive[token]:
+                        continue
+                elif entry.stat().st_mtime >= cutoff:
+                    continue
+                if entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink()
+                removed += 1
+        self._forget_dead_owners()
         return removed
+
+    def _forget_dead_owners(self) -> None:
+        # Only files older than a minute: a process creates its lock file and takes the lock at
+        # once, so a younger unlocked one may be a process between those two steps.
+        cutoff = time.time() - 60
+        for lock in self.lock_dir.glob("owner-*"):
+            token = lock.name.removeprefix("owner-")
+            with contextlib.suppress(FileNotFoundError):
+                if lock.stat().st_mtime < cutoff and not _owner_alive(self.lock_dir, token):
+                    lock.unlink()

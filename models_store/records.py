@@ -220,3 +220,18 @@ class Records:
 def request_digest(body: dict[str, Any]) -> str:
     """A stable hash of a JSON request body (key order does not matter)."""
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+class TenantUsage(BaseModel):
+    """PROVISIONAL (replaced by the index-based one at merge)."""
+
+    stored_bytes: int = 0
+    jobs_in_flight: int = 0
+
+
+def _provisional_usage(self: Records, tenant: str) -> TenantUsage:
+    jobs = self.list_jobs(tenant)
+    return TenantUsage(stored_bytes=0, jobs_in_flight=sum(1 for j in jobs if not j.terminal))
+
+
+Records.tenant_usage = _provisional_usage  # type: ignore[attr-defined]

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from models_store import open_store
 from models_store.records import ArtifactRecord, JobError, JobRecord, Records, utcnow
+from workers.redact import redact_paths
 from workers.settings import ServiceSettings, get_settings
 
 if TYPE_CHECKING:
@@ -196,7 +197,7 @@ def run_correction_job(tenant: str, job_id: str) -> dict[str, str]:
         _finish(records, record, "canceled", None)
         return {"job_id": job_id, "status": "canceled"}
     except EngineError as exc:
-        _finish(records, record, "failed", JobError(code=exc.code, message=str(exc)))
+        _finish(records, record, "failed", JobError(code=exc.code, message=redact_paths(str(exc))))
         return {"job_id": job_id, "status": "failed"}
     _finish(records, record, "succeeded", None, timings)
     return {"job_id": job_id, "status": "succeeded"}

@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 
 from models_store.records import JobError, JobRecord, Records, utcnow
 from workers.queue import RQState, cleanup_started_registries, enqueue_correction, rq_state
+from workers.redact import redact_paths
 from workers.settings import ServiceSettings
 
 __all__ = ["Reconciler", "reconcile_all", "reconcile_job"]
@@ -37,7 +38,7 @@ MAX_EXTRA_ENQUEUES = 2
 
 
 def _failure(state: RQState) -> JobError:
-    text = state.error or "the worker reported a failure without details"
+    text = redact_paths(state.error or "the worker reported a failure without details")
     if "Work-horse terminated unexpectedly" in text:
         return JobError(code="worker_crashed", message=f"the worker process died while running the "
                         f"job (out of memory?): {text}")

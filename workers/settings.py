@@ -79,6 +79,33 @@ class ServiceSettings(BaseSettings):
     cap_n_boot: int = Field(default=10_000, ge=100)
     """Largest ``evaluation.n_boot``."""
 
+    # --- request limits (app/limits.py) ---
+    body_idle_timeout_s: float = Field(default=30.0, gt=0)
+    """A request body that sends nothing for this long is refused (408) and its upload discarded."""
+    body_timeout_s: float = Field(default=900.0, gt=0)
+    """A request body still arriving after this long is refused (408): at least cap/this bytes a second."""
+    keep_alive_timeout_s: int = Field(default=5, ge=1)
+    """An idle keep-alive connection is closed after this long (uvicorn ``timeout_keep_alive``)."""
+    max_connections: int = Field(default=1000, ge=1)
+    """Open connections of one API process; uvicorn answers 503 past it (``limit_concurrency``)."""
+    max_concurrent_requests: int = Field(default=200, ge=1)
+    """Requests one API process handles at once; 503 + Retry-After past it."""
+    max_concurrent_uploads: int = Field(default=8, ge=1)
+    """Uploads one API process receives at once; 503 + Retry-After past it."""
+    min_free_disk_bytes: int = Field(default=256 * MiB, ge=0)
+    """Free space the store must keep: readiness fails and writes answer 507 below it."""
+    # --- per-tenant quotas and rate limits (app/quotas.py); 0 turns one off ---
+    rate_requests_per_s: int = Field(default=50, ge=0)
+    """Requests per second of one tenant; 429 + Retry-After past it."""
+    rate_uploads_per_min: int = Field(default=60, ge=0)
+    """Uploads per minute of one tenant."""
+    rate_failed_auth_per_min: int = Field(default=20, ge=0)
+    """Requests with a missing or wrong API key per minute from one client address; 429 past it."""
+    quota_jobs_in_flight: int = Field(default=20, ge=0)
+    """Queued plus running jobs of one tenant."""
+    quota_stored_bytes: int = Field(default=100 * 1024 * MiB, ge=0)
+    """Bytes one tenant may keep in the store (uploads and job outputs)."""
+
     def spec_caps(self) -> dict[str, float]:
         """Each capped spec field (dotted path) with the operator's cap."""
         return {"method.epochs": self.cap_epochs, "method.refit_max_steps": self.cap_refit_steps,

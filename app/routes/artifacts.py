@@ -8,7 +8,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from app.deps import Services, ServicesDep, TenantDep
-from app.errors import ApiError
+from app.errors import ApiError, storage_full
+from app.quotas import check_storage_quota, too_many
 from app.schemas import DatasetPublic, ModelPublic, Problem
 from app.services.artifacts import UploadRequest, create_dataset, create_model
 from models_store import ArtifactRecord
@@ -17,7 +18,8 @@ __all__ = ["router"]
 
 router = APIRouter(prefix="/v1", tags=["artifacts"])
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": Problem, "content": {"application/problem+json": {}}} for code in (401, 413, 415, 422)
+    code: {"model": Problem, "content": {"application/problem+json": {}}}
+    for code in (401, 408, 413, 415, 422, 429, 503, 507)
 }
 
 
@@ -33,9 +35,22 @@ def _multipart(json_field: str, example: str) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
 
 
-def _upload_request(request: Request) -> UploadRequest:
-    return UploadRequest(request.stream(), request.headers.get("content-type"),
-                         request.headers.get("content-length"))
+def _upload_request(request: Request, services: Services, tenant: str) -> UploadRequest:
+    """The upload's parts, once the tenant's upload rate and storage quota and the store's free
+    space allow it (429 or 507 before anything is read, if not)."""
+    settings = services.settings
+    wait = services.limiter.hit("uploads", tenant, settings.rate_uploads_per_min, 60)
+    if wait is not None:
+        raise too_many("upload_rate_limited", f"more than {settings.rate_uploads_per_min} uploads per "
+                       "minute; wait before the next", wait)
+    length = request.headers.get("content-length", "")
+    incoming = int(length) if length.isdigit() else 0
+    check_storage_quota(services.records, settings, tenant, incoming)
+    try:
+        services.store.check_room(incoming)
+    except OSError as exc:
+        raise storage_full() from exc
+    return UploadRequest(request.stream(), request.headers.get("content-type"), length or None)
 
 
 async def _counted(kind: str, upload: Awaitable[ArtifactRecord], services: Services) -> ArtifactRecord:
@@ -72,7 +87,7 @@ def dataset_public(record: ArtifactRecord) -> DatasetPublic:
                                       '"hidden": [64, 32], "activation": "relu"}'))
 async def upload_model(request: Request, services: ServicesDep, tenant: TenantDep) -> ModelPublic:
     """Upload a safetensors checkpoint with its architecture (multipart: ``file``, ``architecture``)."""
-    upload = create_model(services.records, tenant, _upload_request(request),
+    upload = create_model(services.records, tenant, _upload_request(request, services, tenant),
                           services.settings.max_model_bytes)
     return model_public(await _counted("model", upload, services))
 
@@ -90,7 +105,7 @@ def get_model(model_id: str, services: ServicesDep, tenant: TenantDep) -> ModelP
              openapi_extra=_multipart("schema", '{"label": "income", "sensitive": ["sex"]}'))
 async def upload_dataset(request: Request, services: ServicesDep, tenant: TenantDep) -> DatasetPublic:
     """Upload a Parquet or CSV dataset with its schema (multipart: ``file``, ``schema``)."""
-    upload = create_dataset(services.records, tenant, _upload_request(request),
+    upload = create_dataset(services.records, tenant, _upload_request(request, services, tenant),
                             services.settings.max_dataset_bytes)
     return dataset_public(await _counted("dataset", upload, services))
 

@@ -23,7 +23,7 @@ def healthz() -> Health:
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Problem}})
 def readyz(services: ServicesDep) -> Readiness | JSONResponse:
-    """Readiness: Redis answers and the store is writable."""
+    """Readiness: Redis answers, the store is writable and keeps its free-space floor."""
     checks: dict[str, str] = {}
     try:
         services.redis.ping()
@@ -35,6 +35,11 @@ def readyz(services: ServicesDep) -> Readiness | JSONResponse:
         checks["store"] = "ok"
     except OSError as exc:
         checks["store"] = f"unavailable: {type(exc).__name__}"
+    floor = services.settings.min_free_disk_bytes
+    if services.store.free_bytes() < floor:
+        checks["disk"] = f"below the free-space floor of {floor} bytes"
+    else:
+        checks["disk"] = "ok"
     if all(v == "ok" for v in checks.values()):
         return Readiness(checks=checks)
     body = {"type": problem_type("not_ready"), "title": "Service unavailable", "status": 503,

@@ -14,6 +14,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from app.errors import ApiError
+from app.quotas import check_job_quota
 from app.schemas import SPEC_PARTS, FrontierPublic, JobCreate, JobErrorPublic, JobList, JobPublic
 from models_store import ArtifactRecord, JobRecord, Records
 from models_store.keys import new_id
@@ -24,6 +25,7 @@ from workers.engine.io.architecture import parse_arch
 from workers.engine.io.datasets import parse_schema, resolve_features
 from workers.queue import cancel_rq_job, enqueue_correction
 from workers.reconcile import reconcile_job
+from workers.redact import redact_paths
 from workers.settings import ServiceSettings
 
 __all__ = ["cancel_job", "get_job", "job_public", "list_jobs", "output_key", "submit_job"]
@@ -125,7 +127,8 @@ def job_public(record: JobRecord) -> JobPublic:
     request = record.request
     return JobPublic(
         id=record.id, status=record.status, stage=record.stage, progress=record.progress,
-        error=JobErrorPublic(**record.error.model_dump()) if record.error else None,
+        error=JobErrorPublic(code=record.error.code, message=redact_paths(record.error.message))
+        if record.error else None,
         cancel_requested=record.cancel_requested, attempts=record.attempts, queue=record.queue,
         device=record.device, model_id=request["model_id"], train_dataset_id=request["train_dataset_id"],
         audit_dataset_id=request["audit_dataset_id"], eval_dataset_id=request.get("eval_dataset_id"),
@@ -160,7 +163,8 @@ def submit_job(records: Records, redis: Redis, settings: ServiceSettings, tenant
     """Validate and enqueue a job; returns the manifest and whether it was created now.
 
     Raises:
-        ApiError: 422 invalid spec or ids, 409 reused idempotency key, 503 queue unavailable.
+        ApiError: 422 invalid spec or ids, 409 reused idempotency key, 429 past the tenant's quota of
+            jobs in flight, 503 queue unavailable.
     """
     spec = _validate(records, tenant, body, settings)
     digest = request_digest(body.model_dump(mode="json", exclude_unset=True))
@@ -170,6 +174,7 @@ def submit_job(records: Records, redis: Redis, settings: ServiceSettings, tenant
         existing = records.get_job(tenant, job_id)
         if existing is not None:
             return existing, False
+    check_job_quota(records, settings, tenant)
     record = _new_record(tenant, job_id, body, spec, digest, settings)
     if not records.create_job(record):
         # A concurrent request with the same Idempotency-Key created this job between our claim

@@ -24,6 +24,7 @@ MAX_PARTS = 8
 MULTIPART_OVERHEAD = 256 * 1024
 """Allowance for boundaries, headers and text fields on top of the file cap."""
 HEAD_BYTES = 64
+MAX_BOUNDARY = 200
 MAX_FILENAME = 255
 
 
@@ -113,6 +114,9 @@ def _boundary(content_type: str | None) -> bytes:
     boundary = options.get(b"boundary")
     if kind != b"multipart/form-data" or not boundary:
         raise ApiError(415, "unsupported_media_type", "send the upload as multipart/form-data")
+    if len(boundary) > MAX_BOUNDARY:  # RFC 2046 allows 70; python-multipart raises past 256
+        raise ApiError(400, "malformed_multipart", f"the multipart boundary is longer than {MAX_BOUNDARY} "
+                       "characters")
     return boundary
 
 

@@ -120,6 +120,8 @@ def make_settings(store: Path, prefix: str, **overrides: Any) -> ServiceSettings
         "api_keys": f"acme:{KEY_A},globex:{KEY_B}",
         "queue_prefix": prefix, "job_monitoring_interval_s": 1, "job_timeout_s": 120,
         "requeue_grace_s": 0.0, "reconcile_interval_s": 1.0,
+        # Rate limits off unless a test is about them (suites send bursts of requests).
+        "rate_requests_per_s": 0, "rate_uploads_per_min": 0, "rate_failed_auth_per_min": 0,
     }
     values.update(overrides)
     return ServiceSettings(**values)

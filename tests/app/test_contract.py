@@ -35,7 +35,7 @@ def test_the_api_never_imports_torch() -> None:
 def test_health_ready_and_metrics(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
-    assert ready.status_code == 200 and ready.json()["checks"] == {"redis": "ok", "store": "ok"}
+    assert ready.status_code == 200 and ready.json()["checks"] == {"redis": "ok", "store": "ok", "disk": "ok"}
     client.get("/v1/jobs", headers=auth())
     text = client.get("/metrics").text
     assert 'softunlearn_http_requests_total{method="GET",route="/v1/jobs",status="200"}' in text

@@ -15,8 +15,12 @@ def run_serve(args: argparse.Namespace) -> int:
     """Run the API with uvicorn."""
     import uvicorn
 
+    from workers.settings import get_settings
+
+    settings = get_settings()
     uvicorn.run("app.main:app_factory", factory=True, host=args.host, port=args.port,
-                log_level=args.log_level, proxy_headers=True, server_header=False)
+                log_level=args.log_level, proxy_headers=True, server_header=False,
+                timeout_keep_alive=settings.keep_alive_timeout_s, limit_concurrency=settings.max_connections)
     return 0
 
 
