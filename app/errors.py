@@ -16,6 +16,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from workers.redact import redact_paths
+
 __all__ = [
     "PROBLEM_JSON",
     "ApiError",
@@ -54,18 +56,19 @@ class ApiError(Exception):
 
 
 def problem_document(error: ApiError, instance: str) -> dict[str, Any]:
-    """The RFC 9457 body of ``error`` for a request to ``instance`` (a path)."""
+    """The RFC 9457 body of ``error`` for a request to ``instance`` (a path); server paths in its
+    messages (a library's exception text may quote one) are redacted."""
     body: dict[str, Any] = {
         "type": problem_type(error.code),
         "title": _TITLES.get(error.status, "Error"),
         "status": error.status,
-        "detail": error.detail,
+        "detail": redact_paths(error.detail),
         "instance": instance,
         "code": error.code,
         **error.extra,
     }
     if error.errors is not None:
-        body["errors"] = error.errors
+        body["errors"] = [{**item, "message": redact_paths(item.get("message", ""))} for item in error.errors]
     return body
 
 
