@@ -82,3 +82,29 @@ def test_publish_dir_replaces_atomically(tmp_path: Path) -> None:
     assert store.get_bytes("t/a/jobs/j/output/report.json") == b'{"v": 2}'
     assert store.list_children("t/a/jobs/j/output") == ["report.json"]
     assert list((tmp_path / "store" / ".tmp").iterdir()) == []
+
+
+_STAGE_AND_DIE = """
+import os, sys
+from models_store import LocalStore
+store = LocalStore(sys.argv[1])
+context = store.stage()
+staged = context.__enter__()
+staged.write(b"half an upload")
+staged.path
+os._exit(0)  # no cleanup, as after SIGKILL
+"""
+
+
+def test_garbage_collection_removes_dead_owners_staging_only(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-c", _STAGE_AND_DIE, str(tmp_path)], check=True)
+    store = LocalStore(tmp_path)
+    [dead] = list(store.tmp_dir.iterdir())
+    with store.stage() as live:
+        live.write(b"in progress")
+        assert store.collect_garbage() == 1
+        assert [p.name for p in store.tmp_dir.iterdir()] == [live.path.name]
+    assert not dead.exists()
