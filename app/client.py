@@ -114,9 +114,12 @@ class SoftUnlearnClient:
         """The job's status, stage and progress."""
         return self._json(self._http.get(f"/v1/jobs/{job_id}"))
 
-    def list_jobs(self, limit: int = 50, offset: int = 0) -> dict[str, Any]:
-        """One page of jobs, newest first."""
-        return self._json(self._http.get("/v1/jobs", params={"limit": limit, "offset": offset}))
+    def list_jobs(self, limit: int = 50, offset: int = 0, status: str | None = None) -> dict[str, Any]:
+        """One page of jobs, newest first (only those with ``status`` when given)."""
+        params: dict[str, str | int] = {"limit": limit, "offset": offset}
+        if status is not None:
+            params["status"] = status
+        return self._json(self._http.get("/v1/jobs", params=params))
 
     def cancel_job(self, job_id: str) -> dict[str, Any]:
         """Cancel a job."""
