@@ -97,6 +97,14 @@ class SoftUnlearnClient:
         """Upload a Parquet/CSV dataset; returns the dataset record."""
         return self._upload(path, "/v1/datasets", "schema", schema)
 
+    def delete_model(self, model_id: str) -> None:
+        """Delete an uploaded model (409 ``artifact_in_use`` while a queued or running job needs it)."""
+        self._check(self._http.delete(f"/v1/models/{model_id}"))
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        """Delete an uploaded dataset (409 ``artifact_in_use`` while a queued or running job needs it)."""
+        self._check(self._http.delete(f"/v1/datasets/{dataset_id}"))
+
     def create_job(self, spec: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
         """Submit a correction job; returns the job (status ``queued``)."""
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
@@ -106,13 +114,20 @@ class SoftUnlearnClient:
         """The job's status, stage and progress."""
         return self._json(self._http.get(f"/v1/jobs/{job_id}"))
 
-    def list_jobs(self, limit: int = 50, offset: int = 0) -> dict[str, Any]:
-        """One page of jobs, newest first."""
-        return self._json(self._http.get("/v1/jobs", params={"limit": limit, "offset": offset}))
+    def list_jobs(self, limit: int = 50, offset: int = 0, status: str | None = None) -> dict[str, Any]:
+        """One page of jobs, newest first (only those with ``status`` when given)."""
+        params: dict[str, str | int] = {"limit": limit, "offset": offset}
+        if status is not None:
+            params["status"] = status
+        return self._json(self._http.get("/v1/jobs", params=params))
 
     def cancel_job(self, job_id: str) -> dict[str, Any]:
         """Cancel a job."""
         return self._json(self._http.post(f"/v1/jobs/{job_id}/cancel"))
+
+    def delete_job(self, job_id: str) -> None:
+        """Delete a finished job and its outputs (409 ``job_not_finished`` while queued or running)."""
+        self._check(self._http.delete(f"/v1/jobs/{job_id}"))
 
     def wait(self, job_id: str, timeout: float = 3600.0, interval: float = 0.5,
              on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:

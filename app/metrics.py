@@ -1,4 +1,4 @@
-"""Prometheus metrics of the API: requests, latencies, uploads, job submissions."""
+"""Prometheus metrics of the API: requests, latencies, uploads, job submissions, deletions."""
 
 from __future__ import annotations
 
@@ -29,6 +29,9 @@ class Metrics:
                                     ["kind"], registry=self.registry)
         self.jobs = Counter("softunlearn_jobs_submitted", "Correction jobs submitted",
                             ["queue"], registry=self.registry)
+        self.deletions = Counter("softunlearn_deletions", "DELETE requests by kind (model, dataset, "
+                                 "job) and outcome (deleted or the error code)", ["kind", "outcome"],
+                                 registry=self.registry)
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""

@@ -11,30 +11,51 @@ stopped / canceled         ``canceled``
 queued while running       ``queued`` again (RQ's ``Retry`` re-enqueued it)
 no such job                re-enqueued while attempts remain, else ``failed`` (``lost``)
 finished, not terminal     ``failed`` (``internal_error``)
+queued, no live worker     ``failed`` (``no_worker``) once the queue has had no live worker
+                           and the job has waited ``no_worker_wait_s``; the RQ job is removed
 =========================  ===============================================================
 
-It runs on read (``GET /v1/jobs/{id}``) and periodically in the API process.
+It runs on read (``GET /v1/jobs/{id}``) and periodically in the API process; the ``no_worker``
+rule only in the periodic pass (it asks RQ's worker registry once per pass). A worker is live
+while RQ's key of it exists: each heartbeat renews its TTL, so a worker killed with ``kill -9``
+counts as live until its TTL ends (RQ's ``worker_ttl`` + 60 s, 480 s by default).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import threading
+import time
 from datetime import timedelta
 
 from redis import Redis
 from redis.exceptions import RedisError
+from rq import Worker
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
+from rq.serializers import JSONSerializer
 
 from models_store.records import JobError, JobRecord, Records, utcnow
-from workers.queue import RQState, cleanup_started_registries, enqueue_correction, rq_state
+from workers.queue import (
+    QUEUE_KINDS,
+    RQState,
+    cleanup_started_registries,
+    enqueue_correction,
+    get_queue,
+    rq_state,
+)
 from workers.redact import redact_paths
 from workers.settings import ServiceSettings
 
-__all__ = ["Reconciler", "reconcile_all", "reconcile_job"]
+__all__ = ["Reconciler", "fail_if_no_worker", "idle_queues", "reconcile_all", "reconcile_job"]
 
 log = logging.getLogger(__name__)
 MAX_EXTRA_ENQUEUES = 2
 """Re-enqueues of a lost job beyond its attempts, so a job that never starts cannot loop forever."""
+WORKER_SEEN_TTL_S = 7 * 86400
+"""How long the time a queue last had a live worker is remembered in Redis."""
 
 
 def _failure(state: RQState) -> JobError:
@@ -120,16 +141,80 @@ def reconcile_job(
     return updated
 
 
+def _worker_seen_key(settings: ServiceSettings, kind: str) -> str:
+    return f"{settings.queue_prefix}:worker-seen:{kind}"
+
+
+def idle_queues(connection: Redis, settings: ServiceSettings) -> dict[str, float]:
+    """The queue kinds no live worker listens on, each with the seconds since a reconciler last
+    saw one there (``inf``: never). Remembers in Redis when each queue had a worker.
+
+    Raises:
+        redis.exceptions.RedisError: Redis is unreachable.
+    """
+    now = time.time()
+    idle: dict[str, float] = {}
+    for kind in QUEUE_KINDS:
+        key = _worker_seen_key(settings, kind)
+        if Worker.all(queue=get_queue(connection, settings, kind)):
+            connection.set(key, repr(now), ex=WORKER_SEEN_TTL_S)
+            continue
+        seen = connection.get(key)
+        idle[kind] = now - float(seen) if seen is not None else math.inf
+    return idle
+
+
+def _no_worker_error(kind: str, wait_s: float) -> JobError:
+    other = next(k for k in QUEUE_KINDS if k != kind)
+    return JobError(code="no_worker", message=f"no worker has listened on the {kind!r} queue for "
+                    f"{wait_s:g} s, so the job never started; start one with `softunlearn worker "
+                    f"--queues {kind}`, or submit the job again with \"queue\": \"{other}\"")
+
+
+def fail_if_no_worker(records: Records, connection: Redis, settings: ServiceSettings, record: JobRecord,
+                      idle_s: float) -> JobRecord:
+    """Fail a queued job with ``no_worker`` when its queue has had no live worker for ``idle_s``
+    seconds and both that and the job's wait reach ``settings.no_worker_wait_s``; its RQ job is
+    then removed, so a worker started later does not run it. Returns the manifest in force.
+
+    Raises:
+        redis.exceptions.RedisError: Redis is unreachable.
+    """
+    wait_s = settings.no_worker_wait_s
+    waiting_since = record.enqueued_at or record.created_at
+    if record.status != "queued" or idle_s < wait_s or utcnow() - waiting_since < timedelta(seconds=wait_s):
+        return record
+    if rq_state(connection, record.id).status != "queued":
+        return record  # RQ moved it (a worker took it, or it was lost): the usual rules apply
+    error = _no_worker_error(record.queue, wait_s)
+
+    def change(current: JobRecord) -> JobRecord | None:
+        if (current.status, current.attempts, current.cancel_requested) != ("queued", record.attempts, False):
+            return None
+        return _finish(current, "failed", error)
+
+    updated = records.update_job(record.tenant, record.id, change)
+    if updated.status == "failed" and updated.error == error:
+        log.warning("job %s failed as no_worker: no worker on queue %s for %g s", record.id,
+                    record.queue, wait_s)
+        with contextlib.suppress(NoSuchJobError):
+            Job.fetch(record.id, connection=connection, serializer=JSONSerializer).delete()
+    return updated
+
+
 def reconcile_all(records: Records, connection: Redis, settings: ServiceSettings) -> int:
-    """Reconcile every non-terminal manifest of every tenant; returns how many changed."""
+    """Reconcile every queued or running job of every tenant (found in the tenants' indexes),
+    failing those whose queue has no worker (:func:`fail_if_no_worker`); returns how many changed."""
     cleanup_started_registries(connection, settings)
+    idle = idle_queues(connection, settings)
     changed = 0
     for tenant in records.tenants():
-        for record in records.list_jobs(tenant):
-            if record.terminal:
-                continue
+        for record in records.in_flight_jobs(tenant):
             try:
-                if reconcile_job(records, connection, settings, record).status != record.status:
+                updated = reconcile_job(records, connection, settings, record)
+                if updated.queue in idle:
+                    updated = fail_if_no_worker(records, connection, settings, updated, idle[updated.queue])
+                if updated.status != record.status:
                     changed += 1
             except RedisError:
                 raise

@@ -62,6 +62,9 @@ class ServiceSettings(BaseSettings):
     """Period of the API's reconciler of manifests against RQ."""
     requeue_grace_s: float = Field(default=30.0, ge=0)
     """The reconciler leaves a job alone this long after it was (re-)enqueued."""
+    no_worker_wait_s: float = Field(default=300.0, ge=0)
+    """A queued job whose queue has had no live worker for this long (and that has waited this
+    long) is failed by the reconciler with ``no_worker``."""
     debug_stage_delay_s: float = Field(default=0.0, ge=0, le=60)
     """Testing and demos only: sleep this long after each engine stage."""
     cap_epochs: int = Field(default=100, ge=1)

@@ -1,17 +1,18 @@
-"""``/v1/models`` and ``/v1/datasets``: streamed uploads and metadata."""
+"""``/v1/models`` and ``/v1/datasets``: streamed uploads, metadata and deletion."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 
 from app.deps import Services, ServicesDep, TenantDep
 from app.errors import ApiError, storage_full
 from app.quotas import check_storage_quota, too_many
 from app.schemas import DatasetPublic, ModelPublic, Problem
 from app.services.artifacts import UploadRequest, create_dataset, create_model
+from app.services.deletion import counted, delete_artifact
 from models_store import ArtifactRecord
 
 __all__ = ["router"]
@@ -117,3 +118,24 @@ def get_dataset(dataset_id: str, services: ServicesDep, tenant: TenantDep) -> Da
     if record is None:
         raise ApiError(404, "not_found", f"no dataset {dataset_id[:40]}")
     return dataset_public(record)
+
+
+_DELETE_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": Problem, "content": {"application/problem+json": {}}} for code in (401, 404, 409)
+}
+
+
+@router.delete("/models/{model_id}", status_code=204, response_class=Response, responses=_DELETE_ERRORS)
+def delete_model(model_id: str, services: ServicesDep, tenant: TenantDep) -> Response:
+    """Delete an uploaded model; 409 ``artifact_in_use`` while a queued or running job needs it.
+    Finished jobs that used it keep their reports (which record its sha256)."""
+    counted(services.metrics, "model", lambda: delete_artifact(services.records, tenant, "models", model_id))
+    return Response(status_code=204)
+
+
+@router.delete("/datasets/{dataset_id}", status_code=204, response_class=Response, responses=_DELETE_ERRORS)
+def delete_dataset(dataset_id: str, services: ServicesDep, tenant: TenantDep) -> Response:
+    """Delete an uploaded dataset; 409 ``artifact_in_use`` while a queued or running job needs it."""
+    counted(services.metrics, "dataset",
+            lambda: delete_artifact(services.records, tenant, "datasets", dataset_id))
+    return Response(status_code=204)

@@ -1,4 +1,4 @@
-"""``/v1/jobs``: submit, inspect, list, cancel, and download outputs."""
+"""``/v1/jobs``: submit, inspect, list, cancel, delete, and download outputs."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from app.deps import ServicesDep, TenantDep
 from app.schemas import FrontierPublic, JobCreate, JobList, JobPublic, Problem
 from app.services import jobs as service
+from app.services.deletion import counted
+from app.services.deletion import delete_job as delete_finished_job
 
 __all__ = ["router"]
 
@@ -57,6 +59,15 @@ def cancel_job(job_id: str, services: ServicesDep, tenant: TenantDep) -> JobPubl
     """Cancel a job: a queued one at once, a running one by stopping its worker process."""
     return service.job_public(service.cancel_job(services.records, services.redis, services.settings,
                                                  tenant, job_id))
+
+
+@router.delete("/{job_id}", status_code=204, response_class=Response, responses=_OUTPUT_ERRORS)
+def delete_job(job_id: str, services: ServicesDep, tenant: TenantDep) -> Response:
+    """Delete a finished job with its outputs; 409 ``job_not_finished`` while it is queued or
+    running (cancel it first). Its Idempotency-Key is freed: the same POST again makes a new job."""
+    counted(services.metrics, "job", lambda: delete_finished_job(
+        services.records, services.redis, services.settings, tenant, job_id))
+    return Response(status_code=204)
 
 
 def _output(services: ServicesDep, tenant: str, job_id: str, output: str) -> str:

@@ -18,7 +18,7 @@ from app.quotas import check_job_quota
 from app.schemas import SPEC_PARTS, FrontierPublic, JobCreate, JobErrorPublic, JobList, JobPublic
 from models_store import ArtifactRecord, JobRecord, Records
 from models_store.keys import new_id
-from models_store.records import IdempotencyEntry, request_digest, utcnow
+from models_store.records import IdempotencyEntry, key_digest, request_digest, utcnow
 from workers.engine.config import CorrectionSpec, check_compatibility, spec_from_dict
 from workers.engine.errors import InputError
 from workers.engine.io.architecture import parse_arch
@@ -138,12 +138,13 @@ def job_public(record: JobRecord) -> JobPublic:
 
 
 def _new_record(tenant: str, job_id: str, body: JobCreate, spec: CorrectionSpec, digest: str,
-                settings: ServiceSettings) -> JobRecord:
+                settings: ServiceSettings, idempotency_key: str | None) -> JobRecord:
     now = utcnow()
     return JobRecord(
         id=job_id, tenant=tenant, request=body.model_dump(mode="json", exclude_none=True),
         spec=spec.to_dict(), queue=body.queue or settings.default_queue, created_at=now, updated_at=now,
         request_hash=digest, enqueued_at=now,
+        idempotency_key_sha256=key_digest(idempotency_key) if idempotency_key is not None else None,
     )
 
 
@@ -162,12 +163,26 @@ def submit_job(records: Records, redis: Redis, settings: ServiceSettings, tenant
                idempotency_key: str | None) -> tuple[JobRecord, bool]:
     """Validate and enqueue a job; returns the manifest and whether it was created now.
 
+    An Idempotency-Key whose job was deleted is free again: the same POST makes a new job.
+
     Raises:
         ApiError: 422 invalid spec or ids, 409 reused idempotency key, 429 past the tenant's quota of
             jobs in flight, 503 queue unavailable.
     """
     spec = _validate(records, tenant, body, settings)
     digest = request_digest(body.model_dump(mode="json", exclude_unset=True))
+    for _attempt in range(2):
+        submitted = _submit_once(records, redis, settings, tenant, body, spec, digest, idempotency_key)
+        if submitted is not None:
+            return submitted
+    raise ApiError(503, "queue_unavailable", "the job bound to this Idempotency-Key was being deleted "
+                   "while this request ran; retry", headers={"Retry-After": "1"})
+
+
+def _submit_once(records: Records, redis: Redis, settings: ServiceSettings, tenant: str, body: JobCreate,
+                 spec: CorrectionSpec, digest: str,
+                 idempotency_key: str | None) -> tuple[JobRecord, bool] | None:
+    """One try of :func:`submit_job`; None when the key's job was deleted meanwhile (try again)."""
     job_id = new_id()
     if idempotency_key is not None:
         job_id = _claim_key(records, tenant, idempotency_key, job_id, digest)
@@ -175,7 +190,7 @@ def submit_job(records: Records, redis: Redis, settings: ServiceSettings, tenant
         if existing is not None:
             return existing, False
     check_job_quota(records, settings, tenant)
-    record = _new_record(tenant, job_id, body, spec, digest, settings)
+    record = _new_record(tenant, job_id, body, spec, digest, settings, idempotency_key)
     if not records.create_job(record):
         # A concurrent request with the same Idempotency-Key created this job between our claim
         # and now: it, not we, enqueues it (one manifest, one enqueue, one run).
@@ -184,16 +199,26 @@ def submit_job(records: Records, redis: Redis, settings: ServiceSettings, tenant
             raise ApiError(503, "queue_unavailable", "a concurrent request with this Idempotency-Key "
                            "could not submit the job; retry", headers={"Retry-After": "1"})
         return existing, False
+    if idempotency_key is not None and _binding_gone(records, tenant, idempotency_key, job_id):
+        # The job the key named was deleted (binding first, then manifest) between our claim and
+        # our create: what we created would revive the deleted id. Undo it and claim anew.
+        records.delete_job(tenant, job_id)
+        return None
     try:
         enqueue_correction(redis, settings, tenant, job_id, record.queue)
     except RedisError as exc:
         log.warning("enqueue of job %s failed: %s", job_id, exc)
-        records.store.delete_prefix(records.job_key(tenant, job_id).rsplit("/", 1)[0])
+        records.delete_job(tenant, job_id)
         if idempotency_key is not None:
             records.release_idempotency_key(tenant, idempotency_key)
         raise ApiError(503, "queue_unavailable", "the job queue is unavailable; nothing was submitted, "
                        "retry later", headers={"Retry-After": "5"}) from exc
     return record, True
+
+
+def _binding_gone(records: Records, tenant: str, idempotency_key: str, job_id: str) -> bool:
+    bound = records.idempotency_binding(tenant, idempotency_key)
+    return bound is None or bound.job_id != job_id
 
 
 def get_job(records: Records, redis: Redis, settings: ServiceSettings, tenant: str, job_id: str) -> JobRecord:
@@ -214,11 +239,11 @@ def get_job(records: Records, redis: Redis, settings: ServiceSettings, tenant: s
 
 
 def list_jobs(records: Records, tenant: str, limit: int, offset: int, status: str | None) -> JobList:
-    """One page of the tenant's jobs, newest first."""
-    jobs = [j for j in records.list_jobs(tenant) if status is None or j.status == status]
-    page = jobs[offset: offset + limit]
-    next_offset = offset + limit if offset + limit < len(jobs) else None
-    return JobList(items=[job_public(j) for j in page], total=len(jobs), limit=limit, offset=offset,
+    """One page of the tenant's jobs, newest first (from the tenant's index: only the page's
+    manifests are read)."""
+    page = records.job_page(tenant, limit, offset, status)
+    next_offset = offset + limit if offset + limit < page.total else None
+    return JobList(items=[job_public(j) for j in page.items], total=page.total, limit=limit, offset=offset,
                    next_offset=next_offset)
 
 

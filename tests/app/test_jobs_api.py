@@ -1,14 +1,22 @@
-"""Job submission: 422 naming the field, idempotency, listing, cancel of a queued job, 409s."""
+"""Job submission: 422 naming the field, idempotency, listing, cancel of a queued job, 409s,
+and ``no_worker`` for a job on a queue that no worker listens on."""
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import pytest
 from redis import Redis
+from rq import Worker
+from rq.serializers import JSONSerializer
 
-from tests.app.support import TestClient, auth, job_body, upload_example
+from models_store.records import JobRecord, utcnow
+from tests.app.support import KEY_B, TestClient, auth, job_body, upload_example
 from workers.engine.examples.common import ExampleInfo
+from workers.queue import get_queue
+from workers.reconcile import reconcile_all
 from workers.settings import ServiceSettings
 
 
@@ -108,3 +116,68 @@ def test_concurrent_posts_with_one_key_make_one_job_and_one_enqueue(client: Test
     queued = Redis.from_url(settings.redis_url, decode_responses=True).lrange(queue, 0, -1)
     assert queued == list(job_ids)  # enqueued once
     assert client.get("/v1/jobs", headers=auth()).json()["total"] == 1
+
+
+def test_listing_filters_by_status_and_pages_from_the_index(client: TestClient, ids: dict[str, str]) -> None:
+    made = [client.post("/v1/jobs", headers=auth(), json=job_body(ids, seed=s)).json()["id"]
+            for s in range(3)]
+    client.post(f"/v1/jobs/{made[1]}/cancel", headers=auth())
+    canceled = client.get("/v1/jobs", headers=auth(), params={"status": "canceled"}).json()
+    assert [j["id"] for j in canceled["items"]] == [made[1]] and canceled["total"] == 1
+    page = {"status": "queued", "limit": 1, "offset": 1}
+    queued = client.get("/v1/jobs", headers=auth(), params=page).json()
+    assert [j["id"] for j in queued["items"]] == [made[0]] and queued["next_offset"] is None
+    assert client.get("/v1/jobs", headers=auth(KEY_B)).json()["total"] == 0
+
+
+def _live_worker(connection: Redis, settings: ServiceSettings, kind: str) -> Worker:
+    """An RQ worker registered on ``kind`` with a fresh heartbeat (it takes no job: it never works)."""
+    worker = Worker([get_queue(connection, settings, kind)], connection=connection, serializer=JSONSerializer)
+    worker.register_birth()  # type: ignore[no-untyped-call]
+    return worker
+
+
+def test_a_job_on_a_queue_without_workers_fails_as_no_worker(client: TestClient, ids: dict[str, str],
+                                                             settings: ServiceSettings) -> None:
+    connection = Redis.from_url(settings.redis_url)
+    on_gpu = client.post("/v1/jobs", headers=auth(), json=job_body(ids, queue="gpu")).json()["id"]
+    on_cpu = client.post("/v1/jobs", headers=auth(), json=job_body(ids, queue="cpu")).json()["id"]
+    cpu_worker = _live_worker(connection, settings, "cpu")
+    try:
+        records = client.app.state.services.records  # type: ignore[attr-defined]
+        now = settings.model_copy(update={"no_worker_wait_s": 0.0})
+        assert reconcile_all(records, connection, now) == 1
+    finally:
+        cpu_worker.register_death()  # type: ignore[no-untyped-call]
+    job = client.get(f"/v1/jobs/{on_gpu}", headers=auth()).json()
+    assert (job["status"], job["error"]["code"]) == ("failed", "no_worker"), job
+    message = job["error"]["message"]
+    assert "'gpu' queue" in message and "softunlearn worker --queues gpu" in message and '"cpu"' in message
+    assert connection.lrange(f"rq:queue:{settings.queue_name('gpu')}", 0, -1) == []  # no later run
+    assert not connection.exists(f"rq:job:{on_gpu}")
+    assert client.get(f"/v1/jobs/{on_cpu}", headers=auth()).json()["status"] == "queued"  # it has a worker
+
+
+def test_no_worker_waits_for_the_job_and_for_the_queue_to_be_without_worker(
+        client: TestClient, ids: dict[str, str], settings: ServiceSettings) -> None:
+    connection = Redis.from_url(settings.redis_url)
+    records = client.app.state.services.records  # type: ignore[attr-defined]
+    patient = settings.model_copy(update={"no_worker_wait_s": 60.0})
+    job_id = client.post("/v1/jobs", headers=auth(), json=job_body(ids, queue="gpu")).json()["id"]
+    reconcile_all(records, connection, patient)
+    assert records.get_job("acme", job_id).status == "queued"  # the job has not waited 60 s yet
+
+    def enqueued_long_ago(record: JobRecord) -> JobRecord:
+        record.enqueued_at = utcnow() - timedelta(minutes=10)
+        return record
+
+    records.update_job("acme", job_id, enqueued_long_ago)
+    gpu_worker = _live_worker(connection, settings, "gpu")
+    reconcile_all(records, connection, patient)
+    assert records.get_job("acme", job_id).status == "queued"  # a live worker listens
+    gpu_worker.register_death()  # type: ignore[no-untyped-call]
+    reconcile_all(records, connection, patient)
+    assert records.get_job("acme", job_id).status == "queued"  # it left seconds ago: may be restarting
+    connection.set(f"{settings.queue_prefix}:worker-seen:gpu", repr(time.time() - 120))
+    reconcile_all(records, connection, patient)
+    assert records.get_job("acme", job_id).error.code == "no_worker"
