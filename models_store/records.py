@@ -379,7 +379,8 @@ class Records:
         try:
             return TenantIndex.from_bytes(self.store.get_bytes(self.index_key(tenant)))
         except NotFound:
-            pass
+            if not self.store.list_children(tenant_prefix(tenant)):
+                return TenantIndex()  # a tenant with nothing stored: reading writes nothing either
         except ValueError as exc:
             log.warning("the index of tenant %s is unreadable (%s); rebuilding it", tenant, exc)
         return self._change_index(tenant, lambda index: None)
