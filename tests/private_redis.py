@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 from redis import Redis
+from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, RedisError
+from redis.retry import Retry
 
 from workers.demo import stop_process
 
@@ -38,7 +40,8 @@ def private_redis(workdir: Path, password: str | None = None) -> Iterator[int]:
         args += ["--requirepass", password]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        probe = Redis(host="127.0.0.1", port=port, socket_timeout=1, socket_connect_timeout=1)
+        probe = Redis(host="127.0.0.1", port=port, socket_timeout=1, socket_connect_timeout=1,
+                      retry=Retry(NoBackoff(), 0))  # poll here, not in redis-py's backoff
         deadline = time.monotonic() + 10
         while True:
             try:

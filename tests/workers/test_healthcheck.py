@@ -154,8 +154,14 @@ def test_a_wrong_password_is_unhealthy(settings: ServiceSettings, redis_port: in
     assert code == 1 and "Redis refused the credentials" in line, line
 
 
-def test_bad_queues_are_a_usage_error(settings: ServiceSettings, redis_port: int) -> None:
-    result = subprocess.run([sys.executable, "-m", "workers.cli.main", "worker-health", "--queues", "tpu"],
-                            env=_env(settings, redis_port), cwd=ROOT, capture_output=True, text=True,
-                            timeout=30)
+def test_bad_queues_or_settings_are_a_usage_error(settings: ServiceSettings, redis_port: int) -> None:
+    def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "workers.cli.main", "worker-health", *args], env=env,
+                              cwd=ROOT, capture_output=True, text=True, timeout=30)
+
+    result = run(_env(settings, redis_port), "--queues", "tpu")
     assert result.returncode == 2 and "subset of gpu, cpu" in result.stdout
+    two_passwords = _env(settings, redis_port, REDIS_URL=f"redis://:first-secret@127.0.0.1:{redis_port}/0")
+    result = run(two_passwords)
+    assert result.returncode == 2 and "set the password in one of them only" in result.stdout
+    assert "first-secret" not in result.stdout + result.stderr and PASSWORD not in result.stdout

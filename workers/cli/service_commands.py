@@ -35,11 +35,16 @@ def run_worker_command(args: argparse.Namespace) -> int:
 
 def run_worker_health_command(args: argparse.Namespace) -> int:
     """Print one line on the RQ worker of this host; 0 healthy, 1 unhealthy, 2 bad arguments."""
+    from pydantic import ValidationError
+
     from workers.healthcheck import worker_health
     from workers.settings import get_settings
 
     try:
         result = worker_health(get_settings(), queues=args.queues)
+    except ValidationError as exc:  # the settings' messages only: the input may hold a password
+        print("error: " + "; ".join(error["msg"] for error in exc.errors(include_input=False)))
+        return 2
     except ValueError as exc:
         print(f"error: {exc}")
         return 2
