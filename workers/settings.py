@@ -10,11 +10,12 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["DEFAULT_REDIS_URL", "DEFAULT_STORE", "ServiceSettings", "get_settings"]
+__all__ = ["DEFAULT_REDIS_URL", "DEFAULT_STORE", "ServiceSettings", "get_settings", "url_with_password"]
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_STORE = Path("~/.softunlearn/store")
@@ -30,6 +31,8 @@ class ServiceSettings(BaseSettings):
     redis_url: str = Field(default=DEFAULT_REDIS_URL,
                            validation_alias=AliasChoices("REDIS_URL", "redis_url"))
     """Redis used as the job transport (not the record of truth)."""
+    redis_password: SecretStr | None = None
+    """Password put into ``redis_url`` percent-encoded, so any character is safe in it."""
     store: Path = DEFAULT_STORE
     """Root directory of the local artifact store."""
     api_keys: str = ""
@@ -109,6 +112,12 @@ class ServiceSettings(BaseSettings):
     quota_stored_bytes: int = Field(default=100 * 1024 * MiB, ge=0)
     """Bytes one tenant may keep in the store (uploads and job outputs)."""
 
+    @model_validator(mode="after")
+    def _apply_redis_password(self) -> ServiceSettings:
+        if self.redis_password is not None:
+            self.redis_url = url_with_password(self.redis_url, self.redis_password.get_secret_value())
+        return self
+
     def spec_caps(self) -> dict[str, float]:
         """Each capped spec field (dotted path) with the operator's cap."""
         return {"method.epochs": self.cap_epochs, "method.refit_max_steps": self.cap_refit_steps,
@@ -126,6 +135,23 @@ class ServiceSettings(BaseSettings):
     def max_attempts(self) -> int:
         """Executions a job may start: the first one plus the retries."""
         return 1 + self.job_retries
+
+
+def url_with_password(url: str, password: str) -> str:
+    """``url`` with ``password`` in it, percent-encoded (a username in ``url`` is kept).
+
+    Raises:
+        ValueError: ``url`` already carries a different password.
+    """
+    parts = urlsplit(url)
+    if parts.password is not None:
+        if unquote(parts.password) == password:
+            return url
+        raise ValueError("REDIS_URL already carries a password and SOFTUNLEARN_REDIS_PASSWORD sets "
+                         "another one; set the password in one of them only")
+    host = parts.netloc.rpartition("@")[2]
+    netloc = f"{parts.username or ''}:{quote(password, safe='')}@{host}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 @lru_cache(maxsize=1)

@@ -1,4 +1,5 @@
-"""Service subcommands: ``serve`` (the API), ``worker`` (an RQ worker) and ``demo``.
+"""Service subcommands: ``serve`` (the API), ``worker`` (an RQ worker), ``worker-health`` (its
+healthcheck) and ``demo``.
 
 Imports are lazy: ``softunlearn serve`` never imports torch.
 """
@@ -36,6 +37,25 @@ def run_worker_command(args: argparse.Namespace) -> int:
         return 2
 
 
+def run_worker_health_command(args: argparse.Namespace) -> int:
+    """Print one line on the RQ worker of this host; 0 healthy, 1 unhealthy, 2 bad arguments."""
+    from pydantic import ValidationError
+
+    from workers.healthcheck import worker_health
+    from workers.settings import get_settings
+
+    try:
+        result = worker_health(get_settings(), queues=args.queues)
+    except ValidationError as exc:  # the settings' messages only: the input may hold a password
+        print("error: " + "; ".join(error["msg"] for error in exc.errors(include_input=False)))
+        return 2
+    except ValueError as exc:
+        print(f"error: {exc}")
+        return 2
+    print(result.line(), flush=True)
+    return result.exit_code
+
+
 def run_demo_command(args: argparse.Namespace) -> int:
     """Run the end-to-end demo."""
     from workers.demo import run_demo
@@ -59,6 +79,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     worker.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     worker.add_argument("--name", default=None, help="worker name (default: generated)")
     worker.set_defaults(handler=run_worker_command)
+
+    health = sub.add_parser(
+        "worker-health", help="healthcheck of a worker: exit 0 when an RQ worker of this host is "
+        "registered in Redis, alive, heartbeating and on the expected queues (also while Redis is "
+        "unreachable: reported as degraded), else 1; one line says why")
+    health.add_argument("--queues", default=None,
+                        help="the queues the worker must listen on, comma-separated subset of gpu,cpu "
+                        "(default: SOFTUNLEARN_WORKER_QUEUES, else any of this service's queues)")
+    health.set_defaults(handler=run_worker_health_command)
 
     demo = sub.add_parser("demo", help="everything on one machine: API, worker, Redis; correct the Adult "
                           "example over HTTP and print the before/after table")
