@@ -224,7 +224,8 @@ def reconcile_all(records: Records, connection: Redis, settings: ServiceSettings
 
 
 class Reconciler(threading.Thread):
-    """A daemon thread running :func:`reconcile_all` every ``settings.reconcile_interval_s``."""
+    """A daemon thread running :func:`reconcile_all` every ``settings.reconcile_interval_s``, and
+    removing staging files of dead processes."""
 
     def __init__(self, records: Records, connection: Redis, settings: ServiceSettings) -> None:
         super().__init__(name="softunlearn-reconciler", daemon=True)
@@ -234,6 +235,10 @@ class Reconciler(threading.Thread):
     def run(self) -> None:
         """Loop until :meth:`stop`; Redis outages are logged and retried next period."""
         while not self._stop_event.wait(self._settings.reconcile_interval_s):
+            try:  # staging left by processes that died since the API started (not only at start-up)
+                self._records.store.collect_garbage()
+            except OSError as exc:
+                log.warning("reconciler: staging cleanup failed (%s)", exc.strerror)
             try:
                 reconcile_all(self._records, self._connection, self._settings)
             except RedisError as exc:
