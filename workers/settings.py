@@ -84,6 +84,10 @@ class ServiceSettings(BaseSettings):
     """Largest ``influence.max_memory_gb``: a job may lower the worker's memory guard, never raise it."""
     cap_n_boot: int = Field(default=10_000, ge=100)
     """Largest ``evaluation.n_boot``."""
+    cap_max_iterations: int = Field(default=20, ge=1)
+    """Largest ``method.max_iterations`` (each iteration is a full influence solve and step)."""
+    cap_lissa_batch_size: int = Field(default=8192, ge=1)
+    """Largest ``influence.lissa_batch_size`` (per-sample gradients held at once)."""
 
     # --- request limits (app/limits.py) ---
     body_idle_timeout_s: float = Field(default=30.0, gt=0)
@@ -125,7 +129,9 @@ class ServiceSettings(BaseSettings):
                 "evaluation.attack.steps": self.cap_attack_steps,
                 "influence.lissa_depth": self.cap_lissa_depth,
                 "influence.cg_max_iterations": self.cap_cg_iterations,
-                "influence.max_memory_gb": self.cap_memory_gb, "evaluation.n_boot": self.cap_n_boot}
+                "influence.max_memory_gb": self.cap_memory_gb, "evaluation.n_boot": self.cap_n_boot,
+                "method.max_iterations": self.cap_max_iterations,
+                "influence.lissa_batch_size": self.cap_lissa_batch_size}
 
     def queue_name(self, name: str) -> str:
         """The RQ queue name of ``cpu`` or ``gpu``."""

@@ -58,6 +58,9 @@ def test_bad_spec_is_422_naming_the_field(client: TestClient, ids: dict[str, str
      "objective.attack.steps", "100"),
     ({"evaluation": {"attack": {"steps": 1000}}}, "evaluation.attack.steps", "100"),
     ({"evaluation": {"n_boot": 100_000}}, "evaluation.n_boot", "10000"),
+    ({"method": {"name": "newton", "max_iterations": 100}}, "method.max_iterations", "20"),
+    ({"influence": {"lissa_batch_size": 1_000_000, "solver": "lissa", "scope": "full"}},
+     "influence.lissa_batch_size", "8192"),
 ])
 def test_knobs_past_the_operators_caps_are_422_naming_the_cap(client: TestClient, ids: dict[str, str],
                                                               change: dict[str, object], field: str,
