@@ -61,6 +61,8 @@ class DatasetSize:
     rows: int
     columns: int
     decoded_bytes: int
+    row_bytes: int = 0
+    """Most stored bytes of one row where the format has rows (a CSV's longest line), else 0."""
 
 
 class DatasetTooLarge(DatasetError):
@@ -189,7 +191,8 @@ def _csv_size(path: Path, schema: DatasetSchema, limits: DatasetLimits) -> Datas
     rows = max(0, lines - 1)  # an upper bound: blank lines and quoted newlines count too
     check_size(DatasetSize(rows=rows, columns=width, decoded_bytes=0), limits)
     used = needed_columns(read_columns(path), schema)
-    return DatasetSize(rows=rows, columns=width, decoded_bytes=rows * len(used) * CELL_BYTES)
+    return DatasetSize(rows=rows, columns=width, decoded_bytes=rows * len(used) * CELL_BYTES,
+                       row_bytes=longest)
 
 
 def _tensor_size(path: Path) -> DatasetSize:

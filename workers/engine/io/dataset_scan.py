@@ -22,6 +22,7 @@ from workers.engine.errors import DatasetError
 from workers.engine.io.dataset_limits import (
     CELL_BYTES,
     DatasetLimits,
+    DatasetSize,
     check_size,
     measure_dataset,
     needed_columns,
@@ -49,7 +50,7 @@ from workers.engine.io.tensor_datasets import _groups as _tensor_groups
 
 __all__ = ["CHUNK_BYTES", "DatasetSummary", "scan_dataset"]
 
-CHUNK_BYTES = 32 * 1024 * 1024
+CHUNK_BYTES = 16 * 1024 * 1024
 """Float64 bytes of one chunk (rows per chunk = this / (8 × columns read), at least 1)."""
 
 
@@ -63,13 +64,48 @@ class DatasetSummary:
     groups: dict[str, list[str]]
 
 
-def _frame_chunks(path: Path, parquet: bool, columns: list[str], rows: int) -> Iterator[pd.DataFrame]:
+def _parquet_passes(path: Path, used: list[str], chunk_bytes: int) -> list[list[str]]:
+    """The used columns split into passes whose decompressed pages fit ``chunk_bytes`` together.
+
+    A column reader holds one decompressed page, and a page's size is not in the footer; a column
+    chunk's uncompressed size bounds it. Reading a few columns at a time through all rows bounds
+    the pages held at once, where one pass over every column would hold a page per column.
+    """
+    meta = pq.ParquetFile(path).metadata
+    largest: dict[str, int] = {}
+    for i in range(meta.num_row_groups):
+        group = meta.row_group(i)
+        for j in range(group.num_columns):
+            chunk = group.column(j)
+            top = chunk.path_in_schema.split(".")[0]
+            key = chunk.path_in_schema if chunk.path_in_schema in used else top
+            largest[key] = max(largest.get(key, 0), chunk.total_uncompressed_size)
+    passes: list[list[str]] = [[]]
+    held = 0
+    for column in used:
+        size = largest.get(column, 0)
+        if passes[-1] and held + size > chunk_bytes:
+            passes.append([])
+            held = 0
+        passes[-1].append(column)
+        held += size
+    return passes
+
+
+def _frame_chunks(path: Path, parquet: bool, used: list[str], size: DatasetSize,
+                  chunk_bytes: int) -> Iterator[pd.DataFrame]:
+    """Chunks of the used columns: for Parquet, pass after pass over a few columns; for CSV, rows
+    of every used column, as many as fit ``chunk_bytes`` of tokens and of raw line text."""
     if parquet:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=rows, columns=columns,
-                                                       use_pandas_metadata=False):
-            yield batch.to_pandas()
+        file = pq.ParquetFile(path, pre_buffer=False)
+        for columns in _parquet_passes(path, used, chunk_bytes):
+            rows = max(1, chunk_bytes // (CELL_BYTES * len(columns)))
+            for batch in file.iter_batches(batch_size=rows, columns=columns, use_pandas_metadata=False):
+                yield batch.to_pandas()
         return
-    with pd.read_csv(path, usecols=columns, chunksize=rows) as reader:
+    rows = max(1, min(chunk_bytes // (2 * CELL_BYTES * max(size.columns, 1)),
+                      chunk_bytes // max(size.row_bytes, 1)))
+    with pd.read_csv(path, usecols=used, chunksize=rows) as reader:
         yield from reader
 
 
@@ -92,19 +128,28 @@ class _FrameChecks:
                 raise DatasetError(f"{self.name}: column {column!r} mixes true/false with numbers; use 0/1")
 
     def add(self, chunk: pd.DataFrame) -> None:
+        """Check the columns this chunk holds (some or all of the used ones)."""
         if len(chunk) == 0:  # a header-only CSV reads as one empty chunk of strings
             return
-        self.rows += len(chunk)
-        reference = [self.schema.reference_logits] if self.schema.reference_logits else []
-        self._same_kind(chunk, [self.schema.label, *self.features, *reference])
+        if self.schema.label in chunk:  # every pass covers all rows; count them in the label's
+            self.rows += len(chunk)
+        present = set(chunk.columns)
+        reference = [c for c in (self.schema.reference_logits,) if c is not None and c in present]
+        features = [c for c in self.features if c in present]
+        label = [self.schema.label] if self.schema.label in present else []
+        self._same_kind(chunk, [*label, *features, *reference])
         for column in self.schema.sensitive:
+            if column not in present:
+                continue
             if chunk[column].isna().any():
                 raise DatasetError(f"{self.name}: sensitive column {column!r} has missing values")
             self.uniques[column].append(np.asarray(pd.unique(chunk[column])))
         if reference:
             _numeric_features(chunk, reference, self.name)
-        _numeric_features(chunk, self.features, self.name)
-        _binary_labels(chunk[self.schema.label], self.name)
+        if features:
+            _numeric_features(chunk, features, self.name)
+        if label:
+            _binary_labels(chunk[self.schema.label], self.name)
 
     def groups(self) -> dict[str, list[str]]:
         out = {}
@@ -114,7 +159,8 @@ class _FrameChecks:
         return out
 
 
-def _scan_frame(path: Path, schema: DatasetSchema, name: str, chunk_bytes: int) -> DatasetSummary:
+def _scan_frame(path: Path, schema: DatasetSchema, name: str, size: DatasetSize,
+                chunk_bytes: int) -> DatasetSummary:
     with open(path, "rb") as handle:
         parquet = handle.read(4) == PARQUET_MAGIC
     names = parquet_columns(path) if parquet else read_columns(path)
@@ -124,7 +170,7 @@ def _scan_frame(path: Path, schema: DatasetSchema, name: str, chunk_bytes: int) 
     used = needed_columns(names, schema)
     checks = _FrameChecks(schema, features, name)
     try:
-        for chunk in _frame_chunks(path, parquet, used, max(1, chunk_bytes // (CELL_BYTES * len(used)))):
+        for chunk in _frame_chunks(path, parquet, used, size, chunk_bytes):
             checks.add(chunk)
     except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
         if isinstance(exc, DatasetError):
@@ -197,7 +243,9 @@ def scan_dataset(path: str | Path, schema: DatasetSchema, name: str = "dataset",
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"dataset file not found: {path.name}")
-    check_size(measure_dataset(path, schema, limits or DatasetLimits()), limits or DatasetLimits())
+    limits = limits or DatasetLimits()
+    size = measure_dataset(path, schema, limits)
+    check_size(size, limits)
     if is_tensor_dataset(path):
         return _scan_tensor(path, schema, chunk_bytes)
-    return _scan_frame(path, schema, name, chunk_bytes)
+    return _scan_frame(path, schema, name, size, chunk_bytes)
