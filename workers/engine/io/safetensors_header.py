@@ -34,6 +34,9 @@ __all__ = [
 
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 MAX_TENSORS = 1024
+MAX_RANK = 8
+"""Most dimensions of a tensor (a conv weight has 4, an image batch 4); a longer shape list is a
+hostile header, not a model."""
 ALLOWED_DTYPES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
 FLOATING_DTYPES = frozenset(ALLOWED_DTYPES)
 _KEY_PATTERN = re.compile(r"[A-Za-z0-9_.]{1,200}")
@@ -100,6 +103,8 @@ def _entry(key: str, value: Any, dtypes: dict[str, int]) -> TensorInfo:
     if dtype not in dtypes:
         raise CheckpointError(f"tensor {key!r}: dtype {dtype!r} not allowed; use one of "
                               f"{', '.join(dtypes)}")
+    if isinstance(shape, list) and len(shape) > MAX_RANK:
+        raise CheckpointError(f"tensor {key!r}: {len(shape)} dimensions; at most {MAX_RANK} are supported")
     if not isinstance(shape, list) or not all(isinstance(d, int) and 0 <= d < 2**40 for d in shape):
         raise CheckpointError(f"tensor {key!r}: shape must be a list of non-negative integers")
     if (not isinstance(offsets, list) or len(offsets) != 2
