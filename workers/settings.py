@@ -43,6 +43,15 @@ class ServiceSettings(BaseSettings):
     """Largest checkpoint upload; 413 past it."""
     max_dataset_bytes: int = Field(default=512 * MiB, gt=0)
     """Largest dataset upload; 413 past it."""
+    # --- dataset caps, checked from a file's metadata before any value is decoded (413 dataset_too_large)
+    max_dataset_rows: int = Field(default=20_000_000, gt=0)
+    """Most rows of an uploaded dataset (Parquet footer, CSV line count, tensor ``x`` rows)."""
+    max_dataset_columns: int = Field(default=10_000, gt=0)
+    """Most columns of an uploaded dataset (a CSV header is read alone, at most 1 MiB)."""
+    max_dataset_decoded_bytes: int = Field(default=8 * 1024 * MiB, gt=0)
+    """Largest estimated decoded size of the columns a dataset's schema uses (8 bytes a cell, more
+    for strings): what a worker's full load allocates. The API itself validates in bounded chunks."""
+    # --- end of dataset caps
     queue_prefix: str = Field(default="softunlearn", pattern=r"^[a-z0-9][a-z0-9_.-]{0,40}$")
     """RQ queues are named ``PREFIX:cpu`` and ``PREFIX:gpu``."""
     default_queue: Literal["cpu", "gpu"] = "cpu"

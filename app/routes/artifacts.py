@@ -11,7 +11,7 @@ from app.deps import Services, ServicesDep, TenantDep
 from app.errors import ApiError, storage_full
 from app.quotas import check_storage_quota, too_many
 from app.schemas import DatasetPublic, ModelPublic, Problem
-from app.services.artifacts import UploadRequest, create_dataset, create_model
+from app.services.artifacts import UploadRequest, create_dataset, create_model, dataset_limits
 from app.services.deletion import counted, delete_artifact
 from models_store import ArtifactRecord
 
@@ -107,7 +107,7 @@ def get_model(model_id: str, services: ServicesDep, tenant: TenantDep) -> ModelP
 async def upload_dataset(request: Request, services: ServicesDep, tenant: TenantDep) -> DatasetPublic:
     """Upload a Parquet or CSV dataset with its schema (multipart: ``file``, ``schema``)."""
     upload = create_dataset(services.records, tenant, _upload_request(request, services, tenant),
-                            services.settings.max_dataset_bytes)
+                            services.settings.max_dataset_bytes, dataset_limits(services.settings))
     return dataset_public(await _counted("dataset", upload, services))
 
 

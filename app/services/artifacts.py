@@ -2,8 +2,11 @@
 
 Pickle-based and unknown formats are refused (415) from their leading bytes and never
 deserialized; a safetensors header is parsed by our own strict reader and checked against the
-declared architecture (422 with what is wrong); datasets are validated against their schema with
-the engine's own reader. Only then are the bytes committed under a key we generate.
+declared architecture (422 with what is wrong), and its data read in bounded chunks to refuse
+mixed dtypes and NaN/Inf weights; datasets are measured from their metadata against the operator's
+caps (413 ``dataset_too_large`` before anything is decoded) and then validated against their
+schema a chunk at a time with the engine's own checks. All of it runs in a worker thread, never on
+the event loop. Only then are the bytes committed under a key we generate.
 """
 
 from __future__ import annotations
@@ -22,17 +25,24 @@ from models_store.keys import new_id, object_key
 from models_store.records import utcnow
 from workers.engine.errors import InputError
 from workers.engine.io.architecture import parse_arch
-from workers.engine.io.datasets import load_dataset, parse_schema, read_columns
+from workers.engine.io.dataset_limits import DatasetLimits, DatasetTooLarge
+from workers.engine.io.dataset_scan import scan_dataset
+from workers.engine.io.datasets import parse_schema
 from workers.engine.io.identity import check_recorded_architecture
 from workers.engine.io.json_input import load_json
+from workers.engine.io.safetensors_data import check_finite_weights
 from workers.engine.io.safetensors_header import (
+    MixedDtypes,
+    NonFiniteWeights,
     check_against_arch,
+    check_uniform_dtype,
     checkpoint_dtypes,
     read_header_and_metadata,
     sniff_format,
 )
+from workers.settings import ServiceSettings
 
-__all__ = ["UploadRequest", "create_dataset", "create_model"]
+__all__ = ["UploadRequest", "create_dataset", "create_model", "dataset_limits"]
 
 MAX_GROUPS_SHOWN = 100
 
@@ -78,7 +88,15 @@ async def _receive(request: UploadRequest, staged: StagedObject, limit: int) -> 
     return upload
 
 
+def dataset_limits(settings: ServiceSettings) -> DatasetLimits:
+    """The operator's dataset caps."""
+    return DatasetLimits(max_dataset_rows=settings.max_dataset_rows,
+                         max_dataset_columns=settings.max_dataset_columns,
+                         max_dataset_decoded_bytes=settings.max_dataset_decoded_bytes)
+
+
 def _check_checkpoint(path: Path, architecture: Any) -> dict[str, Any]:
+    """Header, dtypes, architecture and finiteness of a staged checkpoint (runs in a worker thread)."""
     try:
         arch = parse_arch(architecture)
     except InputError as exc:
@@ -88,10 +106,18 @@ def _check_checkpoint(path: Path, architecture: Any) -> dict[str, Any]:
     except InputError as exc:
         raise _invalid("file", str(exc), "invalid_safetensors") from exc
     try:
+        check_uniform_dtype(tensors, arch)
+    except MixedDtypes as exc:
+        raise _invalid("file", str(exc), exc.code) from exc
+    try:
         check_against_arch(tensors, arch)
         check_recorded_architecture(metadata, arch)
     except InputError as exc:
         raise _invalid("file", str(exc), "architecture_mismatch") from exc
+    try:
+        check_finite_weights(path, tensors)
+    except NonFiniteWeights as exc:
+        raise _invalid("file", str(exc), exc.code) from exc
     return arch.to_dict()
 
 
@@ -106,9 +132,9 @@ async def create_model(records: Records, tenant: str, request: UploadRequest, li
         if _refuse_pickle(upload.head) != "safetensors":
             raise ApiError(415, "unsupported_format", "the file is not a safetensors checkpoint; only "
                            "safetensors is accepted (.pt/.pth/.bin/.ckpt, TorchScript and ONNX are not)")
-        architecture = _check_checkpoint(staged.path, _json_field(upload, "architecture",
-                                                                  '{"type": "mlp", "in_features": 10, '
-                                                                  '"hidden": [32], "activation": "relu"}'))
+        raw = _json_field(upload, "architecture",
+                          '{"type": "mlp", "in_features": 10, "hidden": [32], "activation": "relu"}')
+        architecture = await anyio.to_thread.run_sync(_check_checkpoint, staged.path, raw)
         record = ArtifactRecord(
             id=new_id(), tenant=tenant, kind="models", data_name="model.safetensors", format="safetensors",
             sha256=staged.sha256, size_bytes=staged.size, filename=upload.filename, created_at=utcnow(),
@@ -136,34 +162,39 @@ def _dataset_format(head: bytes) -> Literal["parquet", "csv", "safetensors"]:
     return "csv"
 
 
-def _inspect_dataset(path: Path, schema_raw: Any) -> dict[str, Any]:
-    """Schema check plus a full read with the engine's validation (runs in a worker thread)."""
+def _inspect_dataset(path: Path, schema_raw: Any, limits: DatasetLimits) -> dict[str, Any]:
+    """Schema check, the caps from the file's metadata, then the engine's validation a chunk at a
+    time (runs in a worker thread)."""
     try:
         schema = parse_schema(schema_raw)
     except InputError as exc:
         raise _invalid("schema", str(exc).removeprefix("schema: ")) from exc
     try:
-        columns = read_columns(path)
-        data = load_dataset(path, schema, "file")
+        found = scan_dataset(path, schema, "file", limits)
+    except DatasetTooLarge as exc:
+        raise ApiError(413, exc.code, f"file: {exc}",
+                       errors=[{"field": "file", "message": str(exc)}]) from exc
     except InputError as exc:
         raise _invalid("file", str(exc), "invalid_dataset") from exc
-    groups = {c: sorted(set(map(str, v)))[:MAX_GROUPS_SHOWN] for c, v in data.sensitive.items()}
-    return {"dataset_schema": schema.to_dict(), "columns": columns, "n_rows": data.n,
-            "feature_names": list(data.feature_names), "groups": groups}
+    groups = {c: v[:MAX_GROUPS_SHOWN] for c, v in found.groups.items()}
+    return {"dataset_schema": schema.to_dict(), "columns": found.columns, "n_rows": found.n_rows,
+            "feature_names": found.feature_names, "groups": groups}
 
 
-async def create_dataset(records: Records, tenant: str, request: UploadRequest, limit: int) -> ArtifactRecord:
-    """Receive, validate and store a dataset.
+async def create_dataset(records: Records, tenant: str, request: UploadRequest, limit: int,
+                         limits: DatasetLimits | None = None) -> ArtifactRecord:
+    """Receive, validate and store a dataset; ``limits`` are the caps on rows, columns and decoded
+    size (default :class:`DatasetLimits`).
 
     Raises:
-        ApiError: 413, 415, 422 (nothing is kept).
+        ApiError: 413 (upload or dataset too large), 415, 422 (nothing is kept).
     """
     with records.store.stage(limit) as staged:
         upload = await _receive(request, staged, limit)
         fmt = _dataset_format(upload.head)
         schema_raw = _json_field(upload, "schema", '{"label": "y", "sensitive": ["sex"]}')
         path = staged.path
-        found = await anyio.to_thread.run_sync(_inspect_dataset, path, schema_raw)
+        found = await anyio.to_thread.run_sync(_inspect_dataset, path, schema_raw, limits or DatasetLimits())
         record = ArtifactRecord(
             id=new_id(), tenant=tenant, kind="datasets", data_name=f"data.{fmt}", format=fmt,
             sha256=staged.sha256, size_bytes=staged.size, filename=upload.filename, created_at=utcnow(),

@@ -8,6 +8,7 @@ import struct
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import save_file
 
 from app.main import create_app
@@ -239,3 +240,103 @@ def test_deeply_nested_json_in_any_field_is_422_never_500(client: TestClient,
     assert response.status_code == 422, response.text
     assert response.json()["errors"][0]["field"] == "schema" and "nested" in response.json()["detail"]
     assert store_files(settings.store) == []
+
+
+def _dataset(client: TestClient, content: bytes, name: str = "d.csv") -> tuple[int, dict[str, object]]:
+    schema = '{"label": "y", "sensitive": ["s"]}'
+    response = client.post("/v1/datasets", headers=auth(), data={"schema": schema},
+                           files={"file": (name, content)})
+    return response.status_code, response.json()
+
+
+def test_datasets_over_the_caps_are_413_naming_the_setting(tmp_path: Path) -> None:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    settings = make_settings(tmp_path / "store", "dcaps", max_dataset_rows=100, max_dataset_columns=4,
+                             max_dataset_decoded_bytes=50 * 3 * 8)
+    table = pa.table({"x": [0.5] * 101, "s": [0, 1] * 50 + [0], "y": [1] * 101})
+    rows = io.BytesIO()
+    pq.write_table(table, rows)
+    wide = b"a,b,c,d,s,y\n" + b"1,2,3,4,0,1\n"
+    tall_csv = b"x,s,y\n" + b"0.5,0,1\n" * 51
+    with TestClient(create_app(settings, reconcile=False)) as client:
+        for content, name, measured, setting in (
+            (rows.getvalue(), "d.parquet", "101 rows", "SOFTUNLEARN_MAX_DATASET_ROWS"),
+            (wide, "d.csv", "6 columns", "SOFTUNLEARN_MAX_DATASET_COLUMNS"),
+            (tall_csv, "d.csv", "1,224 bytes once decoded", "SOFTUNLEARN_MAX_DATASET_DECODED_BYTES"),
+        ):
+            status, body = _dataset(client, content, name)
+            assert (status, body["code"]) == (413, "dataset_too_large"), body
+            assert measured in str(body["detail"]) and setting in str(body["detail"]), body
+            message = str(body["detail"]).removeprefix("file: ")
+            assert body["errors"] == [{"field": "file", "message": message}]
+        assert _dataset(client, b"x,s,y\n" + b"0.5,0,1\n0.5,1,0\n" * 25)[0] == 201
+    assert all("/datasets/" in f for f in store_files(settings.store))
+    assert len([f for f in store_files(settings.store) if f.endswith("/data.csv")]) == 1
+
+
+def test_a_csv_header_line_over_a_mebibyte_is_413(client: TestClient, settings: ServiceSettings) -> None:
+    status, body = _dataset(client, b"x" * (1024 * 1024 + 1) + b",s,y\n1,0,1\n")
+    assert (status, body["code"]) == (413, "dataset_too_large") and "header line" in str(body["detail"])
+    assert store_files(settings.store) == []
+
+
+def _state(dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    return {k: torch.zeros(*shape, dtype=dtype) for k, shape in GOOD.items()}
+
+
+def _raw(state: dict[str, torch.Tensor]) -> bytes:
+    from safetensors.torch import save
+
+    return bytes(save(state))
+
+
+def test_non_finite_weights_are_422_naming_the_tensor(client: TestClient, settings: ServiceSettings) -> None:
+    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        state = _state(dtype)
+        state["0.weight"][0, :2] = float("nan")
+        state["2.bias"][0] = float("-inf")
+        status, body = post_model(client, _raw(state))
+        assert (status, body["code"]) == (422, "non_finite_weights"), (dtype, body)
+        assert "2 NaN or Inf value(s) of 6" in str(body["detail"]) or "1 NaN or Inf value(s) of 1" in str(
+            body["detail"]), body
+        assert "'0.weight'" in str(body["detail"]) or "'2.bias'" in str(body["detail"])
+        assert body["errors"][0]["field"] == "file"  # type: ignore[index]
+    assert store_files(settings.store) == []
+    assert post_model(client, _raw(_state(torch.bfloat16)))[0] == 201
+
+
+def test_mixed_dtypes_are_422_naming_them(client: TestClient, settings: ServiceSettings) -> None:
+    state = _state()
+    state["0.bias"] = torch.zeros(2, dtype=torch.float16)
+    status, body = post_model(client, _raw(state))
+    assert (status, body["code"]) == (422, "mixed_dtypes"), body
+    assert "F16 (1 tensor), F32 (3 tensors)" in str(body["detail"])
+    assert store_files(settings.store) == []
+
+
+def test_upload_checks_run_off_the_event_loop(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    import app.services.artifacts as service
+
+    seen: list[bool] = []
+
+    def off_loop(original: object) -> object:
+        def wrapper(*args: object) -> object:
+            try:
+                asyncio.get_running_loop()
+                seen.append(False)
+            except RuntimeError:
+                seen.append(True)
+            return original(*args)  # type: ignore[operator]
+        return wrapper
+
+    monkeypatch.setattr(service, "_check_checkpoint", off_loop(service._check_checkpoint))
+    monkeypatch.setattr(service, "_inspect_dataset", off_loop(service._inspect_dataset))
+    assert post_model(client, safetensors_bytes(GOOD))[0] == 201
+    assert _dataset(client, b"x,s,y\n0.5,0,1\n0.5,1,0\n")[0] == 201
+    assert seen == [True, True]

@@ -85,3 +85,13 @@ def test_non_finite_weights_are_refused(tmp_path: Path) -> None:
     save_file(state, str(tmp_path / "nan.safetensors"))
     with pytest.raises(CheckpointError, match="NaN or Inf"):
         load_checkpoint(tmp_path / "nan.safetensors", ARCH)
+
+
+def test_a_shape_of_more_than_eight_dimensions_is_refused() -> None:
+    import io
+
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1] * 9, "data_offsets": [0, 4]}}).encode()
+    with pytest.raises(CheckpointError, match="9 dimensions; at most 8"):
+        read_header(io.BytesIO(struct.pack("<Q", len(header)) + header + bytes(4)))
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1] * 8, "data_offsets": [0, 4]}}).encode()
+    assert read_header(io.BytesIO(struct.pack("<Q", len(header)) + header + bytes(4)))["w"].shape == (1,) * 8

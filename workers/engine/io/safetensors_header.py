@@ -20,8 +20,12 @@ from workers.engine.io.json_input import load_json
 
 __all__ = [
     "ALLOWED_DTYPES",
+    "FLOATING_DTYPES",
+    "MixedDtypes",
+    "NonFiniteWeights",
     "TensorInfo",
     "check_against_arch",
+    "check_uniform_dtype",
     "checkpoint_dtypes",
     "read_header",
     "read_header_and_metadata",
@@ -30,8 +34,24 @@ __all__ = [
 
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 MAX_TENSORS = 1024
+MAX_RANK = 8
+"""Most dimensions of a tensor (a conv weight has 4, an image batch 4); a longer shape list is a
+hostile header, not a model."""
 ALLOWED_DTYPES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
+FLOATING_DTYPES = frozenset(ALLOWED_DTYPES)
 _KEY_PATTERN = re.compile(r"[A-Za-z0-9_.]{1,200}")
+
+
+class MixedDtypes(CheckpointError):
+    """The checkpoint's weights are not all of one floating dtype."""
+
+    code = "mixed_dtypes"
+
+
+class NonFiniteWeights(CheckpointError):
+    """A tensor of the checkpoint holds NaN or Inf."""
+
+    code = "non_finite_weights"
 
 
 @dataclass(frozen=True)
@@ -83,6 +103,8 @@ def _entry(key: str, value: Any, dtypes: dict[str, int]) -> TensorInfo:
     if dtype not in dtypes:
         raise CheckpointError(f"tensor {key!r}: dtype {dtype!r} not allowed; use one of "
                               f"{', '.join(dtypes)}")
+    if isinstance(shape, list) and len(shape) > MAX_RANK:
+        raise CheckpointError(f"tensor {key!r}: {len(shape)} dimensions; at most {MAX_RANK} are supported")
     if not isinstance(shape, list) or not all(isinstance(d, int) and 0 <= d < 2**40 for d in shape):
         raise CheckpointError(f"tensor {key!r}: shape must be a list of non-negative integers")
     if (not isinstance(offsets, list) or len(offsets) != 2
@@ -164,6 +186,31 @@ def checkpoint_dtypes(arch: ArchSpec) -> dict[str, int]:
     return {**ALLOWED_DTYPES, "I64": 8} if arch.counter_keys() else ALLOWED_DTYPES
 
 
+def _dtype_problem(tensors: dict[str, TensorInfo], arch: ArchSpec) -> str | None:
+    counters = set(arch.counter_keys())
+    floating = {info.dtype for key, info in tensors.items() if key not in counters}
+    if "I64" in floating:
+        return "only BatchNorm num_batches_tracked counters may be int64; the weights need a floating dtype"
+    if len(floating) > 1:
+        counts = {d: sum(1 for k, t in tensors.items() if t.dtype == d and k not in counters)
+                  for d in sorted(floating)}
+        shown = ", ".join(f"{d} ({n} tensor{'s' if n > 1 else ''})" for d, n in counts.items())
+        return f"checkpoint mixes dtypes {shown}; save every weight in one floating dtype"
+    return None
+
+
+def check_uniform_dtype(tensors: dict[str, TensorInfo], arch: ArchSpec) -> None:
+    """Refuse weights of more than one floating dtype (or int64 weights), as the engine loads them
+    into one model of one dtype; BatchNorm's int64 counters are not weights.
+
+    Raises:
+        MixedDtypes: naming the dtypes found and how many tensors hold each.
+    """
+    problem = _dtype_problem(tensors, arch)
+    if problem:
+        raise MixedDtypes(problem)
+
+
 def check_against_arch(tensors: dict[str, TensorInfo], arch: ArchSpec) -> None:
     """Check tensor names and shapes against the architecture.
 
@@ -178,12 +225,9 @@ def check_against_arch(tensors: dict[str, TensorInfo], arch: ArchSpec) -> None:
     for key in sorted(counters & set(tensors)):
         if tensors[key].dtype != "I64" or tensors[key].shape != ():
             problems.append(f"{key} must be an int64 scalar (BatchNorm's batch counter)")
-    floating = {info.dtype for key, info in tensors.items() if key not in counters}
-    if "I64" in floating:
-        problems.append("only BatchNorm num_batches_tracked counters may be int64; the weights need a "
-                        "floating dtype")
-    elif len(floating) > 1:
-        problems.append(f"checkpoint mixes dtypes {sorted(floating)}; use one floating dtype")
+    problem = _dtype_problem(tensors, arch)
+    if problem:
+        problems.append(problem)
     if missing:
         problems.append(f"missing tensors {missing}")
     if extra:
