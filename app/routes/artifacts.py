@@ -51,7 +51,11 @@ def _upload_request(request: Request, services: Services, tenant: str) -> Upload
         services.store.check_room(incoming)
     except OSError as exc:
         raise storage_full() from exc
-    return UploadRequest(request.stream(), request.headers.get("content-type"), length or None)
+    def within_quota(size: int) -> None:  # again on the size received: a chunked body declares none
+        check_storage_quota(services.records, settings, tenant, size)
+
+    return UploadRequest(request.stream(), request.headers.get("content-type"), length or None,
+                         check_size=within_quota)
 
 
 async def _counted(kind: str, upload: Awaitable[ArtifactRecord], services: Services) -> ArtifactRecord:

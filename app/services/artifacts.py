@@ -12,7 +12,7 @@ the event loop. Only then are the bytes committed under a key we generate.
 from __future__ import annotations
 
 import codecs
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,8 +51,10 @@ class UploadRequest:
     """The parts of an HTTP request an upload needs (no framework types)."""
 
     def __init__(self, stream: AsyncIterator[bytes], content_type: str | None,
-                 content_length: str | None) -> None:
+                 content_length: str | None, check_size: Callable[[int], None] | None = None) -> None:
         self.stream, self.content_type, self.content_length = stream, content_type, content_length
+        self.check_size = check_size
+        """Called with the file's size once received (the tenant's storage quota); raises to refuse."""
 
 
 def _invalid(field: str, message: str, code: str = "validation_error") -> ApiError:
@@ -85,6 +87,8 @@ async def _receive(request: UploadRequest, staged: StagedObject, limit: int) -> 
         raise _invalid("file", "missing file part")
     if staged.size == 0:
         raise _invalid("file", "the file is empty")
+    if request.check_size is not None:
+        request.check_size(staged.size)
     return upload
 
 

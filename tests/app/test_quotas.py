@@ -86,6 +86,12 @@ def test_stored_bytes_quota(tmp_path: Path) -> None:
         second = upload()
         _assert_429(second, "storage_quota_exceeded")
         assert "DELETE" in second.json()["detail"]
+        parts = [b'--B\r\nContent-Disposition: form-data; name="schema"\r\n\r\n', SCHEMA.encode(),
+                 b'\r\n--B\r\nContent-Disposition: form-data; name="file"; filename="d.csv"\r\n\r\n',
+                 kilobyte, b"\r\n--B--\r\n"]
+        chunked = client.post("/v1/datasets", content=iter(parts),
+                              headers={**auth(), "Content-Type": "multipart/form-data; boundary=B"})
+        _assert_429(chunked, "storage_quota_exceeded")  # no Content-Length: refused on the size received
         assert client.delete(f"/v1/datasets/{first.json()['id']}", headers=auth()).status_code == 204
         assert upload().status_code == 201
 
