@@ -1,0 +1,1 @@
+"""Fault injection against real processes: Redis outages, racing clients."""
