@@ -166,12 +166,51 @@ def executions(logdir: Path) -> list[Execution]:
     for line in path.read_text().splitlines():
         event = json.loads(line)
         key = (event["job"], event["pid"])
+        if event["event"] not in ("start", "end"):
+            continue
         if event["event"] == "start":
             assert key not in open_runs, f"horse {key[1]} started job {key[0]} twice"
             open_runs[key] = event["t"]
         else:
             done.append(Execution(key[0], key[1], open_runs.pop(key), event["t"]))
     return done + [Execution(job, pid, start, None) for (job, pid), start in open_runs.items()]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One horse's claim of a job's manifest: when it began and when it returned."""
+
+    job: str
+    pid: int
+    asked: float
+    answered: float
+    claimed: bool
+
+
+def claims(logdir: Path, timeout: float = 10.0) -> list[Claim]:
+    """Every claim in ``logdir/executions.jsonl``, once each has returned (a claim waiting on a
+    lease looks again every ``workers.lease.POLL_S``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        asked, found = _claims(logdir)
+        if not asked:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"claims never returned: {asked}")
+        time.sleep(0.1)
+
+
+def _claims(logdir: Path) -> tuple[dict[tuple[str, int], float], list[Claim]]:
+    asked: dict[tuple[str, int], float] = {}
+    found: list[Claim] = []
+    for line in (logdir / "executions.jsonl").read_text().splitlines():
+        event = json.loads(line)
+        key = (event["job"], event["pid"])
+        if event["event"] == "claim":
+            asked[key] = event["t"]
+        elif event["event"] in ("claimed", "declined"):
+            found.append(Claim(key[0], key[1], asked.pop(key), event["t"], event["event"] == "claimed"))
+    return asked, found
 
 
 def overlapping(runs: list[Execution]) -> list[tuple[Execution, Execution]]:

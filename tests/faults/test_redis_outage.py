@@ -25,6 +25,8 @@ from models_store import LocalStore, Records
 from tests.app.support import TestClient, auth, make_settings, upload_example, wait_for
 from tests.faults.support import (
     TERMINAL,
+    PrivateRedis,
+    claims,
     executions,
     outage_lines,
     overlapping,
@@ -35,8 +37,8 @@ from tests.faults.support import (
 )
 from workers.engine.examples.common import ExampleInfo
 
-JOBS = 4
-"""Two run on the two workers when Redis dies, two wait in the queue."""
+JOBS = 3
+"""Two run on the two workers when Redis dies, one waits in the queue."""
 RETRY_MAX_S = "3"
 """The workers' longest wait between Redis retries (SOFTUNLEARN_WORKER_REDIS_RETRY_MAX_S)."""
 MAX_OUTAGE_LINES = 12
@@ -61,14 +63,15 @@ def _statuses(records: Records, job_ids: list[str]) -> dict[str, str]:
     return {job_id: job.status if job else "missing" for job_id, job in found.items()}
 
 
-def _stop_promptly(workers: list[subprocess.Popen[bytes]], logs: list[Path]) -> None:
-    """With Redis gone again and each worker in its retry wait, SIGTERM must end it promptly."""
+def _stop_promptly(server: PrivateRedis, workers: list[subprocess.Popen[bytes]], logs: list[Path]) -> None:
+    """Kill Redis again; once each worker is in its retry wait, SIGTERM must end it promptly."""
     before = [len(outage_lines(log)) for log in logs]
+    server.kill()
     deadline = time.monotonic() + 20
     while any(len(outage_lines(log)) <= seen for log, seen in zip(logs, before, strict=True)):
         assert time.monotonic() < deadline, "the workers never noticed the second outage"
         time.sleep(0.1)
-    time.sleep(1.0)  # let each worker get into its backoff wait
+    time.sleep(1.5)  # into the backoff waits
     for worker in workers:
         worker.send_signal(signal.SIGTERM)
     started = time.monotonic()
@@ -81,7 +84,7 @@ def _stop_promptly(workers: list[subprocess.Popen[bytes]], logs: list[Path]) -> 
 @pytest.mark.redis
 @pytest.mark.parametrize(("persistent", "outage_s", "stage_delay_s"), [
     (True, 16.0, 0.8),  # the running jobs end during the outage; their horses wait to tell RQ
-    (False, 8.0, 1.2),  # the running jobs outlast it: the reconciler re-enqueues them too
+    (False, 8.0, 0.8),  # the queued job is lost with Redis: the reconciler re-enqueues it
 ], ids=["aof", "empty"])
 def test_workers_outlive_a_redis_outage(tmp_path: Path, adult_example: ExampleInfo, persistent: bool,
                                         outage_s: float, stage_delay_s: float) -> None:
@@ -141,6 +144,51 @@ def test_workers_outlive_a_redis_outage(tmp_path: Path, adult_example: ExampleIn
             assert 2 <= len(outage_lines(log)) <= MAX_OUTAGE_LINES, outage_lines(log)
             assert "quitting" not in log.read_text()
 
-        if not persistent:
-            server.kill()
-            _stop_promptly(workers, logs)
+
+LEASE_STAGE_DELAY_S = 1.0
+"""The one job runs ~10 s or more: most of it after Redis is back, while its re-enqueued copy is out."""
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_a_running_job_lost_by_redis_is_not_run_again_while_it_runs(tmp_path: Path,
+                                                                    adult_example: ExampleInfo) -> None:
+    """Redis comes back empty while a job runs; the reconciler re-enqueues it and the idle
+    worker takes the copy at once: its horse must wait on the lease until the running execution
+    ends, then leave the succeeded job alone. Then SIGTERM ends both workers in their retry wait."""
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(private_redis(tmp_path / "redis", persistent=False))
+        settings = make_settings(tmp_path / "store", "lease", redis_url=server.url)
+        records = Records(LocalStore(settings.store))
+        client = stack.enter_context(TestClient(create_app(settings, reconcile=True),
+                                                raise_server_exceptions=False))
+        ids = upload_example(client, adult_example)
+        slow = settings.model_copy(update={"debug_stage_delay_s": LEASE_STAGE_DELAY_S})
+        workers = stack.enter_context(traced_workers(slow, tmp_path, 2, OMP_NUM_THREADS="1",
+                                                     SOFTUNLEARN_WORKER_REDIS_RETRY_MAX_S=RETRY_MAX_S))
+        logs = [tmp_path / f"worker-{i}.log" for i in range(len(workers))]
+        wait_listening(tmp_path, len(workers))
+        response = client.post("/v1/jobs", headers=auth(), json=quick_job(ids))
+        assert response.status_code == 202, response.text
+        job_id = response.json()["id"]
+        _wait_running(records, [job_id], 1)
+        server.kill()
+        time.sleep(3.0)  # past the old worker's failure point (its first heartbeat, 1 s here)
+        server.start()
+
+        job = wait_for(client, job_id, TERMINAL, timeout=90)
+        assert (job["status"], job["attempts"]) == ("succeeded", 1), job
+        record = records.get_job("acme", job_id)
+        assert record is not None and record.enqueues >= 2, record  # it was re-enqueued
+        (run,) = executions(tmp_path)
+        assert run.end is not None
+        found = claims(tmp_path)
+        others = [claim for claim in found if claim.pid != run.pid]
+        print(f"execution {run.start:.1f}-{run.end:.1f}; other claims "
+              f"{[(round(c.asked, 1), round(c.answered, 1), c.claimed) for c in others]}")
+        assert others, f"the re-enqueued copy never reached a horse: {found}"
+        waited = [claim for claim in others if claim.asked < run.end]
+        assert waited, f"the copy came after the execution ended; nothing to wait for: {others}"
+        assert all(not claim.claimed and claim.answered >= run.end for claim in waited), waited
+        assert [worker.poll() for worker in workers] == [None, None]
+        _stop_promptly(server, workers, logs)
