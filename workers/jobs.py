@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from models_store import open_store
 from models_store.records import ArtifactRecord, JobError, JobRecord, Records, utcnow
+from workers import lease
 from workers.redact import redact_paths
 from workers.settings import ServiceSettings, get_settings
 
@@ -44,13 +45,17 @@ def set_device(device: str) -> None:
 
 
 class _Claim:
-    """Moves a queued manifest to running, unless it is terminal or cancellation was asked."""
+    """Moves a queued manifest to running, unless it is terminal, another execution holds its
+    lease (``held``: see workers/lease.py) or cancellation was asked."""
 
-    def __init__(self) -> None:
-        self.claimed = False
+    def __init__(self, lease_s: float = 0.0) -> None:
+        self.claimed, self.held, self._lease_s = False, False, lease_s
 
     def __call__(self, record: JobRecord) -> JobRecord | None:
         if record.terminal:
+            return None
+        if lease.held(record, self._lease_s):
+            self.held = True
             return None
         if record.cancel_requested:
             record.status, record.finished_at = "canceled", utcnow()
@@ -186,13 +191,13 @@ def run_correction_job(tenant: str, job_id: str) -> dict[str, str]:
 
     settings = get_settings()
     records = Records(open_store(settings.store))
-    claim = _Claim()
-    record = records.update_job(tenant, job_id, claim)
-    if not claim.claimed:
+    record, claimed = lease.claim(records, tenant, job_id, lambda: _Claim(settings.job_lease_s))
+    if not claimed:
         return {"job_id": job_id, "status": record.status}
     log.info("job %s: attempt %d on %s", job_id, record.attempts, _device or settings.device)
     try:
-        timings = _execute(records, record, settings)
+        with lease.LeaseKeeper(records, tenant, job_id, os.getpid(), settings.job_lease_s):
+            timings = _execute(records, record, settings)
     except CorrectionCanceled:
         _finish(records, record, "canceled", None)
         return {"job_id": job_id, "status": "canceled"}

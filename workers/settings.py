@@ -131,6 +131,14 @@ class ServiceSettings(BaseSettings):
             self.redis_url = url_with_password(self.redis_url, self.redis_password.get_secret_value())
         return self
 
+    # --- Redis outages (workers/resilience.py, workers/lease.py) ---
+    worker_redis_retry_min_s: float = Field(default=0.5, gt=0, le=60)
+    """First wait of a worker retrying an unreachable Redis (doubling, with jitter)."""
+    worker_redis_retry_max_s: float = Field(default=30.0, gt=0, le=600)
+    """Longest wait between a worker's Redis retries."""
+    job_lease_s: float = Field(default=10.0, gt=0, le=600)
+    """A running job's lease in its manifest: another execution of it waits while it is renewed."""
+
     def spec_caps(self) -> dict[str, float]:
         """Each capped spec field (dotted path) with the operator's cap."""
         return {"method.epochs": self.cap_epochs, "method.refit_max_steps": self.cap_refit_steps,

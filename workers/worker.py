@@ -2,7 +2,8 @@
 
 The device is probed in a subprocess so the worker process never initializes CUDA itself (a
 CUDA context does not survive ``fork``); each forked work horse initializes it on its own. The
-engine is imported before forking, so horses start warm.
+engine is imported before forking, so horses start warm. A Redis outage does not stop it
+(workers/resilience.py): running jobs go on, and it takes jobs again when Redis is back.
 """
 
 from __future__ import annotations
@@ -11,13 +12,17 @@ import logging
 import os
 import subprocess
 import sys
+from typing import Any
 
 from redis import Redis
-from rq import Worker
+from rq.logutils import setup_loghandlers
 from rq.serializers import JSONSerializer
 
-from workers import jobs
-from workers.queue import QUEUE_KINDS, get_queue
+from models_store import open_store
+from models_store.records import Records
+from workers import jobs, lease
+from workers.queue import QUEUE_KINDS, SOCKET_TIMEOUT_S, get_queue
+from workers.resilience import Backoff, OutageLog, ResilientWorker, supervise
 from workers.settings import ServiceSettings
 
 __all__ = ["detect_device", "resolve_queues", "run_worker"]
@@ -60,22 +65,45 @@ def _preload_engine() -> None:
     import workers.engine.pipeline  # noqa: F401  (warm import before forking horses)
 
 
+def _releaser(settings: ServiceSettings) -> Any:
+    """The worker's hook after a horse exits: release the lease its execution held."""
+    records = Records(open_store(settings.store))
+
+    def release(job: Any, horse_pid: int) -> None:
+        tenant, job_id = job.args[0], job.args[1]
+        lease.release(records, str(tenant), str(job_id), horse_pid)
+
+    return release
+
+
 def run_worker(settings: ServiceSettings, queues: str | None = None, burst: bool = False,
                name: str | None = None) -> int:
-    """Run the worker loop until stopped; returns the exit code."""
+    """Run the worker loop until stopped; returns the exit code.
+
+    Redis outages are waited out (backoff up to ``worker_redis_retry_max_s``); SIGTERM stops it.
+    """
     device = detect_device(settings.device)
     jobs.set_device(device)
     kinds = resolve_queues(queues or settings.worker_queues, device)
     _preload_engine()
-    connection = Redis.from_url(settings.redis_url)
-    worker = Worker(
-        [get_queue(connection, settings, kind) for kind in kinds],
-        connection=connection,
-        name=name,
-        serializer=JSONSerializer,
-        job_monitoring_interval=settings.job_monitoring_interval_s,
-    )
-    print(f"softunlearn worker {worker.name}: device={device}, queues="
+    setup_loghandlers("INFO", name="rq.worker")
+    connection = Redis.from_url(settings.redis_url, socket_connect_timeout=SOCKET_TIMEOUT_S)
+    outage = OutageLog(Backoff(settings.worker_redis_retry_min_s, settings.worker_redis_retry_max_s))
+    release = _releaser(settings)
+
+    def make_worker(worker_name: str | None = None) -> ResilientWorker:
+        return ResilientWorker(
+            [get_queue(connection, settings, kind) for kind in kinds],
+            connection=connection,
+            name=worker_name,
+            serializer=JSONSerializer,
+            job_monitoring_interval=settings.job_monitoring_interval_s,
+            outage=outage,
+            on_horse_reaped=release,
+        )
+
+    first = make_worker(name)
+    print(f"softunlearn worker {first.name}: device={device}, queues="
           f"{', '.join(settings.queue_name(k) for k in kinds)}, store={settings.store}", flush=True)
-    worker.work(burst=burst, logging_level="INFO")
-    return 0
+    return supervise(first, make_worker, connection, outage,
+                     lambda worker: worker.work(burst=burst, logging_level="INFO"))
