@@ -12,6 +12,7 @@ API start-up that clears what an upload cut by a crash left behind.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import fcntl
@@ -44,8 +45,20 @@ def _owner_token(lock_dir: Path) -> str:
         token = uuid.uuid4().hex[:16]
         handle = open(lock_dir / f"owner-{token}", "a+b")  # noqa: SIM115 (held for the process's life)
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if not _owners:
+            atexit.register(_release_owners)
         _owners[slot] = (token, handle)
     return _owners[slot][0]
+
+
+def _release_owners() -> None:
+    """At a clean exit: drop this process's owner locks (a crash leaves them to the collector)."""
+    for (pid, lock_dir), (token, handle) in list(_owners.items()):
+        if pid == os.getpid():
+            with contextlib.suppress(OSError):
+                (lock_dir / f"owner-{token}").unlink(missing_ok=True)
+            handle.close()
+            del _owners[(pid, lock_dir)]
 
 
 def _owner_alive(lock_dir: Path, token: str) -> bool:
