@@ -39,3 +39,25 @@ def test_wrong_types_in_the_spec_are_422_naming_the_field(client: TestClient, se
     body = response.json()
     assert field in [error["field"] for error in body["errors"]], body
     assert not SERVER_PATH.search(response.text)
+
+
+@pytest.mark.parametrize(("method", "path", "allowed"), [
+    ("OPTIONS", "/v1/datasets/x", "DELETE, GET"),
+    ("PUT", "/v1/models/x", "DELETE, GET"),
+    ("PATCH", "/v1/jobs/x", "DELETE, GET"),
+    ("GET", "/v1/jobs/x/cancel", "POST"),
+    ("DELETE", "/v1/jobs", "GET, POST"),
+])
+def test_405_lists_every_method_of_the_path(client: TestClient, method: str, path: str, allowed: str) -> None:
+    """Starlette named only the first route's methods, though GET and DELETE share a path."""
+    response = client.request(method, path, headers=auth())
+    assert response.status_code == 405
+    assert response.headers["allow"] == allowed
+    assert allowed in response.json()["detail"]
+
+
+def test_a_body_that_is_not_utf8_is_400_saying_what_to_send(client: TestClient) -> None:
+    response = client.post("/v1/jobs", headers={**auth(), "Content-Type": "application/json"},
+                           content=b"\x059\xff\xfe")
+    assert response.status_code in (400, 422), response.text
+    assert "There was an error" not in response.json()["detail"]
