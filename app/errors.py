@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from workers.redact import redact_paths
 
@@ -31,6 +32,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 _NAMED_FIELD = re.compile(r"^([a-z_]+(?:\.[a-z_]+)*)[: ]")
 PROBLEM_JSON = "application/problem+json"
+_FASTAPI_BODY_ERROR = "There was an error parsing the body"
+"""FastAPI's 400 for a body its JSON decoder could not even read (e.g. invalid UTF-8)."""
+_HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
 _TITLES = {
     400: "Bad request", 401: "Unauthorized", 404: "Not found", 405: "Method not allowed",
     408: "Request timeout", 409: "Conflict", 413: "Content too large", 415: "Unsupported media type",
@@ -125,13 +129,28 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(request, validation_problem(list(exc.errors())))
 
 
+def _allowed_methods(request: Request) -> str:
+    """Every method some operation of this path takes, from the app's OpenAPI document
+    (Starlette names only the first matching route's, and GET and DELETE of a path are two)."""
+    methods: set[str] = set()
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        if compile_path(template)[0].match(request.scope["path"]):
+            methods |= {name.upper() for name in operations if name in _HTTP_METHODS}
+    return ", ".join(sorted(methods))
+
+
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     if not isinstance(exc, StarletteHTTPException):
         raise exc
     codes = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
     detail = exc.detail if isinstance(exc.detail, str) else "request refused"
-    error = ApiError(exc.status_code, codes.get(exc.status_code, "http_error"), detail,
-                     headers=dict(exc.headers or {}))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = _allowed_methods(request) or headers.get("Allow", "")
+        detail = f"method not allowed on this path; it accepts {headers['Allow']}"
+    elif exc.status_code == 400 and detail == _FASTAPI_BODY_ERROR:
+        detail = "the request body could not be parsed; send a JSON object encoded as UTF-8"
+    error = ApiError(exc.status_code, codes.get(exc.status_code, "http_error"), detail, headers=headers)
     return problem_response(request, error)
 
 

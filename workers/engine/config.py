@@ -69,8 +69,32 @@ def _check_choice(value: object, literal: Any, name: str) -> None:
     _check(value in choices, f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
 
 
+def _is_finite(value: object) -> bool:
+    try:
+        return isinstance(value, (int, float)) and math.isfinite(value)
+    except OverflowError:  # an int past float's range
+        return False
+
+
 def _finite(value: float, name: str) -> None:
-    _check(isinstance(value, (int, float)) and math.isfinite(value), f"{name} must be a finite number")
+    _check(_is_finite(value), f"{name} must be a finite number")
+
+
+_NUMBER_HINTS = (int, float, int | None, float | None)
+
+
+def _check_scalar(kind: Any, value: Any, name: str) -> None:
+    """Refuse a value of the wrong JSON type before ``__post_init__`` compares it with numbers
+    (which would raise TypeError, not a message naming the field)."""
+    if kind in _NUMBER_HINTS and not (value is None and type(None) in get_args(kind)):
+        _check(isinstance(value, (int, float)), f"{name} must be a number; got {_shown(value)}")
+    elif kind == str | None:
+        _check(value is None or isinstance(value, str), f"{name} must be a string; got {_shown(value)}")
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 @dataclass(frozen=True)
@@ -310,7 +334,7 @@ def _fractions(values: Any, name: str, low_open: float, high: float, high_closed
     out = []
     for value in values:
         _check(isinstance(value, (int, float)) and not isinstance(value, bool), f"{name} must hold numbers")
-        _finite(float(value), name)
+        _finite(value, name)
         inside = low_open < value <= high if high_closed else low_open < value < high
         _check(inside, f"{name} values must lie in ({low_open:g}, {high:g}{']' if high_closed else ')'}")
         out.append(float(value))
@@ -432,6 +456,7 @@ def _build(cls: type[T], data: Any, path: str) -> T:
         if isinstance(kind, type) and is_dataclass(kind):
             kwargs[name] = _build(kind, value, f"{path}.{name}")
         else:
+            _check_scalar(kind, value, f"{path}.{name}".removeprefix("spec."))
             kwargs[name] = value
     return cls(**kwargs)
 
