@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -18,6 +19,7 @@ from app.limits import RequestLimitsMiddleware
 from app.metrics import Metrics, MetricsMiddleware
 from app.quotas import RateLimiter
 from app.routes import artifacts, health, jobs
+from app.routes.problems import as_problem_json
 from app.security import KeyRing
 from models_store import LocalStore, Records
 from workers.queue import connect
@@ -63,6 +65,14 @@ def create_app(settings: ServiceSettings | None = None, *, reconcile: bool = Tru
                     "soft-weighted machine unlearning. Errors are RFC 9457 problem+json.",
     )
     app.state.services = services
+    build_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = as_problem_json(build_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     install_error_handlers(app)
     for router in (health.router, artifacts.router, jobs.router):
         app.include_router(router)

@@ -10,18 +10,16 @@ from fastapi import APIRouter, Request, Response
 from app.deps import Services, ServicesDep, TenantDep
 from app.errors import ApiError, storage_full
 from app.quotas import check_storage_quota, too_many
-from app.schemas import DatasetPublic, ModelPublic, Problem
+from app.routes.problems import V1_COMMON, problems
+from app.schemas import DatasetPublic, ModelPublic
 from app.services.artifacts import UploadRequest, create_dataset, create_model, dataset_limits
 from app.services.deletion import counted, delete_artifact
 from models_store import ArtifactRecord
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/v1", tags=["artifacts"])
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": Problem, "content": {"application/problem+json": {}}}
-    for code in (401, 408, 413, 415, 422, 429, 503, 507)
-}
+router = APIRouter(prefix="/v1", tags=["artifacts"], responses=V1_COMMON)
+_ERRORS = problems(400, 408, 413, 415, 422, 507)
 
 
 def _multipart(json_field: str, example: str) -> dict[str, Any]:
@@ -97,7 +95,7 @@ async def upload_model(request: Request, services: ServicesDep, tenant: TenantDe
     return model_public(await _counted("model", upload, services))
 
 
-@router.get("/models/{model_id}", response_model=ModelPublic, responses={404: {"model": Problem}})
+@router.get("/models/{model_id}", response_model=ModelPublic, responses=problems(404))
 def get_model(model_id: str, services: ServicesDep, tenant: TenantDep) -> ModelPublic:
     """An uploaded model's metadata."""
     record = services.records.get_artifact(tenant, "models", model_id)
@@ -115,7 +113,7 @@ async def upload_dataset(request: Request, services: ServicesDep, tenant: Tenant
     return dataset_public(await _counted("dataset", upload, services))
 
 
-@router.get("/datasets/{dataset_id}", response_model=DatasetPublic, responses={404: {"model": Problem}})
+@router.get("/datasets/{dataset_id}", response_model=DatasetPublic, responses=problems(404))
 def get_dataset(dataset_id: str, services: ServicesDep, tenant: TenantDep) -> DatasetPublic:
     """An uploaded dataset's metadata."""
     record = services.records.get_artifact(tenant, "datasets", dataset_id)
@@ -124,9 +122,7 @@ def get_dataset(dataset_id: str, services: ServicesDep, tenant: TenantDep) -> Da
     return dataset_public(record)
 
 
-_DELETE_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": Problem, "content": {"application/problem+json": {}}} for code in (401, 404, 409)
-}
+_DELETE_ERRORS = problems(404, 409)
 
 
 @router.delete("/models/{model_id}", status_code=204, response_class=Response, responses=_DELETE_ERRORS)

@@ -8,7 +8,8 @@ from redis.exceptions import RedisError
 
 from app.deps import ServicesDep
 from app.errors import PROBLEM_JSON, problem_type
-from app.schemas import Health, Problem, Readiness
+from app.routes.problems import problems
+from app.schemas import Health, Readiness
 
 __all__ = ["router"]
 
@@ -21,7 +22,7 @@ def healthz() -> Health:
     return Health()
 
 
-@router.get("/readyz", response_model=Readiness, responses={503: {"model": Problem}})
+@router.get("/readyz", response_model=Readiness, responses=problems(503))
 def readyz(services: ServicesDep) -> Readiness | JSONResponse:
     """Readiness: Redis answers, the store is writable and keeps its free-space floor."""
     checks: dict[str, str] = {}

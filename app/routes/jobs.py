@@ -2,27 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from app.deps import ServicesDep, TenantDep
-from app.schemas import FrontierPublic, JobCreate, JobList, JobPublic, Problem
+from app.routes.problems import V1_COMMON, problems
+from app.schemas import FrontierPublic, JobCreate, JobList, JobPublic
 from app.services import jobs as service
 from app.services.deletion import counted
 from app.services.deletion import delete_job as delete_finished_job
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-_PROBLEM: dict[str, Any] = {"model": Problem, "content": {"application/problem+json": {}}}
-_NOT_FOUND: dict[int | str, dict[str, Any]] = {401: _PROBLEM, 404: _PROBLEM}
-_OUTPUT_ERRORS: dict[int | str, dict[str, Any]] = {**_NOT_FOUND, 409: _PROBLEM}
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=V1_COMMON)
+_NOT_FOUND = problems(404)
+_OUTPUT_ERRORS = problems(404, 409)
 
 
 @router.post("", status_code=202, response_model=JobPublic,
-             responses={401: _PROBLEM, 409: _PROBLEM, 422: _PROBLEM, 503: _PROBLEM})
+             responses=problems(408, 409, 413, 422, 507))
 def create_job(
     body: JobCreate, response: Response, services: ServicesDep, tenant: TenantDep,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
@@ -36,7 +36,7 @@ def create_job(
     return service.job_public(record)
 
 
-@router.get("", response_model=JobList, responses={401: _PROBLEM})
+@router.get("", response_model=JobList, responses=problems(422))
 def list_jobs(
     services: ServicesDep, tenant: TenantDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
@@ -54,7 +54,7 @@ def get_job(job_id: str, services: ServicesDep, tenant: TenantDep) -> JobPublic:
                                               tenant, job_id))
 
 
-@router.post("/{job_id}/cancel", status_code=202, response_model=JobPublic, responses=_OUTPUT_ERRORS)
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobPublic, responses=problems(404, 409, 507))
 def cancel_job(job_id: str, services: ServicesDep, tenant: TenantDep) -> JobPublic:
     """Cancel a job: a queued one at once, a running one by stopping its worker process."""
     return service.job_public(service.cancel_job(services.records, services.redis, services.settings,
