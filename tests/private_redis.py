@@ -1,4 +1,6 @@
-"""A private ``redis-server`` for a test: its own port and directory, optionally a password."""
+"""A private ``redis-server`` for a test: its own port and directory, optionally a password, and
+killable and restartable on the same port (AOF with fsync on every write, so a kill loses
+nothing, or no persistence, so it comes back empty)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, RedisError
 from redis.retry import Retry
 
-from workers.demo import stop_process
+__all__ = ["PrivateRedis", "free_port", "private_redis"]
 
 
 def free_port() -> int:
@@ -27,32 +29,62 @@ def free_port() -> int:
         return port
 
 
-@contextmanager
-def private_redis(workdir: Path, password: str | None = None) -> Iterator[int]:
-    """Start ``redis-server`` on a free port (``--requirepass password`` when given); yield the port."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is not installed (scripts/setup.sh and scripts/ensure-redis.sh install it)")
-    port = free_port()
-    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--dir", str(workdir)]
-    if password is not None:
-        args += ["--requirepass", password]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        probe = Redis(host="127.0.0.1", port=port, socket_timeout=1, socket_connect_timeout=1,
+class PrivateRedis:
+    """One test's ``redis-server``: :meth:`start`, :meth:`kill`, :meth:`start` again."""
+
+    def __init__(self, workdir: Path, persistent: bool = False, password: str | None = None) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed (scripts/setup.sh and ensure-redis.sh install it)")
+        self.binary, self.workdir = binary, workdir
+        self.persistent, self.password = persistent, password
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+        workdir.mkdir(parents=True, exist_ok=True)
+
+    def start(self) -> None:
+        """Start the server and wait until it answers (its AOF loaded)."""
+        persistence = (["--appendonly", "yes", "--appendfsync", "always"] if self.persistent
+                       else ["--appendonly", "no"])
+        password = ["--requirepass", self.password] if self.password is not None else []
+        with open(self.workdir / "redis.log", "ab") as log:
+            self.process = subprocess.Popen(
+                [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
+                 "--save", "", *persistence, *password], stdout=log, stderr=subprocess.STDOUT)
+        probe = Redis(host="127.0.0.1", port=self.port, socket_timeout=1, socket_connect_timeout=1,
                       retry=Retry(NoBackoff(), 0))  # poll here, not in redis-py's backoff
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 20
         while True:
             try:
                 probe.ping()
-                break
+                return
             except AuthenticationError:
-                break  # it answers, and asks for the password
+                return  # it answers, and asks for the password
             except RedisError:
-                if time.monotonic() > deadline or process.poll() is not None:
+                if time.monotonic() > deadline or self.process.poll() is not None:
                     raise
                 time.sleep(0.05)
-        yield port
+
+    def kill(self) -> None:
+        """SIGKILL the server (an outage as abrupt as a crash)."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def client(self) -> Redis:
+        """A client of the server (strings decoded)."""
+        return Redis.from_url(self.url, socket_timeout=5, decode_responses=True, password=self.password)
+
+
+@contextmanager
+def private_redis(workdir: Path, persistent: bool = False,
+                  password: str | None = None) -> Iterator[PrivateRedis]:
+    """A started :class:`PrivateRedis`, killed at the end."""
+    server = PrivateRedis(workdir, persistent, password)
+    server.start()
+    try:
+        yield server
     finally:
-        stop_process(process, timeout=10)
+        server.kill()

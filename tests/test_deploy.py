@@ -283,7 +283,8 @@ def test_the_compose_environment_gives_the_services_a_url_with_the_exact_passwor
 
 @pytest.fixture(scope="module")
 def redis_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    with private_redis(tmp_path_factory.mktemp("redis"), password="initial") as port:
+    with private_redis(tmp_path_factory.mktemp("redis"), password="initial") as server:
+        port = server.port
         yield port
 
 

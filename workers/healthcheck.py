@@ -29,10 +29,10 @@ from rq import Worker
 from rq.defaults import DEFAULT_WORKER_TTL
 from rq.worker import BaseWorker
 
-from workers.queue import QUEUE_KINDS
+from workers.queue import QUEUE_KINDS, parse_queue_kinds
 from workers.settings import ServiceSettings
 
-__all__ = ["MAX_HEARTBEAT_AGE_S", "HealthResult", "check_worker_health", "parse_queue_kinds",
+__all__ = ["MAX_HEARTBEAT_AGE_S", "HealthResult", "check_worker_health",
            "worker_health"]
 
 MAX_HEARTBEAT_AGE_S = DEFAULT_WORKER_TTL + 60
@@ -59,20 +59,6 @@ class HealthResult:
     def line(self) -> str:
         """The one line the command prints."""
         return f"{'healthy' if self.healthy else 'unhealthy'}: {self.reason}"
-
-
-def parse_queue_kinds(requested: str) -> list[str]:
-    """The queue kinds of a comma-separated ``gpu,cpu`` subset.
-
-    Raises:
-        ValueError: an unknown or empty queue list.
-    """
-    kinds = [k.strip() for k in requested.split(",") if k.strip()]
-    unknown = [k for k in kinds if k not in QUEUE_KINDS]
-    if unknown or not kinds:
-        raise ValueError(f"queues must be a comma-separated subset of {', '.join(QUEUE_KINDS)}; "
-                         f"got {requested!r}")
-    return kinds
 
 
 def _process_alive(pid: int | None) -> bool:

@@ -27,6 +27,7 @@ __all__ = [
     "connect",
     "enqueue_correction",
     "get_queue",
+    "parse_queue_kinds",
     "rq_state",
 ]
 
@@ -35,6 +36,20 @@ JOB_FUNCTION = "workers.jobs.run_correction_job"
 QUEUE_KINDS = ("gpu", "cpu")
 SOCKET_TIMEOUT_S = 5.0
 """Redis socket timeout of API calls: a stalled Redis answers 503 rather than hanging."""
+
+
+def parse_queue_kinds(requested: str) -> list[str]:
+    """The queue kinds of a comma-separated ``gpu,cpu`` subset.
+
+    Raises:
+        ValueError: an unknown or empty queue list.
+    """
+    kinds = [k.strip() for k in requested.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in QUEUE_KINDS]
+    if unknown or not kinds:
+        raise ValueError(f"queues must be a comma-separated subset of {', '.join(QUEUE_KINDS)}; "
+                         f"got {requested!r}")
+    return kinds
 
 
 def connect(settings: ServiceSettings) -> Redis:

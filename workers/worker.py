@@ -21,7 +21,7 @@ from rq.serializers import JSONSerializer
 from models_store import open_store
 from models_store.records import Records
 from workers import jobs, lease
-from workers.queue import QUEUE_KINDS, SOCKET_TIMEOUT_S, get_queue
+from workers.queue import SOCKET_TIMEOUT_S, get_queue, parse_queue_kinds
 from workers.resilience import Backoff, OutageLog, ResilientWorker, supervise
 from workers.settings import ServiceSettings
 
@@ -53,12 +53,7 @@ def resolve_queues(requested: str | None, device: str) -> list[str]:
     """
     if not requested:
         return ["gpu", "cpu"] if device == "cuda" else ["cpu"]
-    kinds = [k.strip() for k in requested.split(",") if k.strip()]
-    unknown = [k for k in kinds if k not in QUEUE_KINDS]
-    if unknown or not kinds:
-        raise ValueError(f"queues must be a comma-separated subset of {', '.join(QUEUE_KINDS)}; "
-                         f"got {requested!r}")
-    return kinds
+    return parse_queue_kinds(requested)
 
 
 def _preload_engine() -> None:

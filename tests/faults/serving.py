@@ -15,18 +15,11 @@ import httpx
 import psutil
 
 from tests.app.support import ROOT, worker_env
+from tests.private_redis import free_port
 from workers.demo import stop_process
 from workers.settings import ServiceSettings
 
-__all__ = ["Server", "free_port", "raw_request", "serve"]
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+__all__ = ["Server", "raw_request", "read_status", "serve"]
 
 
 @dataclass

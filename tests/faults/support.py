@@ -6,9 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,8 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import pytest
-import redis
 
 from tests.app.support import ROOT, job_body, worker_env
 from tests.faults.traced_worker import EXECUTION_LOG_ENV
@@ -33,72 +29,6 @@ def quick_job(ids: dict[str, str]) -> dict[str, Any]:
     draws (a few seconds of engine time: these tests are about processes, not the engine)."""
     return job_body(ids, evaluation={"robustness": False, "n_boot": 100,
                                      "frontier": {"reductions": [], "k_fractions": []}})
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
-class PrivateRedis:
-    """A ``redis-server`` of this test alone (own port and directory) that can be killed and
-    started again on the same port, with AOF (``persistent``: fsync on every write, so a kill
-    loses nothing) or no persistence at all (it comes back empty)."""
-
-    def __init__(self, workdir: Path, persistent: bool) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.skip("redis-server is not installed")
-        self.binary, self.workdir, self.persistent = binary, workdir, persistent
-        self.port = _free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-        workdir.mkdir(parents=True, exist_ok=True)
-
-    def start(self) -> None:
-        """Start the server and wait until it answers (AOF loaded)."""
-        persistence = (["--appendonly", "yes", "--appendfsync", "always"] if self.persistent
-                       else ["--appendonly", "no"])
-        log = open(self.workdir / "redis.log", "ab")  # noqa: SIM115  (kept open by the server)
-        self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
-             "--save", "", *persistence, "--protected-mode", "no"],
-            stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        client = redis.Redis.from_url(self.url, socket_timeout=1, socket_connect_timeout=1)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if client.ping():
-                    return
-            except redis.RedisError:
-                if time.monotonic() > deadline:
-                    raise
-            time.sleep(0.05)
-
-    def kill(self) -> None:
-        """SIGKILL the server (an outage as abrupt as a crash)."""
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-            self.process = None
-
-    def client(self) -> redis.Redis:
-        """A client of the server."""
-        return redis.Redis.from_url(self.url, socket_timeout=5, decode_responses=True)
-
-
-@contextlib.contextmanager
-def private_redis(workdir: Path, persistent: bool) -> Iterator[PrivateRedis]:
-    """A started :class:`PrivateRedis`, killed at the end."""
-    server = PrivateRedis(workdir, persistent)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
 
 
 def kill_tree(process: subprocess.Popen[bytes]) -> None:

@@ -20,7 +20,8 @@ from rq.registry import FinishedJobRegistry
 from app.main import create_app
 from models_store import LocalStore, Records
 from tests.app.support import TestClient, auth, make_settings, upload_example, wait_for
-from tests.faults.support import executions, private_redis, quick_job, traced_workers, wait_listening
+from tests.faults.support import executions, quick_job, traced_workers, wait_listening
+from tests.private_redis import private_redis
 from workers.engine.examples.common import ExampleInfo
 
 REQUESTS = 20

@@ -25,16 +25,15 @@ from models_store import LocalStore, Records
 from tests.app.support import TestClient, auth, make_settings, upload_example, wait_for
 from tests.faults.support import (
     TERMINAL,
-    PrivateRedis,
     claims,
     executions,
     outage_lines,
     overlapping,
-    private_redis,
     quick_job,
     traced_workers,
     wait_listening,
 )
+from tests.private_redis import PrivateRedis, private_redis
 from workers.engine.examples.common import ExampleInfo
 
 JOBS = 3

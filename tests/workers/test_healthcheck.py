@@ -38,7 +38,8 @@ HEALTH_TIMEOUT_S = 60.0
 
 @pytest.fixture(scope="module")
 def redis_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    with private_redis(tmp_path_factory.mktemp("redis"), password=PASSWORD) as port:
+    with private_redis(tmp_path_factory.mktemp("redis"), password=PASSWORD) as server:
+        port = server.port
         yield port
 
 

@@ -39,6 +39,7 @@ from tests.app.support import (
     upload_example,
     worker_env,
 )
+from tests.faults.support import kill_tree
 from workers.engine.examples.common import ExampleInfo
 from workers.queue import connect
 from workers.settings import ServiceSettings
@@ -48,21 +49,6 @@ STAGE_DELAY_S = 0.7
 DEADLINE_S = 120.0
 """From the kill to a terminal status: heartbeat TTL (1 + 60 s) + reconcile period (1 s) + re-run."""
 TERMINAL = ("succeeded", "failed", "canceled")
-
-
-def _kill_tree(process: subprocess.Popen[bytes]) -> None:
-    """SIGKILL ``process``, its process group and every descendant (horses have their own group)."""
-    with contextlib.suppress(psutil.Error):
-        for child in psutil.Process(process.pid).children(recursive=True):
-            with contextlib.suppress(psutil.Error, ProcessLookupError):
-                os.killpg(child.pid, signal.SIGKILL)
-            with contextlib.suppress(psutil.Error):
-                child.kill()
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
-    with contextlib.suppress(ProcessLookupError):
-        process.kill()
-    process.wait(timeout=30)
 
 
 @contextlib.contextmanager
@@ -76,7 +62,7 @@ def _worker(settings: ServiceSettings, log: Path) -> Iterator[subprocess.Popen[b
         try:
             yield process
         finally:
-            _kill_tree(process)
+            kill_tree(process)
 
 
 def _wait_gone(pid: int, timeout: float = 10.0) -> None:
