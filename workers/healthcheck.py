@@ -26,20 +26,19 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 from rq import Worker
-from rq.defaults import DEFAULT_WORKER_TTL
 from rq.worker import BaseWorker
 
-from workers.queue import QUEUE_KINDS, parse_queue_kinds
+from workers.queue import QUEUE_KINDS, WORKER_TTL_S, parse_queue_kinds
 from workers.settings import ServiceSettings
 
 __all__ = ["MAX_HEARTBEAT_AGE_S", "HealthResult", "check_worker_health",
            "worker_health"]
 
-MAX_HEARTBEAT_AGE_S = DEFAULT_WORKER_TTL + 60
+MAX_HEARTBEAT_AGE_S = WORKER_TTL_S + 60
 """Oldest heartbeat still healthy, in seconds. An idle RQ worker heartbeats once per blocking
 dequeue (``worker_ttl - 15`` s), a busy one every ``job_monitoring_interval``; RQ itself deems a
-worker dead ``worker_ttl + 60`` s after its last heartbeat (``softunlearn worker`` keeps RQ's
-default ``worker_ttl``)."""
+worker dead ``worker_ttl + 60`` s after its last heartbeat (``softunlearn worker`` runs with
+``worker_ttl`` = :data:`workers.queue.WORKER_TTL_S`)."""
 REDIS_TIMEOUT_S = 1.0
 """Connect and read timeout of the check's Redis calls (no retries), so it stays well under 5 s."""
 

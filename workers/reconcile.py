@@ -18,7 +18,7 @@ queued, no live worker     ``failed`` (``no_worker``) once the queue has had no 
 It runs on read (``GET /v1/jobs/{id}``) and periodically in the API process; the ``no_worker``
 rule only in the periodic pass (it asks RQ's worker registry once per pass). A worker is live
 while RQ's key of it exists: each heartbeat renews its TTL, so a worker killed with ``kill -9``
-counts as live until its TTL ends (RQ's ``worker_ttl`` + 60 s, 480 s by default).
+counts as live until its TTL ends (``worker_ttl`` + 60 s: 120 s for ``softunlearn worker``).
 """
 
 from __future__ import annotations

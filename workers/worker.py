@@ -21,7 +21,7 @@ from rq.serializers import JSONSerializer
 from models_store import open_store
 from models_store.records import Records
 from workers import jobs, lease
-from workers.queue import SOCKET_TIMEOUT_S, get_queue, parse_queue_kinds
+from workers.queue import SOCKET_TIMEOUT_S, WORKER_TTL_S, get_queue, parse_queue_kinds
 from workers.resilience import Backoff, OutageLog, ResilientWorker, supervise
 from workers.settings import ServiceSettings
 
@@ -93,6 +93,7 @@ def run_worker(settings: ServiceSettings, queues: str | None = None, burst: bool
             name=worker_name,
             serializer=JSONSerializer,
             job_monitoring_interval=settings.job_monitoring_interval_s,
+            worker_ttl=WORKER_TTL_S,
             outage=outage,
             on_horse_reaped=release,
         )
