@@ -94,57 +94,76 @@ def _poll_terminal(client: TestClient, job_id: str, deadline: float) -> tuple[di
         time.sleep(0.5)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("retries", [0, 1])
-def test_killed_worker_never_leaves_job_running(settings: ServiceSettings, adult_example: ExampleInfo,
-                                                tmp_path: Path, retries: int) -> None:
-    api_settings = settings.model_copy(update={"job_retries": retries})  # periodic reconcile every 1 s
-    slow = api_settings.model_copy(update={"debug_stage_delay_s": STAGE_DELAY_S})
-    records = Records(LocalStore(settings.store))
-    redis = connect(settings)
-    with contextlib.ExitStack() as stack:
-        client = stack.enter_context(TestClient(create_app(api_settings, reconcile=True)))
-        ids = upload_example(client, adult_example)
-        first = stack.enter_context(_worker(slow, tmp_path / "worker-1.log"))
-        response = client.post("/v1/jobs", headers=auth(), json=job_body(ids))
-        assert response.status_code == 202, response.text
-        job_id: str = response.json()["id"]
-        horse = running_horse_pid(settings.store, job_id)
-        assert horse != first.pid and os.getpgid(horse) == horse, "expected RQ's horse in its own group"
-
-        # kill -9 the whole worker: parent first (so it cannot notice its horse dying), then the horse
-        os.killpg(first.pid, signal.SIGKILL)
-        os.killpg(horse, signal.SIGKILL)
-        killed_at = time.monotonic()
-        first.wait(timeout=10)
-        _wait_gone(horse)
-        assert Job.fetch(job_id, connection=redis, serializer=JSONSerializer).get_status() == "started"
-        record = records.get_job("acme", job_id)
-        assert record is not None and (record.status, record.attempts) == ("running", 1), record
-
-        # a healthy worker is available from now on (without the stage delay)
-        stack.enter_context(_worker(api_settings, tmp_path / "worker-2.log"))
-        job, seen = _poll_terminal(client, job_id, killed_at + DEADLINE_S)
-        elapsed = time.monotonic() - killed_at
-        print(f"retries={retries}: {job['status']} {elapsed:.1f} s after the kill; statuses {seen}")
-
-        if retries:
-            assert (job["status"], job["attempts"]) == ("succeeded", 2), job
-            model = client.get(f"/v1/jobs/{job_id}/model", headers=auth())
-            assert model.status_code == 200, model.text
-            (tmp_path / "corrected.safetensors").write_bytes(model.content)
-            corrected = load_file(tmp_path / "corrected.safetensors")
-            original = load_file(adult_example.out_dir / "model.safetensors")
-            assert {k: tuple(v.shape) for k, v in corrected.items()} == \
-                {k: tuple(v.shape) for k, v in original.items()}
-            assert records.store.list_children(records.output_prefix("acme", job_id)) == \
-                ["model.safetensors", "report.html", "report.json", "weights.parquet"]
-        else:
-            assert job["status"] == "failed", job
-            assert job["error"]["code"] == "worker_crashed", job
-            assert "AbandonedJobError" in job["error"]["message"], job
-            assert job["attempts"] == 1, job
-            assert records.store.list_children(records.output_prefix("acme", job_id)) == []
+def _assert_outcome(records: Records, client: TestClient, job: dict[str, Any], retries: int,
+                    adult_example: ExampleInfo, out: Path) -> None:
+    job_id = job["id"]
+    if retries:
+        assert (job["status"], job["attempts"]) == ("succeeded", 2), job
+        model = client.get(f"/v1/jobs/{job_id}/model", headers=auth())
+        assert model.status_code == 200, model.text
+        out.write_bytes(model.content)
+        corrected = load_file(out)
+        original = load_file(adult_example.out_dir / "model.safetensors")
+        assert {k: tuple(v.shape) for k, v in corrected.items()} == \
+            {k: tuple(v.shape) for k, v in original.items()}
+        assert records.store.list_children(records.output_prefix("acme", job_id)) == \
+            ["model.safetensors", "report.html", "report.json", "weights.parquet"]
+    else:
+        assert job["status"] == "failed", job
+        assert job["error"]["code"] == "worker_crashed", job
+        assert "AbandonedJobError" in job["error"]["message"], job
+        assert job["attempts"] == 1, job
+        assert records.store.list_children(records.output_prefix("acme", job_id)) == []
     # exactly one publication: the job's directory holds the manifest and (on success) one output dir
     job_prefix = records.job_key("acme", job_id).rsplit("/", 1)[0]
     assert records.store.list_children(job_prefix) == (["job.json", "output"] if retries else ["job.json"])
+
+
+@pytest.mark.slow
+def test_killed_workers_never_leave_jobs_running(settings: ServiceSettings, adult_example: ExampleInfo,
+                                                 tmp_path: Path) -> None:
+    """Two jobs, one enqueued without retries and one with a retry, each on its own worker; both
+    workers are killed whole at once (so the 61 s heartbeat expiry is waited out once)."""
+    by_retries = {retries: settings.model_copy(update={"job_retries": retries}) for retries in (0, 1)}
+    slow = settings.model_copy(update={"debug_stage_delay_s": STAGE_DELAY_S})
+    records = Records(LocalStore(settings.store))
+    redis = connect(settings)
+    with contextlib.ExitStack() as stack:
+        # One API reconciles (every 1 s); a second one, on the same store and queues, enqueues
+        # without retries (RQ's Retry is fixed per job at enqueue).
+        client = stack.enter_context(TestClient(create_app(by_retries[1], reconcile=True)))
+        no_retry_client = stack.enter_context(TestClient(create_app(by_retries[0], reconcile=False)))
+        ids = upload_example(client, adult_example)
+        workers = [stack.enter_context(_worker(slow, tmp_path / f"worker-{i}.log")) for i in (1, 2)]
+        job_ids: dict[int, str] = {}
+        for retries, submitter in ((0, no_retry_client), (1, client)):
+            response = submitter.post("/v1/jobs", headers=auth(), json=job_body(ids))
+            assert response.status_code == 202, response.text
+            job_ids[retries] = response.json()["id"]
+        horses = [running_horse_pid(settings.store, job_id) for job_id in job_ids.values()]
+        for horse in horses:
+            assert horse not in [w.pid for w in workers] and os.getpgid(horse) == horse, \
+                "expected RQ's horse in its own group"
+
+        # kill -9 the whole workers: parents first (so they cannot notice their horses dying), then the horses
+        for worker in workers:
+            os.killpg(worker.pid, signal.SIGKILL)
+        for horse in horses:
+            os.killpg(horse, signal.SIGKILL)
+        killed_at = time.monotonic()
+        for worker in workers:
+            worker.wait(timeout=10)
+        for horse in horses:
+            _wait_gone(horse)
+        for job_id in job_ids.values():
+            assert Job.fetch(job_id, connection=redis, serializer=JSONSerializer).get_status() == "started"
+            record = records.get_job("acme", job_id)
+            assert record is not None and (record.status, record.attempts) == ("running", 1), record
+
+        # a healthy worker is available from now on (without the stage delay)
+        stack.enter_context(_worker(settings, tmp_path / "worker-3.log"))
+        for retries, job_id in job_ids.items():
+            job, seen = _poll_terminal(client, job_id, killed_at + DEADLINE_S)
+            print(f"retries={retries}: {job['status']} {time.monotonic() - killed_at:.1f} s after the kill; "
+                  f"statuses {seen}")
+            _assert_outcome(records, client, job, retries, adult_example, tmp_path / f"out-{retries}.st")
