@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 import redis.exceptions
 from redis import Redis
-from rq import Worker
+from rq import Worker, worker_registration
 from rq.exceptions import StopRequested
 
 __all__ = ["REDIS_ERRORS", "Backoff", "OutageLog", "ResilientWorker", "supervise"]
@@ -44,6 +44,10 @@ _SLICE_S = 0.2
 log = logging.getLogger("rq.worker")  # the worker's own logger: RQ gives it the worker's handlers
 T = TypeVar("T")
 
+
+IDLE_HEARTBEAT_S = 10
+"""Longest blocking dequeue of an idle worker, hence its heartbeat period (RQ's is
+``worker_ttl - 15``)."""
 
 class Backoff:
     """Exponential backoff with jitter: ``min_s``, doubling up to ``max_s``, each delay drawn from
@@ -172,7 +176,25 @@ class ResilientWorker(Worker):
                     return
                 continue
             self.outage.recovered()
+            self._ensure_registered()
             return
+
+    def _ensure_registered(self) -> None:
+        """Write this worker's registration again if Redis lost it (it restarted empty): else the
+        worker would go on taking jobs while ``Worker.all`` (health check, ``no_worker``) misses it."""
+        try:
+            # RQ's busy heartbeat recreates a lost hash but not the registry entries Worker.all reads.
+            if self.connection.sismember(self.redis_workers_keys, self.key):
+                return
+            with self.connection.pipeline() as pipeline:
+                pipeline.hset(self.key, mapping=self.serialize())
+                worker_registration.register(self, pipeline)
+                pipeline.expire(self.key, self.worker_ttl + 60)
+                pipeline.execute()
+        except REDIS_ERRORS as exc:
+            self.outage.failed(exc, "registering the worker again")
+            return
+        log.info("worker %s registered again: Redis had lost its registration", self.name)
 
     def check_for_suspension(self, burst: bool) -> None:
         """RQ's suspension check, noting a Redis error for the supervisor."""
@@ -183,7 +205,11 @@ class ResilientWorker(Worker):
         self._noting(super().run_maintenance_tasks)
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
-        """RQ's dequeue (it retries Redis errors itself), noting one that escapes."""
+        """RQ's dequeue (it retries Redis errors itself), noting one that escapes. An idle worker
+        blocks at most :data:`IDLE_HEARTBEAT_S` at a time, so after Redis comes back empty its
+        next heartbeat, which registers it again, is never far off."""
+        if timeout is not None:
+            timeout = min(timeout, IDLE_HEARTBEAT_S)
         return self._noting(super().dequeue_job_and_maintain_ttl, timeout, max_idle_time)
 
     def execute_job(self, job: Any, queue: Any) -> None:
@@ -214,6 +240,7 @@ class ResilientWorker(Worker):
             self.outage.failed(exc, "sending the heartbeat of a running job")
             return
         self.outage.recovered()
+        self._ensure_registered()
 
     def monitor_work_horse(self, job: Any, queue: Any, execution: Any) -> None:
         """RQ's monitor, never leaving while the horse lives: a Redis error from its bookkeeping

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
+from rq import Worker
 
 from app.main import create_app
 from models_store import LocalStore, Records
@@ -62,8 +64,22 @@ def _statuses(records: Records, job_ids: list[str]) -> dict[str, str]:
     return {job_id: job.status if job else "missing" for job_id, job in found.items()}
 
 
+def _wait_idle(server: PrivateRedis, count: int, timeout: float = 30.0) -> None:
+    """Until RQ lists ``count`` workers, all idle (no horse left reporting to Redis)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        listed = Worker.all(connection=redis.Redis.from_url(server.url))
+        states = [str(getattr(worker.get_state(), "value", worker.get_state())) for worker in listed]
+        if len(states) == count and all(state == "idle" for state in states):
+            return
+        assert time.monotonic() < deadline, f"workers never all idle: {states} {[w.name for w in listed]}"
+        time.sleep(0.1)
+
+
 def _stop_promptly(server: PrivateRedis, workers: list[subprocess.Popen[bytes]], logs: list[Path]) -> None:
-    """Kill Redis again; once each worker is in its retry wait, SIGTERM must end it promptly."""
+    """Once every worker is idle, kill Redis again; once each worker is in its retry wait, SIGTERM
+    must end it promptly. (A worker with a horse still running waits for it: a warm shutdown.)"""
+    _wait_idle(server, len(workers))
     before = [len(outage_lines(log)) for log in logs]
     server.kill()
     deadline = time.monotonic() + 20
