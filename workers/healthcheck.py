@@ -35,9 +35,9 @@ __all__ = ["MAX_HEARTBEAT_AGE_S", "HealthResult", "check_worker_health",
            "worker_health"]
 
 MAX_HEARTBEAT_AGE_S = WORKER_TTL_S + 60
-"""Oldest heartbeat still healthy, in seconds. An idle RQ worker heartbeats once per blocking
-dequeue (``worker_ttl - 15`` s), a busy one every ``job_monitoring_interval``; RQ itself deems a
-worker dead ``worker_ttl + 60`` s after its last heartbeat (``softunlearn worker`` runs with
+"""Oldest heartbeat still healthy, in seconds. An idle worker heartbeats once per blocking
+dequeue (``workers.resilience.IDLE_HEARTBEAT_S``), a busy one every ``job_monitoring_interval``;
+RQ itself deems a worker dead ``worker_ttl + 60`` s after its last heartbeat (``softunlearn worker`` runs with
 ``worker_ttl`` = :data:`workers.queue.WORKER_TTL_S`)."""
 REDIS_TIMEOUT_S = 1.0
 """Connect and read timeout of the check's Redis calls (no retries), so it stays well under 5 s."""

@@ -36,9 +36,9 @@ JOB_FUNCTION = "workers.jobs.run_correction_job"
 """Dotted path of the job function, so enqueuing never imports the engine."""
 QUEUE_KINDS = ("gpu", "cpu")
 WORKER_TTL_S = 60
-"""RQ ``worker_ttl`` of our workers: an idle one heartbeats every ``WORKER_TTL_S - 15`` s and counts
-as gone ``WORKER_TTL_S + 60`` s after its last heartbeat (RQ's default, 420 s, hides a dead idle
-worker for 8 minutes from the health check and from ``no_worker``)."""
+"""RQ ``worker_ttl`` of our workers: a worker counts as gone ``WORKER_TTL_S + 60`` s after its
+last heartbeat (an idle one heartbeats every ``workers.resilience.IDLE_HEARTBEAT_S``). RQ's
+default, 420 s, hid a dead idle worker for 8 minutes from the health check and from ``no_worker``."""
 SOCKET_TIMEOUT_S = 5.0
 """Redis socket timeout of API calls: a stalled Redis answers 503 rather than hanging."""
 
