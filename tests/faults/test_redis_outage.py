@@ -76,6 +76,24 @@ def _wait_idle(server: PrivateRedis, count: int, timeout: float = 30.0) -> None:
         time.sleep(0.1)
 
 
+def _rig(stack: contextlib.ExitStack, tmp_path: Path, example: ExampleInfo, persistent: bool, prefix: str,
+         stage_delay_s: float) -> tuple[PrivateRedis, Records, TestClient, dict[str, str],
+                                        list[subprocess.Popen[bytes]], list[Path]]:
+    """A private Redis, an API with its reconciler and the example uploaded, and 2 traced workers
+    (with ``stage_delay_s`` after each engine stage) listening; their logs."""
+    server = stack.enter_context(private_redis(tmp_path / "redis", persistent))
+    settings = make_settings(tmp_path / "store", prefix, redis_url=server.url)
+    client = stack.enter_context(TestClient(create_app(settings, reconcile=True),
+                                            raise_server_exceptions=False))
+    ids = upload_example(client, example)
+    slow = settings.model_copy(update={"debug_stage_delay_s": stage_delay_s})
+    workers = stack.enter_context(traced_workers(slow, tmp_path, 2, OMP_NUM_THREADS="1",
+                                                 SOFTUNLEARN_WORKER_REDIS_RETRY_MAX_S=RETRY_MAX_S))
+    wait_listening(tmp_path, len(workers))
+    logs = [tmp_path / f"worker-{i}.log" for i in range(len(workers))]
+    return server, Records(LocalStore(settings.store)), client, ids, workers, logs
+
+
 def _stop_promptly(server: PrivateRedis, workers: list[subprocess.Popen[bytes]], logs: list[Path]) -> None:
     """Once every worker is idle, kill Redis again; once each worker is in its retry wait, SIGTERM
     must end it promptly. (A worker with a horse still running waits for it: a warm shutdown.)"""
@@ -104,18 +122,9 @@ def _stop_promptly(server: PrivateRedis, workers: list[subprocess.Popen[bytes]],
 def test_workers_outlive_a_redis_outage(tmp_path: Path, adult_example: ExampleInfo, persistent: bool,
                                         outage_s: float, stage_delay_s: float) -> None:
     with contextlib.ExitStack() as stack:
-        server = stack.enter_context(private_redis(tmp_path / "redis", persistent))
-        settings = make_settings(tmp_path / "store", "outage", redis_url=server.url)
-        records = Records(LocalStore(settings.store))
-        client = stack.enter_context(TestClient(create_app(settings, reconcile=True),
-                                                raise_server_exceptions=False))
-        ids = upload_example(client, adult_example)
-        slow = settings.model_copy(update={"debug_stage_delay_s": stage_delay_s})
-        workers = stack.enter_context(traced_workers(slow, tmp_path, 2, OMP_NUM_THREADS="1",
-                                                     SOFTUNLEARN_WORKER_REDIS_RETRY_MAX_S=RETRY_MAX_S))
+        server, records, client, ids, workers, logs = _rig(stack, tmp_path, adult_example, persistent,
+                                                           "outage", stage_delay_s)
         pids = [worker.pid for worker in workers]
-        logs = [tmp_path / f"worker-{i}.log" for i in range(len(workers))]
-        wait_listening(tmp_path, len(workers))
         job_ids = []
         for _ in range(JOBS):
             response = client.post("/v1/jobs", headers=auth(), json=quick_job(ids))
@@ -172,17 +181,8 @@ def test_a_running_job_lost_by_redis_is_not_run_again_while_it_runs(tmp_path: Pa
     worker takes the copy at once: its horse must wait on the lease until the running execution
     ends, then leave the succeeded job alone. Then SIGTERM ends both workers in their retry wait."""
     with contextlib.ExitStack() as stack:
-        server = stack.enter_context(private_redis(tmp_path / "redis", persistent=False))
-        settings = make_settings(tmp_path / "store", "lease", redis_url=server.url)
-        records = Records(LocalStore(settings.store))
-        client = stack.enter_context(TestClient(create_app(settings, reconcile=True),
-                                                raise_server_exceptions=False))
-        ids = upload_example(client, adult_example)
-        slow = settings.model_copy(update={"debug_stage_delay_s": LEASE_STAGE_DELAY_S})
-        workers = stack.enter_context(traced_workers(slow, tmp_path, 2, OMP_NUM_THREADS="1",
-                                                     SOFTUNLEARN_WORKER_REDIS_RETRY_MAX_S=RETRY_MAX_S))
-        logs = [tmp_path / f"worker-{i}.log" for i in range(len(workers))]
-        wait_listening(tmp_path, len(workers))
+        server, records, client, ids, workers, logs = _rig(stack, tmp_path, adult_example, False, "lease",
+                                                           LEASE_STAGE_DELAY_S)
         response = client.post("/v1/jobs", headers=auth(), json=quick_job(ids))
         assert response.status_code == 202, response.text
         job_id = response.json()["id"]
