@@ -42,12 +42,16 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
 
 
+def _failed_auth_limit(wait: float) -> ApiError:
+    return too_many("too_many_failed_auth", "too many requests with a missing or wrong API key from "
+                    "your address; wait before retrying", wait)
+
+
 def _auth_refused(services: Services, address: str) -> ApiError:
     """401, or 429 once ``address`` has failed authentication too often this minute."""
     wait = services.limiter.hit("failed-auth", address, services.settings.rate_failed_auth_per_min, 60)
     if wait is not None:
-        return too_many("too_many_failed_auth", "too many requests with a missing or wrong API key "
-                        "from your address; wait before retrying", wait)
+        return _failed_auth_limit(wait)
     return ApiError(401, "unauthorized", "send a valid API key as 'Authorization: Bearer <key>'",
                     headers={"WWW-Authenticate": "Bearer"})
 
@@ -67,8 +71,7 @@ def current_tenant(
     address = request.client.host if request.client else "unknown"
     wait = limiter.over("failed-auth", address, settings.rate_failed_auth_per_min, 60)
     if wait is not None:
-        raise too_many("too_many_failed_auth", "too many requests with a missing or wrong API key "
-                       "from your address; wait before retrying", wait)
+        raise _failed_auth_limit(wait)
     tenant = services.keys.tenant_of(credentials.credentials) if credentials else None
     if tenant is None:
         raise _auth_refused(services, address)
