@@ -18,9 +18,10 @@ from app.headers import SecurityHeadersMiddleware
 from app.limits import RequestLimitsMiddleware
 from app.metrics import Metrics, MetricsMiddleware
 from app.quotas import RateLimiter
-from app.routes import artifacts, health, jobs
+from app.routes import artifacts, health, jobs, version
 from app.routes.problems import as_problem_json
 from app.security import KeyRing
+from app.version import __version__
 from models_store import LocalStore, Records
 from workers.queue import connect
 from workers.reconcile import Reconciler
@@ -29,7 +30,6 @@ from workers.settings import ServiceSettings, get_settings
 __all__ = ["app_factory", "create_app"]
 
 log = logging.getLogger(__name__)
-VERSION = "1.0.0"
 
 def _services(settings: ServiceSettings) -> Services:
     store = LocalStore(settings.store, min_free_bytes=settings.min_free_disk_bytes)
@@ -58,7 +58,7 @@ def create_app(settings: ServiceSettings | None = None, *, reconcile: bool = Tru
                 reconciler.stop()
 
     app = FastAPI(
-        title="SoftUnlearn", version=VERSION, lifespan=lifespan,
+        title="SoftUnlearn", version=__version__, lifespan=lifespan,
         # No trailing-slash redirects: they would echo the request's Host header in Location.
         redirect_slashes=False,
         description="Correct a trained classifier for fairness or robustness without retraining, by "
@@ -74,7 +74,7 @@ def create_app(settings: ServiceSettings | None = None, *, reconcile: bool = Tru
 
     app.openapi = openapi  # type: ignore[method-assign]
     install_error_handlers(app)
-    for router in (health.router, artifacts.router, jobs.router):
+    for router in (health.router, version.router, artifacts.router, jobs.router):
         app.include_router(router)
     app.add_middleware(RequestLimitsMiddleware, settings=settings)
     app.add_middleware(MetricsMiddleware, metrics=services.metrics)

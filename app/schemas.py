@@ -24,15 +24,18 @@ from workers.engine.config import (
 
 __all__ = [
     "SPEC_PARTS",
+    "DatasetList",
     "DatasetPublic",
     "Health",
     "JobCreate",
     "JobErrorPublic",
     "JobList",
     "JobPublic",
+    "ModelList",
     "ModelPublic",
     "Problem",
     "Readiness",
+    "VersionPublic",
 ]
 
 ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
@@ -188,6 +191,34 @@ class JobList(BaseModel):
     """One page of jobs, newest first."""
 
     items: list[JobPublic]
+    total: int
+    limit: int
+    offset: int
+    next_offset: int | None = Field(description="Offset of the next page, or null on the last page.")
+
+
+class VersionPublic(BaseModel):
+    """What answers: the package version and the API version it serves."""
+
+    name: Literal["softunlearn"] = "softunlearn"
+    version: str = Field(examples=["1.1.0"], description="The package version (semantic versioning).")
+    api_version: str = Field(examples=["v1"], description="The API's path prefix.")
+
+
+class ModelList(BaseModel):
+    """One page of the tenant's models, ordered by id (only those with ``sha256`` when asked)."""
+
+    items: list[ModelPublic]
+    total: int
+    limit: int
+    offset: int
+    next_offset: int | None = Field(description="Offset of the next page, or null on the last page.")
+
+
+class DatasetList(BaseModel):
+    """One page of the tenant's datasets, ordered by id (only those with ``sha256`` when asked)."""
+
+    items: list[DatasetPublic]
     total: int
     limit: int
     offset: int

@@ -11,7 +11,8 @@ change of status, so a reader that finds an entry disagreeing with its manifest 
 manifest and re-syncs the entry. An artifact entry holds the artifact's byte size.
 
 The stored form is a line per entry (``j ID CREATED_US STATUS OUTPUT_BYTES``, newest job first;
-``a ID KIND SIZE``) after a header line: thousands of entries parse in about a millisecond, and
+``a ID KIND SIZE SHA256``; indexes written before the digest was kept have ``a ID KIND SIZE``)
+after a header line: thousands of entries parse in about a millisecond, and
 only the entries a caller asks for become objects.
 """
 
@@ -55,6 +56,7 @@ class ArtifactEntry(NamedTuple):
 
     kind: str
     size_bytes: int
+    sha256: str | None = None
 
 
 def _job(row: list[str]) -> JobEntry:
@@ -87,8 +89,9 @@ class TenantIndex:
             row = line.split(" ")
             if row[0] == "j" and len(row) == 5:
                 index._jobs.append(row[1:])
-            elif row[0] == "a" and len(row) == 4:
-                index.artifacts[row[1]] = ArtifactEntry(row[2], int(row[3]))
+            elif row[0] == "a" and len(row) in (4, 5):
+                digest = row[4] if len(row) == 5 else None
+                index.artifacts[row[1]] = ArtifactEntry(row[2], int(row[3]), digest)
             elif line:
                 raise ValueError(f"malformed index line {line[:80]!r}")
         return index
@@ -96,7 +99,8 @@ class TenantIndex:
     def to_bytes(self) -> bytes:
         """The stored form."""
         lines = [HEADER, *("j " + " ".join(row) for row in self._jobs),
-                 *(f"a {key} {a.kind} {a.size_bytes}" for key, a in sorted(self.artifacts.items()))]
+                 *(f"a {key} {a.kind} {a.size_bytes}" + (f" {a.sha256}" if a.sha256 else "")
+                   for key, a in sorted(self.artifacts.items()))]
         return ("\n".join(lines) + "\n").encode("ascii")
 
     def _rows(self, status: str | None, in_flight: bool) -> list[list[str]]:
@@ -141,6 +145,12 @@ class TenantIndex:
     def drop_job(self, job_id: str) -> None:
         """Remove the entry of ``job_id`` (no error when absent)."""
         self._jobs = [row for row in self._jobs if row[0] != job_id]
+
+    def artifact_ids(self, kind: str, sha256: str | None = None) -> list[str]:
+        """Ids of the artifacts of ``kind``, sorted; with ``sha256``, those whose digest is that or
+        unknown (entries from before digests were kept: the caller checks their records)."""
+        return sorted(key for key, a in self.artifacts.items()
+                      if a.kind == kind and (sha256 is None or a.sha256 in (sha256, None)))
 
     def stored_bytes(self) -> int:
         """Bytes of the uploads plus the published outputs of the jobs."""

@@ -159,7 +159,7 @@ class Records:
     def put_artifact(self, record: ArtifactRecord) -> None:
         """Write an artifact's metadata (after its bytes are committed) and count its bytes."""
         def edit(index: TenantIndex) -> None:
-            index.artifacts[record.id] = ArtifactEntry(record.kind, record.size_bytes)
+            index.artifacts[record.id] = ArtifactEntry(record.kind, record.size_bytes, record.sha256)
 
         self._change_index(record.tenant, edit)
         key = object_key(record.tenant, record.kind, record.id, META)
@@ -178,6 +178,19 @@ class Records:
         except NotFound:
             return None
         return ArtifactRecord.model_validate_json(raw)
+
+    def artifact_page(self, tenant: str, kind: ArtifactKind, limit: int, offset: int,
+                      sha256: str | None = None) -> tuple[list[ArtifactRecord], int]:
+        """One page of the tenant's artifacts of ``kind`` ordered by id (only those whose content
+        has digest ``sha256`` when given), and how many match in all."""
+        ids = self._read_index(tenant).artifact_ids(kind, sha256)
+        if sha256 is None:
+            page = [self.get_artifact(tenant, kind, one) for one in ids[offset: offset + limit]]
+            return [found for found in page if found is not None], len(ids)
+        matches = [found for artifact_id in ids
+                   if (found := self.get_artifact(tenant, kind, artifact_id)) is not None
+                   and found.sha256 == sha256]
+        return matches[offset: offset + limit], len(matches)
 
     def delete_artifact(self, tenant: str, kind: ArtifactKind, artifact_id: str) -> bool:
         """Remove an artifact (metadata and bytes in one rename) and its bytes from the usage;
@@ -413,7 +426,7 @@ class Records:
             for artifact_id in self.store.list_children(f"{root}/{kind}"):
                 found = self.get_artifact(tenant, kind, artifact_id)  # type: ignore[arg-type]
                 if found is not None:
-                    index.artifacts[found.id] = ArtifactEntry(kind, found.size_bytes)
+                    index.artifacts[found.id] = ArtifactEntry(kind, found.size_bytes, found.sha256)
         jobs = []
         for job_id in self.store.list_children(f"{root}/jobs"):
             record = self.get_job(tenant, job_id)

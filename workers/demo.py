@@ -148,7 +148,7 @@ def _run(client: SoftUnlearnClient, example: Path, out: Path) -> int:
     }, idempotency_key=f"demo-{secrets.token_hex(8)}")
     print(f"submitted job {job['id']}")
     started = time.monotonic()
-    job = client.wait(job["id"], interval=0.3, on_update=_ProgressLine())
+    job = client.wait(job["id"], interval=0.3, on_update=_ProgressLine(), raise_on_failure=False)
     print(f"\njob {job['status']} in {time.monotonic() - started:.1f} s on {job.get('device')}")
     if job["status"] != "succeeded":
         print(f"error: {job.get('error')}")

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from app.deps import Services, ServicesDep, TenantDep
 from app.errors import ApiError, storage_full
 from app.quotas import check_storage_quota, too_many
 from app.routes.problems import V1_COMMON, problems
-from app.schemas import DatasetPublic, ModelPublic
+from app.schemas import DatasetList, DatasetPublic, ModelList, ModelPublic
 from app.services.artifacts import UploadRequest, create_dataset, create_model, dataset_limits
 from app.services.deletion import counted, delete_artifact
-from models_store import ArtifactRecord
+from models_store import ArtifactRecord, Records
+from models_store.records import ArtifactKind
 
 __all__ = ["router"]
 
@@ -93,6 +94,44 @@ async def upload_model(request: Request, services: ServicesDep, tenant: TenantDe
     upload = create_model(services.records, tenant, _upload_request(request, services, tenant),
                           services.settings.max_model_bytes)
     return model_public(await _counted("model", upload, services))
+
+
+Sha256Query = Annotated[str | None, Query(
+    pattern=r"^[0-9a-f]{64}$", description="Only artifacts whose uploaded bytes have this SHA-256 "
+    "(lower-case hex): a client skips uploading a file the service already has.")]
+LimitQuery = Annotated[int, Query(ge=1, le=200)]
+OffsetQuery = Annotated[int, Query(ge=0)]
+
+
+class _Page:
+    """A page of artifact records and its position in the whole listing."""
+
+    def __init__(self, records: Records, tenant: str, kind: ArtifactKind, limit: int, offset: int,
+                 sha256: str | None) -> None:
+        self.found, self.total = records.artifact_page(tenant, kind, limit, offset, sha256)
+        self.limit, self.offset = limit, offset
+        following = offset + len(self.found)
+        self.next_offset = following if following < self.total else None
+
+
+@router.get("/models", response_model=ModelList, responses=problems(422))
+def list_models(services: ServicesDep, tenant: TenantDep, sha256: Sha256Query = None,
+                limit: LimitQuery = 50, offset: OffsetQuery = 0) -> ModelList:
+    """The tenant's models ordered by id, a page at a time; ``sha256`` finds an earlier upload
+    of the same file."""
+    page = _Page(services.records, tenant, "models", limit, offset, sha256)
+    return ModelList(items=[model_public(record) for record in page.found], total=page.total,
+                     limit=limit, offset=offset, next_offset=page.next_offset)
+
+
+@router.get("/datasets", response_model=DatasetList, responses=problems(422))
+def list_datasets(services: ServicesDep, tenant: TenantDep, sha256: Sha256Query = None,
+                  limit: LimitQuery = 50, offset: OffsetQuery = 0) -> DatasetList:
+    """The tenant's datasets ordered by id, a page at a time; ``sha256`` finds an earlier upload
+    of the same file (compare ``schema`` too: one file may be uploaded with several schemas)."""
+    page = _Page(services.records, tenant, "datasets", limit, offset, sha256)
+    return DatasetList(items=[dataset_public(record) for record in page.found], total=page.total,
+                       limit=limit, offset=offset, next_offset=page.next_offset)
 
 
 @router.get("/models/{model_id}", response_model=ModelPublic, responses=problems(404))

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from app.main import create_app
-from tests.app.support import TestClient, auth, make_settings, store_files
+from tests.app.support import KEY_B, TestClient, auth, make_settings, store_files
 from workers.engine.io.architecture import parse_arch
 from workers.engine.models.training import build_model
 from workers.settings import ServiceSettings
@@ -340,3 +340,25 @@ def test_upload_checks_run_off_the_event_loop(client: TestClient, monkeypatch: p
     assert post_model(client, safetensors_bytes(GOOD))[0] == 201
     assert _dataset(client, b"x,s,y\n0.5,0,1\n0.5,1,0\n")[0] == 201
     assert seen == [True, True]
+
+
+def test_an_earlier_upload_is_found_by_its_sha256(client: TestClient) -> None:
+    import hashlib
+
+    content = safetensors_bytes(GOOD)
+    digest = hashlib.sha256(content).hexdigest()
+    first_id = str(post_model(client, content)[1]["id"])
+    second_id = str(post_model(client, content)[1]["id"])
+    post_model(client, safetensors_bytes(GOOD, metadata={"note": "other bytes"}))
+    response = client.get("/v1/models", headers=auth(), params={"sha256": digest})
+    assert response.status_code == 200, response.text
+    page = response.json()
+    assert page["total"] == 2 and page["next_offset"] is None
+    assert sorted(item["id"] for item in page["items"]) == sorted([first_id, second_id])
+    assert all(item["sha256"] == digest and item["architecture"] == ARCH for item in page["items"])
+    assert client.get("/v1/models", headers=auth(), params={"limit": 2}).json()["next_offset"] == 2
+    assert client.get("/v1/models", headers=auth(KEY_B),
+                      params={"sha256": digest}).json()["total"] == 0
+    assert client.get("/v1/datasets", headers=auth(), params={"sha256": digest}).json()["items"] == []
+    bad = client.get("/v1/models", headers=auth(), params={"sha256": "ZZ" * 32})
+    assert bad.status_code == 422 and bad.headers["content-type"].startswith("application/problem+json")

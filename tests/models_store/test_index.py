@@ -194,3 +194,27 @@ def test_update_of_a_deleted_job_is_not_found_and_adds_no_entry(tmp_path: Path) 
     with pytest.raises(NotFound):
         records.update_job("acme", record.id, lambda j: j)
     assert records.job_page("acme", 10, 0).total == 0
+
+
+def test_artifacts_are_found_by_digest_in_old_and_new_index_lines(tmp_path: Path) -> None:
+    records = Records(LocalStore(tmp_path))
+    base = ArtifactRecord(id=new_id(), tenant="acme", kind="models", data_name="model.safetensors",
+                          format="safetensors", sha256="a" * 64, size_bytes=10, created_at=utcnow())
+    twin = base.model_copy(update={"id": new_id()})
+    other = base.model_copy(update={"id": new_id(), "sha256": "b" * 64})
+    data = base.model_copy(update={"id": new_id(), "kind": "datasets", "data_name": "d.csv", "format": "csv"})
+    for artifact in (base, twin, other, data):
+        records.put_artifact(artifact)
+    found, total = records.artifact_page("acme", "models", 10, 0, "a" * 64)
+    assert total == 2 and sorted(a.id for a in found) == sorted([base.id, twin.id])
+    assert records.artifact_page("acme", "models", 1, 1, "a" * 64)[0][0].id == sorted([base.id, twin.id])[1]
+    assert records.artifact_page("acme", "models", 10, 0)[1] == 3
+    assert records.artifact_page("globex", "models", 10, 0, "a" * 64) == ([], 0)
+    # An index written before digests were kept: its lines lack them; lookups read the records.
+    raw = records.store.get_bytes(records.index_key("acme")).decode()
+    old = "\n".join(" ".join(line.split(" ")[:4]) if line.startswith("a ") else line
+                    for line in raw.split("\n"))
+    assert old != raw
+    records.store.put_bytes(records.index_key("acme"), old.encode())
+    found, total = records.artifact_page("acme", "models", 10, 0, "b" * 64)
+    assert total == 1 and found[0].id == other.id

@@ -12,20 +12,11 @@ import traceback
 from pathlib import Path
 from typing import Any, get_args
 
-from workers.cli.gates import METRICS, Gate, apply_gates, format_gates, parse_gate
+from workers.cli.exit_codes import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, EXIT_TARGET_MISSED
+from workers.cli.gates import METRICS, apply_gates, format_gates, gate_argument
 from workers.engine.config import CorrectionSpec, MethodName, Metric, Scheme, Solver, spec_from_dict
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_INTERNAL", "EXIT_OK", "EXIT_TARGET_MISSED", "register", "spec_from_args"]
-
-EXIT_OK = 0
-"""The job succeeded, its target was met and every ``--gate`` passed."""
-EXIT_INTERNAL = 1
-"""An unexpected exception (a bug): the message asks for a report."""
-EXIT_BAD_INPUT = 2
-"""Bad input: the message names what to change; nothing was written."""
-EXIT_TARGET_MISSED = 3
-"""The job succeeded (outputs written) but its target was not met (report ``target_met`` false)
-or a ``--gate`` failed."""
 
 DEBUG_ENV = "SOFTUNLEARN_DEBUG"
 """Set to 1 to print the traceback of an internal error."""
@@ -112,7 +103,7 @@ def _add_correct(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     parser.add_argument("--no-frontier", action="store_true", help="skip the report's trade-off frontier "
                         "(spec evaluation.frontier sets its grid)")
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--gate", action="append", default=[], type=_gate_arg,
+    parser.add_argument("--gate", action="append", default=[], type=gate_argument,
                         metavar="'SPLIT.METRIC<=VALUE'",
                         help="fail (exit 3) unless this holds on the report; repeatable (see below)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
@@ -120,13 +111,6 @@ def _add_correct(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                         "machine run fastest with 1)")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     parser.set_defaults(handler=run_correct)
-
-
-def _gate_arg(text: str) -> Gate:
-    try:
-        return parse_gate(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

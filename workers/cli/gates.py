@@ -21,6 +21,7 @@ at parse time; a gate whose number the report lacks fails (it is not an error).
 
 from __future__ import annotations
 
+import argparse
 import math
 import operator
 import re
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["GATE_FORMS", "METRICS", "OPERATORS", "SPLITS", "Gate", "apply_gates", "evaluate_gate",
-           "format_gates", "parse_gate"]
+           "format_gates", "gate_argument", "parse_gate"]
 
 OPERATORS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt,
@@ -96,6 +97,14 @@ def parse_gate(text: str) -> Gate:
         raise ValueError(f"gate {text!r}: the value must be a finite number, got {raw!r}")
     return Gate(text=f"{split}.{metric}{op}{raw}", split=split, metric=metric, base=base, kind=kind,
                 op=op, threshold=threshold)
+
+
+def gate_argument(text: str) -> Gate:
+    """:func:`parse_gate` as an argparse ``type``: a malformed gate is a usage error (exit 2)."""
+    try:
+        return parse_gate(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _number(value: Any) -> float | None:
