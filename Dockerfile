@@ -1,6 +1,7 @@
-# Two images from one file, each for the API and the workers (the command chooses the role):
-#   docker build -t softunlearn:cpu .                 the default target, `cpu`: CPU-only torch
-#   docker build --target gpu -t softunlearn:gpu .    CUDA torch, for GPU workers
+# Three images from one file (the command chooses the role in the two with the engine):
+#   docker build -t softunlearn:cpu .                 the default target, `cpu`: CPU-only torch, [all]
+#   docker build --target gpu -t softunlearn:gpu .    CUDA torch, [all], for GPU workers
+#   docker build --target api -t softunlearn:api .    the API alone, [server]: no torch, a small image
 #   softunlearn serve --host 0.0.0.0 --port 8000      (API; the image's HEALTHCHECK polls /healthz)
 #   softunlearn worker [--queues gpu,cpu]             (worker; its healthcheck is `softunlearn worker-health`)
 ARG PYTHON_IMAGE=python:3.11-slim
@@ -47,8 +48,16 @@ RUN pip install --index-url ${TORCH_CUDA_INDEX} torch==2.13.0
 # The installed torch (2.13.0+cu126) pinned as a constraint, so installing the app keeps it.
 COPY --from=app-wheel /wheels /tmp/wheels
 RUN pip freeze | grep -i '^torch==' > /tmp/torch-constraint.txt \
-    && pip install --constraint /tmp/torch-constraint.txt /tmp/wheels/*.whl \
+    && pip install --constraint /tmp/torch-constraint.txt "$(ls /tmp/wheels/softunlearn-*.whl)[all]" \
     && rm -rf /tmp/wheels /tmp/torch-constraint.txt
+USER softunlearn:softunlearn
+
+# API target: the `[server]` extra only. The API never imports torch (a test checks it), so
+# this image has none.
+FROM base AS api
+COPY --from=app-wheel /wheels /tmp/wheels
+RUN pip install "$(ls /tmp/wheels/softunlearn-*.whl)[server]" \
+    && rm -rf /tmp/wheels
 USER softunlearn:softunlearn
 
 # CPU target, the default (last stage): torch's CPU wheel from the PyTorch CPU index (any other
@@ -58,6 +67,6 @@ RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
 # The installed torch (2.13.0+cpu) pinned as a constraint, so installing the app keeps it.
 COPY --from=app-wheel /wheels /tmp/wheels
 RUN pip freeze | grep -i '^torch==' > /tmp/torch-constraint.txt \
-    && pip install --constraint /tmp/torch-constraint.txt /tmp/wheels/*.whl \
+    && pip install --constraint /tmp/torch-constraint.txt "$(ls /tmp/wheels/softunlearn-*.whl)[all]" \
     && rm -rf /tmp/wheels /tmp/torch-constraint.txt
 USER softunlearn:softunlearn

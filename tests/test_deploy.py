@@ -115,21 +115,27 @@ def _torch_install(runs: list[str]) -> tuple[int, str]:
     return index, words[words.index("--index-url") + 1]
 
 
-def _app_install(runs: list[str]) -> int:
-    """Index of the RUN installing the app's wheel; it must pin the installed torch first."""
-    (index,) = [i for i, run in enumerate(runs) if "/tmp/wheels/*.whl" in run]
+APP_WHEEL = '"$(ls /tmp/wheels/softunlearn-*.whl)'
+
+
+def _app_install(runs: list[str], extra: str = "all") -> int:
+    """Index of the RUN installing the app's wheel with ``extra``; with the engine it must pin
+    the installed torch first."""
+    (index,) = [i for i, run in enumerate(runs) if APP_WHEEL in run]
     run = runs[index]
-    freeze = run.index("pip freeze | grep -i '^torch==' > /tmp/torch-constraint.txt")
-    assert freeze < run.index("pip install --constraint /tmp/torch-constraint.txt /tmp/wheels/*.whl"), run
+    assert f'{APP_WHEEL}[{extra}]"' in run, run
+    if extra != "server":
+        freeze = run.index("pip freeze | grep -i '^torch==' > /tmp/torch-constraint.txt")
+        assert freeze < run.index(f"pip install --constraint /tmp/torch-constraint.txt {APP_WHEEL}"), run
     return index
 
 
 def test_dockerfile_has_a_cpu_default_target_and_a_gpu_target(stages: list[Stage]) -> None:
     names = [stage.name for stage in stages]
-    assert {"app-wheel", "base", "cpu", "gpu"} <= set(names)
+    assert {"app-wheel", "base", "api", "cpu", "gpu"} <= set(names)
     assert names[-1] == "cpu", "a plain `docker build` must give the CPU image"
     by_name = {stage.name: stage for stage in stages}
-    assert by_name["cpu"].base == by_name["gpu"].base == "base"
+    assert by_name["cpu"].base == by_name["gpu"].base == by_name["api"].base == "base"
     wheel_runs = _runs(by_name["app-wheel"].instructions)
     assert wheel_runs == ["pip wheel --no-deps --wheel-dir /wheels ."], "the app is built once, as a wheel"
 
@@ -163,6 +169,18 @@ def test_each_target_runs_as_a_user_and_keeps_the_api_healthcheck(stages: list[S
     (cmd,) = [args for keyword, args in instructions if keyword == "CMD"]
     assert yaml.safe_load(cmd) == ["softunlearn", "serve", "--host", "0.0.0.0", "--port", "8000"]
     assert ("EXPOSE", "8000") in instructions and ("VOLUME", '["/data/store"]') in instructions
+
+
+def test_the_api_target_installs_the_server_extra_without_torch(stages: list[Stage]) -> None:
+    instructions = target_instructions(stages, "api")
+    runs = _runs(instructions)
+    _app_install(runs, extra="server")
+    assert not any(TORCH in shlex.split(run) or "torch" in run for run in runs)
+    assert ("COPY", "--from=app-wheel /wheels /tmp/wheels") in instructions
+    users = [args for keyword, args in instructions if keyword == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    (cmd,) = [args for keyword, args in instructions if keyword == "CMD"]
+    assert yaml.safe_load(cmd) == ["softunlearn", "serve", "--host", "0.0.0.0", "--port", "8000"]
 
 
 def test_the_gpu_target_exposes_the_driver_to_cuda(stages: list[Stage]) -> None:
@@ -221,9 +239,9 @@ def test_compose_builds_each_service_from_its_dockerfile_target(compose: dict[st
     services = compose["services"]
     names = {stage.name for stage in stages}
     targets = {name: services[name]["build"]["target"] for name in ("api", "worker", "gpu-worker")}
-    assert targets == {"api": "cpu", "worker": "cpu", "gpu-worker": "gpu"}
+    assert targets == {"api": "api", "worker": "cpu", "gpu-worker": "gpu"}
     assert set(targets.values()) <= names
-    assert services["gpu-worker"]["image"] != services["worker"]["image"]
+    assert len({services[name]["image"] for name in targets}) == 3
 
 
 def test_the_cpu_worker_runs_by_default_and_the_gpu_worker_only_with_its_profile(
