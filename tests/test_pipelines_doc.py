@@ -20,7 +20,7 @@ DOC = (ROOT / "docs" / "PIPELINES.md").read_text()
 
 def block(language: str) -> str:
     (found,) = re.findall(rf"```{language}\n(.*?)```", DOC, flags=re.S)
-    return found
+    return str(found)
 
 
 def test_the_github_job_runs_a_submit_line_the_cli_accepts() -> None:
