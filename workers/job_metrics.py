@@ -31,6 +31,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from prometheus_client.utils import floatToGoString
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -161,7 +162,7 @@ def _histograms(raw: Mapping[Any, Any]) -> dict[tuple[str, ...], Histogram]:
             counts.setdefault(series, [0.0] * (len(BUCKETS) + 1))[int(part)] += float(value)
     result = {}
     for series, per_bucket in counts.items():
-        bounds = [*(f"{bound:g}" for bound in BUCKETS), "+Inf"]
+        bounds = [*(floatToGoString(bound) for bound in BUCKETS), "+Inf"]  # type: ignore[no-untyped-call]
         cumulative, total = [], 0.0
         for bound, count in zip(bounds, per_bucket, strict=True):
             total += count
