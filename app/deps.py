@@ -14,6 +14,7 @@ from app.metrics import Metrics
 from app.quotas import RateLimiter, too_many
 from app.security import KeyRing
 from models_store import Records, Store
+from workers import logs
 from workers.settings import ServiceSettings
 
 __all__ = ["Services", "ServicesDep", "TenantDep", "current_tenant", "get_services"]
@@ -75,6 +76,7 @@ def current_tenant(
     tenant = services.keys.tenant_of(credentials.credentials) if credentials else None
     if tenant is None:
         raise _auth_refused(services, address)
+    logs.note(tenant=tenant)
     wait = limiter.hit("requests", tenant, settings.rate_requests_per_s, 1)
     if wait is not None:
         raise too_many("rate_limited", f"more than {settings.rate_requests_per_s} requests per second; "

@@ -153,7 +153,8 @@ class RequestLimitsMiddleware:
         try:
             await self.app(scope, body.receive, send_checked)
         except ClientDisconnect:
-            log.info("client went away during %s %s", scope["method"], scope["path"])
+            log.info("client went away during %s %s", scope["method"], scope["path"],
+                     extra={"event": "client_disconnect", "method": scope["method"]})
         except ApiError as exc:
             if exc is not body.refusal or state["started"]:
                 raise

@@ -12,9 +12,11 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from app.access_log import RequestLogMiddleware
 from app.deps import Services
 from app.errors import install_error_handlers
 from app.headers import SecurityHeadersMiddleware
+from app.job_collector import JobMetricsCollector
 from app.limits import RequestLimitsMiddleware
 from app.metrics import Metrics, MetricsMiddleware
 from app.quotas import RateLimiter
@@ -37,8 +39,10 @@ def _services(settings: ServiceSettings) -> Services:
     if not len(keys):
         log.warning("no API keys configured (SOFTUNLEARN_API_KEYS): every /v1 request will be refused")
     redis = connect(settings)
+    metrics = Metrics()
+    metrics.add_collector(JobMetricsCollector(redis, settings))
     return Services(settings=settings, store=store, records=Records(store), redis=redis, keys=keys,
-                    metrics=Metrics(), limiter=RateLimiter(redis, settings.queue_prefix))
+                    metrics=metrics, limiter=RateLimiter(redis, settings.queue_prefix))
 
 def create_app(settings: ServiceSettings | None = None, *, reconcile: bool = True) -> FastAPI:
     """Build the API for ``settings`` (default: from the environment)."""
@@ -79,6 +83,7 @@ def create_app(settings: ServiceSettings | None = None, *, reconcile: bool = Tru
     app.add_middleware(RequestLimitsMiddleware, settings=settings)
     app.add_middleware(MetricsMiddleware, metrics=services.metrics)
     app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(RequestLogMiddleware)  # outermost: every answer carries X-Request-ID
     return app
 
 def app_factory() -> FastAPI:

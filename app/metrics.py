@@ -1,11 +1,21 @@
-"""Prometheus metrics of the API: requests, latencies, uploads, job submissions, deletions."""
+"""Prometheus metrics of the API: requests, latencies, uploads, job submissions, deletions, the
+process's own (CPU, memory, file descriptors, Python), and the jobs' read from Redis at scrape time
+(app/job_collector.py). Every metric is listed in docs/SERVICE.md "Metrics"."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["Metrics", "MetricsMiddleware"]
@@ -32,6 +42,12 @@ class Metrics:
         self.deletions = Counter("softunlearn_deletions", "DELETE requests by kind (model, dataset, "
                                  "job) and outcome (deleted or the error code)", ["kind", "outcome"],
                                  registry=self.registry)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+
+    def add_collector(self, collector: Collector) -> None:
+        """Report ``collector``'s metrics too (the job metrics read from Redis)."""
+        self.registry.register(collector)
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""

@@ -112,6 +112,8 @@ class JobRecord(BaseModel):
     timings: dict[str, float] = Field(default_factory=dict)
     idempotency_key_sha256: str | None = Field(
         default=None, description="SHA-256 of the Idempotency-Key bound to this job (released on delete).")
+    request_id: str | None = Field(
+        default=None, description="X-Request-ID of the POST that created the job (in its log lines).")
 
     @property
     def terminal(self) -> bool:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from models_store import open_store
 from models_store.records import ArtifactRecord, JobError, JobRecord, Records, utcnow
-from workers import lease
+from workers import job_events, lease
 from workers.redact import redact_paths
 from workers.settings import ServiceSettings, get_settings
 
@@ -167,20 +167,25 @@ def _execute(records: Records, record: JobRecord, settings: ServiceSettings) -> 
 
 def _finish(records: Records, record: JobRecord, status: str, error: JobError | None,
             timings: dict[str, float] | None = None) -> None:
+    finished = utcnow()
+
     def change(current: JobRecord) -> JobRecord | None:
         if current.terminal:
             return None
-        current.status, current.error, current.finished_at = status, error, utcnow()  # type: ignore[assignment]
+        current.status, current.error, current.finished_at = status, error, finished  # type: ignore[assignment]
         if status == "succeeded":
             current.stage, current.progress = "done", 1.0
         current.timings = timings or current.timings
         return current
 
-    records.update_job(record.tenant, record.id, change)
+    ended = records.update_job(record.tenant, record.id, change)
+    if ended.finished_at == finished:  # this call ended it (not an earlier writer)
+        job_events.ended(ended, timings)
     if status != "succeeded":
         records.store.delete_prefix(records.output_prefix(record.tenant, record.id))
 
 
+@job_events.in_job_context
 def run_correction_job(tenant: str, job_id: str) -> dict[str, str]:
     """Run correction job ``job_id`` of ``tenant`` (the RQ entry point; arguments are ids only).
 
@@ -194,7 +199,7 @@ def run_correction_job(tenant: str, job_id: str) -> dict[str, str]:
     record, claimed = lease.claim(records, tenant, job_id, lambda: _Claim(settings.job_lease_s))
     if not claimed:
         return {"job_id": job_id, "status": record.status}
-    log.info("job %s: attempt %d on %s", job_id, record.attempts, _device or settings.device)
+    job_events.started(record, _device or settings.device)
     try:
         with lease.LeaseKeeper(records, tenant, job_id, os.getpid(), settings.job_lease_s):
             timings = _execute(records, record, settings)

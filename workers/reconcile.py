@@ -38,6 +38,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from models_store.records import JobError, JobRecord, Records, utcnow
+from workers import job_events
 from workers.queue import (
     QUEUE_KINDS,
     RQState,
@@ -138,6 +139,7 @@ def reconcile_job(
         enqueue_correction(connection, settings, record.tenant, record.id, record.queue)
     if updated.status in ("failed", "canceled") and updated.status != record.status:
         records.store.delete_prefix(records.output_prefix(record.tenant, record.id))
+        job_events.ended(updated, redis=connection, prefix=settings.queue_prefix)
     return updated
 
 
@@ -195,8 +197,7 @@ def fail_if_no_worker(records: Records, connection: Redis, settings: ServiceSett
 
     updated = records.update_job(record.tenant, record.id, change)
     if updated.status == "failed" and updated.error == error:
-        log.warning("job %s failed as no_worker: no worker on queue %s for %g s", record.id,
-                    record.queue, wait_s)
+        job_events.ended(updated, redis=connection, prefix=settings.queue_prefix)
         with contextlib.suppress(NoSuchJobError):
             Job.fetch(record.id, connection=connection, serializer=JSONSerializer).delete()
     return updated
@@ -242,7 +243,8 @@ class Reconciler(threading.Thread):
             try:
                 reconcile_all(self._records, self._connection, self._settings)
             except RedisError as exc:
-                log.warning("reconciler: Redis unavailable (%s); retrying later", exc)
+                log.warning("reconciler: Redis unavailable (%s); retrying later", exc,
+                            extra={"event": "redis_unavailable"})
             except Exception:
                 log.exception("reconciler pass failed")
 

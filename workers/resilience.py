@@ -89,17 +89,18 @@ class OutageLog:
         if self.since is None:
             self.since, self._last_line = now, now
             log.warning("Redis unreachable while %s (%s: %s); retrying with backoff up to %.0f s, a "
-                        "running job goes on", doing, type(exc).__name__, exc, self.backoff.max_s)
+                        "running job goes on", doing, type(exc).__name__, exc, self.backoff.max_s,
+                        extra={"event": "redis_unavailable"})
         elif now - self._last_line >= STILL_DOWN_LOG_INTERVAL_S:
             self._last_line = now
             log.warning("Redis still unreachable after %.0f s (%d failed calls; last: %s)",
-                        now - self.since, self.failures, exc)
+                        now - self.since, self.failures, exc, extra={"event": "redis_unavailable"})
 
     def recovered(self) -> None:
         """Note a Redis call that worked; logs once when an outage ends."""
         if self.since is not None:
             log.info("Redis reachable again after %.1f s (%d failed calls); resuming",
-                     time.monotonic() - self.since, self.failures)
+                     time.monotonic() - self.since, self.failures, extra={"event": "redis_recovered"})
         self.since, self.failures = None, 0
         self.backoff.reset()
 

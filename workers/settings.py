@@ -138,6 +138,9 @@ class ServiceSettings(BaseSettings):
     """Longest wait between a worker's Redis retries."""
     job_lease_s: float = Field(default=10.0, gt=0, le=600)
     """A running job's lease in its manifest: another execution of it waits while it is renewed."""
+    # --- logs (workers/logs.py) ---
+    log_format: Literal["json", "text"] = "json"
+    """Log lines of ``serve`` and ``worker``: JSON objects, or human text (``--log-format`` overrides)."""
 
     def spec_caps(self) -> dict[str, float]:
         """Each capped spec field (dotted path) with the operator's cap."""

@@ -15,12 +15,11 @@ import sys
 from typing import Any
 
 from redis import Redis
-from rq.logutils import setup_loghandlers
 from rq.serializers import JSONSerializer
 
 from models_store import open_store
 from models_store.records import Records
-from workers import jobs, lease
+from workers import jobs, lease, logs
 from workers.queue import SOCKET_TIMEOUT_S, WORKER_TTL_S, get_queue, parse_queue_kinds
 from workers.resilience import Backoff, OutageLog, ResilientWorker, supervise
 from workers.settings import ServiceSettings
@@ -77,11 +76,11 @@ def run_worker(settings: ServiceSettings, queues: str | None = None, burst: bool
 
     Redis outages are waited out (backoff up to ``worker_redis_retry_max_s``); SIGTERM stops it.
     """
+    logs.configure(settings.log_format)
     device = detect_device(settings.device)
     jobs.set_device(device)
     kinds = resolve_queues(queues or settings.worker_queues, device)
     _preload_engine()
-    setup_loghandlers("INFO", name="rq.worker")
     connection = Redis.from_url(settings.redis_url, socket_connect_timeout=SOCKET_TIMEOUT_S)
     outage = OutageLog(Backoff(settings.worker_redis_retry_min_s, settings.worker_redis_retry_max_s))
     release = _releaser(settings)
@@ -99,7 +98,8 @@ def run_worker(settings: ServiceSettings, queues: str | None = None, burst: bool
         )
 
     first = make_worker(name)
-    print(f"softunlearn worker {first.name}: device={device}, queues="
-          f"{', '.join(settings.queue_name(k) for k in kinds)}, store={settings.store}", flush=True)
+    logs.event(log, logging.INFO, "worker_started", "softunlearn worker %s: device=%s, queues=%s",
+               first.name, device, ", ".join(settings.queue_name(k) for k in kinds), device=device,
+               worker=first.name, queue=",".join(kinds))
     return supervise(first, make_worker, connection, outage,
                      lambda worker: worker.work(burst=burst, logging_level="INFO"))

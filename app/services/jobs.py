@@ -19,6 +19,7 @@ from app.schemas import SPEC_PARTS, FrontierPublic, JobCreate, JobErrorPublic, J
 from models_store import ArtifactRecord, JobRecord, Records
 from models_store.keys import new_id
 from models_store.records import IdempotencyEntry, key_digest, request_digest, utcnow
+from workers import job_events, logs
 from workers.engine.config import CorrectionSpec, check_compatibility, spec_from_dict
 from workers.engine.errors import InputError
 from workers.engine.io.architecture import parse_arch
@@ -145,6 +146,7 @@ def _new_record(tenant: str, job_id: str, body: JobCreate, spec: CorrectionSpec,
         spec=spec.to_dict(), queue=body.queue or settings.default_queue, created_at=now, updated_at=now,
         request_hash=digest, enqueued_at=now,
         idempotency_key_sha256=key_digest(idempotency_key) if idempotency_key is not None else None,
+        request_id=logs.context().get("request_id"),
     )
 
 
@@ -267,7 +269,10 @@ def cancel_job(
             current.status, current.finished_at = "canceled", utcnow()
         return current
 
+    before = record.status
     record = records.update_job(tenant, job_id, change)
+    if record.status == "canceled" and before != "canceled":  # a queued job, canceled here and now
+        job_events.ended(record, redis=redis, prefix=settings.queue_prefix)
     try:
         cancel_rq_job(redis, job_id)
     except RedisError as exc:

@@ -8,30 +8,46 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from workers.settings import ServiceSettings
 
 __all__ = ["register"]
 
 
-def run_serve(args: argparse.Namespace) -> int:
-    """Run the API with uvicorn."""
-    import uvicorn
-
+def _settings(args: argparse.Namespace) -> ServiceSettings:
+    """The settings of this process, with ``--log-format`` over ``SOFTUNLEARN_LOG_FORMAT``."""
     from workers.settings import get_settings
 
     settings = get_settings()
+    if args.log_format is not None:
+        settings.log_format = args.log_format
+    return settings
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Run the API with uvicorn; every log line (uvicorn's too) in the chosen format, uvicorn's
+    access log replaced by the app's (app/access_log.py)."""
+    import uvicorn
+
+    from workers import logs
+
+    settings = _settings(args)
+    logs.configure(settings.log_format, args.log_level)
     uvicorn.run("app.main:app_factory", factory=True, host=args.host, port=args.port,
-                log_level=args.log_level, proxy_headers=True, server_header=False,
-                timeout_keep_alive=settings.keep_alive_timeout_s, limit_concurrency=settings.max_connections)
+                log_level=args.log_level, log_config=None, access_log=False, proxy_headers=True,
+                server_header=False, timeout_keep_alive=settings.keep_alive_timeout_s,
+                limit_concurrency=settings.max_connections)
     return 0
 
 
 def run_worker_command(args: argparse.Namespace) -> int:
     """Run an RQ worker on the service's queues."""
-    from workers.settings import get_settings
     from workers.worker import run_worker
 
     try:
-        return run_worker(get_settings(), queues=args.queues, burst=args.burst, name=args.name)
+        return run_worker(_settings(args), queues=args.queues, burst=args.burst, name=args.name)
     except ValueError as exc:
         print(f"error: {exc}")
         return 2
@@ -63,6 +79,12 @@ def run_demo_command(args: argparse.Namespace) -> int:
     return run_demo(out=args.out, seed=args.seed)
 
 
+def _log_format_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-format", choices=("json", "text"), default=None,
+                        help="log lines as JSON objects or human text (default: SOFTUNLEARN_LOG_FORMAT, "
+                        "else json)")
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the service subcommands to ``sub``."""
     serve = sub.add_parser("serve", help="run the HTTP API (environment: REDIS_URL, SOFTUNLEARN_STORE, "
@@ -71,6 +93,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--log-level", default="info",
                        choices=("critical", "error", "warning", "info", "debug"))
+    _log_format_option(serve)
     serve.set_defaults(handler=run_serve)
 
     worker = sub.add_parser("worker", help="run a correction worker (same environment as serve)")
@@ -78,6 +101,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         help="comma-separated subset of gpu,cpu (default: gpu,cpu with CUDA, else cpu)")
     worker.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     worker.add_argument("--name", default=None, help="worker name (default: generated)")
+    _log_format_option(worker)
     worker.set_defaults(handler=run_worker_command)
 
     health = sub.add_parser(
