@@ -150,7 +150,7 @@ class ServiceSettings(BaseSettings):
     mlflow_timeout_s: int = Field(default=10, ge=1, le=600)
     """Timeout of each request to MLflow (its client's ``MLFLOW_HTTP_REQUEST_TIMEOUT``)."""
     mlflow_max_retries: int = Field(default=2, ge=0, le=10)
-    """Retries of a failed request to MLflow (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``), 1 s backoff doubling."""
+    """Retries of a failed request to MLflow (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``), after 0, 2, 4 ... s."""
     mlflow_deadline_s: float = Field(default=120.0, gt=0, le=3600)
     """A hand-off still unfinished after this long stops at its next request and is recorded as failed."""
 
