@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from models_store.records import Handoff, HandoffWarning, JobRecord, Records, utcnow
-from workers.handoff.config import MlflowConfig, MlflowRefused, MlflowTarget, resolve_mlflow_target
+from workers.handoff.config import MlflowConfig, MlflowTarget, resolve_mlflow_target
 from workers.redact import redact_paths
 from workers.settings import ServiceSettings
 
@@ -72,9 +72,9 @@ def hand_off_mlflow(records: Records, record: JobRecord, settings: ServiceSettin
     """
     try:
         target = resolve_mlflow_target(_requested(record), record.tenant, settings)
-    except MlflowRefused as exc:  # the settings changed since the job was submitted
-        outcome = Handoff(status="failed", warning=HandoffWarning(code="mlflow_not_allowed",
-                                                                  message=str(exc)))
+    except ValueError as exc:  # MlflowRefused: the settings changed since the job was submitted
+        message = " ".join(str(exc).split())[:MAX_MESSAGE_CHARS]
+        outcome = Handoff(status="failed", warning=HandoffWarning(code="mlflow_not_allowed", message=message))
     else:
         if target is None:
             return None

@@ -259,6 +259,27 @@ def test_mlflow_unreachable_is_a_warning_on_a_succeeded_job(finished_job: Finish
     assert shown["handoffs"]["mlflow"]["model_version"] is None
 
 
+def test_a_uri_no_longer_allowed_or_no_client_is_recorded(finished_job: FinishedJob, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    store = tmp_path / "store"
+    shutil.copytree(finished_job.settings.store, store)
+    records = Records(LocalStore(store))
+    record = records.get_job("acme", finished_job.job["id"])
+    assert record is not None
+    closed = finished_job.settings.model_copy(update={"store": store, "mlflow_allowed_tracking_uris": ""})
+    refused = hand_off_mlflow(records, record, closed)
+    assert refused is not None and refused.status == "failed" and refused.warning is not None
+    assert refused.warning.code == "mlflow_not_allowed"
+    assert "SOFTUNLEARN_MLFLOW_ALLOWED_TRACKING_URIS" in refused.warning.message
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # what a worker without the [mlflow] extra sees
+    skipped = hand_off_mlflow(records, record, finished_job.settings.model_copy(update={"store": store}))
+    assert skipped is not None and skipped.status == "skipped" and skipped.warning is not None
+    assert skipped.warning.code == "mlflow_not_installed"
+    shown = records.get_job("acme", record.id)
+    assert shown is not None and shown.status == "succeeded" and shown.handoffs["mlflow"] == skipped
+
+
 @pytest.mark.parametrize(("mlflow", "field", "says"), [
     ({"tracking_uri": "http://169.254.169.254/latest", "registered_model": "m"}, "mlflow.tracking_uri",
      "SOFTUNLEARN_MLFLOW_ALLOWED_TRACKING_URIS"),
