@@ -213,6 +213,14 @@ def test_the_job_registers_a_version_with_its_lineage(finished_job: FinishedJob,
     assert len(client.search_model_versions(f"name = '{REGISTERED_MODEL}'")) == 1
     assert len(client.search_runs([run.info.experiment_id])) == 1
 
+    # One that finds the job's run but no version of its model (a crash in between) reuses the run.
+    mlflow = {**record.request["mlflow"], "registered_model": "adult-income-b"}
+    elsewhere = record.model_copy(update={"request": {**record.request, "mlflow": mlflow}})
+    resumed = hand_off_mlflow(job_store, elsewhere, finished_job.settings)
+    assert resumed is not None and resumed.status == "registered" and resumed.model_version == "1"
+    assert resumed.run_id == handoff["run_id"] and len(client.search_runs([run.info.experiment_id])) == 1
+    assert client.get_model_version("adult-income-b", "1").run_id == handoff["run_id"]
+
 
 @contextmanager
 def _unreachable_server(kind: str) -> Iterator[str]:
