@@ -1,6 +1,6 @@
 # Three images from one file (the command chooses the role in the two with the engine):
-#   docker build -t softunlearn:cpu .                 the default target, `cpu`: CPU-only torch, [all]
-#   docker build --target gpu -t softunlearn:gpu .    CUDA torch, [all], for GPU workers
+#   docker build -t softunlearn:cpu .                 the default target, `cpu`: CPU-only torch, [all,mlflow]
+#   docker build --target gpu -t softunlearn:gpu .    CUDA torch, [all,mlflow], for GPU workers
 #   docker build --target api -t softunlearn:api .    the API alone, [server]: no torch, a small image
 #   softunlearn serve --host 0.0.0.0 --port 8000      (API; the image's HEALTHCHECK polls /healthz)
 #   softunlearn worker [--queues gpu,cpu]             (worker; its healthcheck is `softunlearn worker-health`)
@@ -48,7 +48,7 @@ RUN pip install --index-url ${TORCH_CUDA_INDEX} torch==2.13.0
 # The installed torch (2.13.0+cu126) pinned as a constraint, so installing the app keeps it.
 COPY --from=app-wheel /wheels /tmp/wheels
 RUN pip freeze | grep -i '^torch==' > /tmp/torch-constraint.txt \
-    && pip install --constraint /tmp/torch-constraint.txt "$(ls /tmp/wheels/softunlearn-*.whl)[all]" \
+    && pip install --constraint /tmp/torch-constraint.txt "$(ls /tmp/wheels/softunlearn-*.whl)[all,mlflow]" \
     && rm -rf /tmp/wheels /tmp/torch-constraint.txt
 USER softunlearn:softunlearn
 
@@ -67,6 +67,6 @@ RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
 # The installed torch (2.13.0+cpu) pinned as a constraint, so installing the app keeps it.
 COPY --from=app-wheel /wheels /tmp/wheels
 RUN pip freeze | grep -i '^torch==' > /tmp/torch-constraint.txt \
-    && pip install --constraint /tmp/torch-constraint.txt "$(ls /tmp/wheels/softunlearn-*.whl)[all]" \
+    && pip install --constraint /tmp/torch-constraint.txt "$(ls /tmp/wheels/softunlearn-*.whl)[all,mlflow]" \
     && rm -rf /tmp/wheels /tmp/torch-constraint.txt
 USER softunlearn:softunlearn

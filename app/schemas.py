@@ -21,11 +21,13 @@ from workers.engine.config import (
     WeightingConfig,
     spec_from_dict,
 )
+from workers.handoff.config import MlflowConfig
 
 __all__ = [
     "SPEC_PARTS",
     "DatasetList",
     "DatasetPublic",
+    "HandoffPublic",
     "Health",
     "JobCreate",
     "JobErrorPublic",
@@ -129,6 +131,9 @@ class JobCreate(BaseModel):
     guard: GuardConfig | None = Field(default=None, description="When a correction step is accepted.")
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     queue: Literal["cpu", "gpu"] | None = Field(default=None, description="Worker queue (default: server's).")
+    mlflow: MlflowConfig | None = Field(default=None, description=(
+        "Hand the results to MLflow on success (run, artifacts, a new registered model version); "
+        "parts left out come from the tenant's setting."))
 
     @model_validator(mode="before")
     @classmethod
@@ -146,6 +151,25 @@ class JobErrorPublic(BaseModel):
 
     code: str = Field(examples=["infeasible"])
     message: str
+
+
+class HandoffWarningPublic(BaseModel):
+    """Why a hand-off was not done."""
+
+    code: str = Field(examples=["mlflow_unreachable"])
+    message: str
+
+
+class HandoffPublic(BaseModel):
+    """The outcome of a hand-off of a succeeded job's outputs (never a reason for the job to fail)."""
+
+    status: Literal["registered", "failed", "skipped"]
+    run_id: str | None = Field(default=None, description="MLflow run holding params, metrics and outputs.")
+    experiment_id: str | None = None
+    registered_model: str | None = None
+    model_version: str | None = Field(default=None, description="The version this job registered.")
+    warning: HandoffWarningPublic | None = None
+    finished_at: datetime | None = None
 
 
 class JobPublic(BaseModel):
@@ -171,6 +195,8 @@ class JobPublic(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     links: dict[str, str]
+    handoffs: dict[str, HandoffPublic] = Field(default_factory=dict, description=(
+        "Hand-off outcomes by target (``mlflow``), once the job has succeeded."))
 
 
 class FrontierPublic(BaseModel):

@@ -31,6 +31,8 @@ from models_store.keys import is_valid_id, is_valid_tenant, object_key, object_p
 __all__ = [
     "TERMINAL",
     "ArtifactRecord",
+    "Handoff",
+    "HandoffWarning",
     "IdempotencyEntry",
     "JobError",
     "JobPage",
@@ -86,6 +88,25 @@ class JobError(BaseModel):
     message: str
 
 
+class HandoffWarning(BaseModel):
+    """Why a hand-off was not done: a stable code and a message."""
+
+    code: str
+    message: str
+
+
+class Handoff(BaseModel):
+    """The outcome of handing a succeeded job's outputs to another system (workers/handoff/)."""
+
+    status: Literal["registered", "failed", "skipped"]
+    run_id: str | None = None
+    experiment_id: str | None = None
+    registered_model: str | None = None
+    model_version: str | None = None
+    warning: HandoffWarning | None = None
+    finished_at: datetime | None = None
+
+
 class JobRecord(BaseModel):
     """The manifest of one correction job (the record of truth)."""
 
@@ -114,6 +135,7 @@ class JobRecord(BaseModel):
         default=None, description="SHA-256 of the Idempotency-Key bound to this job (released on delete).")
     request_id: str | None = Field(
         default=None, description="X-Request-ID of the POST that created the job (in its log lines).")
+    handoffs: dict[str, Handoff] = Field(default_factory=dict, description="Hand-off outcomes (mlflow).")
 
     @property
     def terminal(self) -> bool:

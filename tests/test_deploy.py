@@ -118,7 +118,7 @@ def _torch_install(runs: list[str]) -> tuple[int, str]:
 APP_WHEEL = '"$(ls /tmp/wheels/softunlearn-*.whl)'
 
 
-def _app_install(runs: list[str], extra: str = "all") -> int:
+def _app_install(runs: list[str], extra: str = "all,mlflow") -> int:
     """Index of the RUN installing the app's wheel with ``extra``; with the engine it must pin
     the installed torch first."""
     (index,) = [i for i, run in enumerate(runs) if APP_WHEEL in run]

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from models_store import open_store
 from models_store.records import ArtifactRecord, JobError, JobRecord, Records, utcnow
 from workers import job_events, lease
+from workers.handoff.mlflow import hand_off_mlflow
 from workers.redact import redact_paths
 from workers.settings import ServiceSettings, get_settings
 
@@ -203,6 +204,7 @@ def run_correction_job(tenant: str, job_id: str) -> dict[str, str]:
     try:
         with lease.LeaseKeeper(records, tenant, job_id, os.getpid(), settings.job_lease_s):
             timings = _execute(records, record, settings)
+            hand_off_mlflow(records, record, settings)  # never raises: a failure is a recorded warning
     except CorrectionCanceled:
         _finish(records, record, "canceled", None)
         return {"job_id": job_id, "status": "canceled"}

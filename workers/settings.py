@@ -15,6 +15,8 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from workers.handoff.config import MlflowConfig
+
 __all__ = ["DEFAULT_REDIS_URL", "DEFAULT_STORE", "ServiceSettings", "get_settings", "url_with_password"]
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -141,6 +143,24 @@ class ServiceSettings(BaseSettings):
     # --- logs (workers/logs.py) ---
     log_format: Literal["json", "text"] = "json"
     """Log lines of ``serve`` and ``worker``: JSON objects, or human text (``--log-format`` overrides)."""
+
+    # --- MLflow hand-off (workers/handoff/, docs/SERVICE.md "MLflow") ---
+    mlflow_tenants: dict[str, MlflowConfig] = Field(default_factory=dict)
+    """JSON ``{tenant: {tracking_uri, experiment, registered_model}}``: that tenant's jobs hand off
+    there (a job's ``mlflow`` field overrides parts); its tracking URI is allowed for its jobs."""
+    mlflow_allowed_tracking_uris: str = ""
+    """Comma-separated tracking URIs (exact strings) a job's ``mlflow.tracking_uri`` may name."""
+    mlflow_timeout_s: int = Field(default=10, ge=1, le=600)
+    """Timeout of each request to MLflow (its client's ``MLFLOW_HTTP_REQUEST_TIMEOUT``)."""
+    mlflow_max_retries: int = Field(default=2, ge=0, le=10)
+    """Retries of a failed request to MLflow (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``), after 0, 2, 4 ... s."""
+    mlflow_deadline_s: float = Field(default=120.0, gt=0, le=3600)
+    """A hand-off still unfinished after this long stops at its next request and is recorded as failed."""
+
+    @property
+    def mlflow_allowed_tracking_uris_list(self) -> list[str]:
+        """:attr:`mlflow_allowed_tracking_uris` as a list."""
+        return [uri.strip() for uri in self.mlflow_allowed_tracking_uris.split(",") if uri.strip()]
 
     def spec_caps(self) -> dict[str, float]:
         """Each capped spec field (dotted path) with the operator's cap."""

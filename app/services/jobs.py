@@ -15,7 +15,15 @@ from redis.exceptions import RedisError
 
 from app.errors import ApiError
 from app.quotas import check_job_quota
-from app.schemas import SPEC_PARTS, FrontierPublic, JobCreate, JobErrorPublic, JobList, JobPublic
+from app.schemas import (
+    SPEC_PARTS,
+    FrontierPublic,
+    HandoffPublic,
+    JobCreate,
+    JobErrorPublic,
+    JobList,
+    JobPublic,
+)
 from models_store import ArtifactRecord, JobRecord, Records
 from models_store.keys import new_id
 from models_store.records import IdempotencyEntry, key_digest, request_digest, utcnow
@@ -24,6 +32,7 @@ from workers.engine.config import CorrectionSpec, check_compatibility, spec_from
 from workers.engine.errors import InputError
 from workers.engine.io.architecture import parse_arch
 from workers.engine.io.datasets import parse_schema, resolve_features
+from workers.handoff.config import MlflowRefused, resolve_mlflow_target
 from workers.queue import cancel_rq_job, enqueue_correction
 from workers.reconcile import reconcile_job
 from workers.redact import redact_paths
@@ -97,6 +106,10 @@ def _check_caps(spec: CorrectionSpec, settings: ServiceSettings) -> None:
 def _validate(records: Records, tenant: str, body: JobCreate, settings: ServiceSettings) -> CorrectionSpec:
     spec = _spec(body)
     _check_caps(spec, settings)
+    try:
+        resolve_mlflow_target(body.mlflow, tenant, settings)
+    except MlflowRefused as exc:
+        raise _invalid(exc.field, exc.message) from exc
     model = _artifact(records, tenant, "model_id", "models", body.model_id)
     arch = parse_arch(model.architecture)
     in_features = arch.in_features if arch.image_shape is None else None
@@ -135,6 +148,7 @@ def job_public(record: JobRecord) -> JobPublic:
         audit_dataset_id=request["audit_dataset_id"], eval_dataset_id=request.get("eval_dataset_id"),
         spec=record.spec, created_at=record.created_at, updated_at=record.updated_at,
         started_at=record.started_at, finished_at=record.finished_at, links=links,
+        handoffs={name: HandoffPublic.model_validate(h.model_dump()) for name, h in record.handoffs.items()},
     )
 
 
