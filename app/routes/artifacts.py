@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request, Response
 from app.deps import Services, ServicesDep, TenantDep
 from app.errors import ApiError, storage_full
 from app.quotas import check_storage_quota, too_many
+from app.routes.contract import links_by_id
 from app.routes.problems import V1_COMMON, problems
 from app.schemas import DatasetPublic, ModelPublic
 from app.services.artifacts import UploadRequest, create_dataset, create_model, dataset_limits
@@ -85,7 +86,8 @@ def dataset_public(record: ArtifactRecord) -> DatasetPublic:
     )
 
 
-@router.post("/models", status_code=201, response_model=ModelPublic, responses=_ERRORS,
+@router.post("/models", status_code=201, response_model=ModelPublic,
+             responses={**_ERRORS, 201: {"links": links_by_id("model_id", "getModel", "deleteModel")}},
              openapi_extra=_multipart("architecture", '{"type": "mlp", "in_features": 103, '
                                       '"hidden": [64, 32], "activation": "relu"}'))
 async def upload_model(request: Request, services: ServicesDep, tenant: TenantDep) -> ModelPublic:
@@ -104,7 +106,8 @@ def get_model(model_id: str, services: ServicesDep, tenant: TenantDep) -> ModelP
     return model_public(record)
 
 
-@router.post("/datasets", status_code=201, response_model=DatasetPublic, responses=_ERRORS,
+@router.post("/datasets", status_code=201, response_model=DatasetPublic,
+             responses={**_ERRORS, 201: {"links": links_by_id("dataset_id", "getDataset", "deleteDataset")}},
              openapi_extra=_multipart("schema", '{"label": "income", "sensitive": ["sex"]}'))
 async def upload_dataset(request: Request, services: ServicesDep, tenant: TenantDep) -> DatasetPublic:
     """Upload a Parquet or CSV dataset with its schema (multipart: ``file``, ``schema``)."""

@@ -15,7 +15,7 @@ from fastapi.routing import APIRoute
 
 from workers.reporting.schema import report_schema
 
-__all__ = ["REPORT_REF", "operation_id", "with_report_schema"]
+__all__ = ["REPORT_REF", "links_by_id", "operation_id", "with_report_schema"]
 
 REPORT = "Report"
 REPORT_REF = f"#/components/schemas/{REPORT}"
@@ -26,6 +26,14 @@ def operation_id(route: APIRoute) -> str:
     """``route``'s operation id: its function's name in camelCase."""
     first, *rest = route.name.split("_")
     return first + "".join(word[:1].upper() + word[1:] for word in rest)
+
+
+def links_by_id(parameter: str, *operation_ids: str) -> dict[str, dict[str, Any]]:
+    """OpenAPI ``links`` of a response whose body's ``id`` is the ``parameter`` of the operations
+    ``operation_ids`` (what to call next with the object just made)."""
+    return {target[:1].upper() + target[1:]: {"operationId": target,
+                                               "parameters": {parameter: "$response.body#/id"}}
+            for target in operation_ids}
 
 
 def _component_name(definition: str) -> str:

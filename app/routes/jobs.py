@@ -8,7 +8,7 @@ from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from app.deps import ServicesDep, TenantDep
-from app.routes.contract import REPORT_REF
+from app.routes.contract import REPORT_REF, links_by_id
 from app.routes.problems import V1_COMMON, problems
 from app.schemas import FrontierPublic, JobCreate, JobList, JobPublic
 from app.services import jobs as service
@@ -22,8 +22,16 @@ _NOT_FOUND = problems(404)
 _OUTPUT_ERRORS = problems(404, 409)
 
 
+_SUBMITTED = {
+    "headers": {"Location": {"description": "The job's URL, `/v1/jobs/{id}`.", "required": True,
+                             "schema": {"type": "string"}}},
+    "links": links_by_id("job_id", "getJob", "cancelJob", "deleteJob", "getJobReport", "getJobReportHtml",
+                         "getJobFrontier", "getJobWeights", "getJobModel"),
+}
+
+
 @router.post("", status_code=202, response_model=JobPublic,
-             responses=problems(400, 408, 409, 413, 422, 507))
+             responses={**problems(400, 408, 409, 413, 422, 507), 202: _SUBMITTED})
 def create_job(
     body: JobCreate, response: Response, services: ServicesDep, tenant: TenantDep,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,

@@ -27,9 +27,24 @@ _WHY = {
 }
 
 
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.",
+                                "schema": {"type": "integer", "minimum": 0}}}
+_HEADERS: dict[int, dict[str, Any]] = {
+    401: {"WWW-Authenticate": {"description": "`Bearer`: how to authenticate.",
+                               "schema": {"type": "string"}}},
+    429: _RETRY_AFTER, 503: _RETRY_AFTER, 507: _RETRY_AFTER,
+}
+
+
 def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` entries for ``codes``, each a :class:`Problem`."""
-    return {code: {"model": Problem, "description": _WHY[code]} for code in codes}
+    """OpenAPI ``responses`` entries for ``codes``, each a :class:`Problem` (with the headers the
+    API sends with it: ``Retry-After``, ``WWW-Authenticate``)."""
+    entries: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        entries[code] = {"model": Problem, "description": _WHY[code]}
+        if code in _HEADERS:
+            entries[code]["headers"] = _HEADERS[code]
+    return entries
 
 
 V1_COMMON = problems(401, 429, 503)

@@ -97,3 +97,25 @@ def test_a_method_a_path_lacks_is_a_405_naming_the_ones_it_has(client: TestClien
     assert response.status_code == 405, (missing, path, response.text)
     assert response.headers["content-type"].startswith("application/problem+json")
     assert response.headers["allow"] == ", ".join(sorted(method.upper() for method in declared))
+
+
+def test_links_lead_from_what_a_post_makes_to_the_operations_on_it() -> None:
+    by_id = {operation["operationId"]: (path, operation) for path, _, operation in OPERATIONS}
+    linked = set()
+    for _, _, operation in OPERATIONS:
+        for response in operation["responses"].values():
+            for link in response.get("links", {}).values():
+                target_path, target = by_id[link["operationId"]]
+                path_parameters = {p["name"] for p in target.get("parameters", []) if p["in"] == "path"}
+                assert link["parameters"].keys() == path_parameters, (link, target_path)
+                linked.add(link["operationId"])
+    assert {"getJob", "getJobReport", "getModel", "getDataset", "deleteJob"} <= linked
+
+
+def test_the_headers_the_api_sends_are_documented() -> None:
+    created = DOCUMENT["paths"]["/v1/jobs"]["post"]["responses"]["202"]["headers"]
+    assert created["Location"]["required"] is True
+    for path, method, operation in OPERATIONS:
+        for code in ("429", "503"):
+            if code in operation["responses"]:
+                assert "Retry-After" in operation["responses"][code]["headers"], (path, method, code)
