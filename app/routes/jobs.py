@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from app.deps import ServicesDep, TenantDep
+from app.errors import ApiError
 from app.routes.contract import REPORT_REF, links_by_id
 from app.routes.problems import V1_COMMON, problems
 from app.schemas import FrontierPublic, JobCreate, JobList, JobPublic
@@ -45,14 +46,29 @@ def create_job(
     return service.job_public(record)
 
 
+_LIST_PARAMETERS = ("limit", "offset", "status")
+
+
+def _refuse_unknown_query(request: Request) -> None:
+    """422 for a query parameter the listing does not take: a misspelt filter (``?stat=failed``)
+    would otherwise list every job as if it had been honoured."""
+    unknown = sorted(set(request.query_params) - set(_LIST_PARAMETERS))
+    if unknown:
+        names = [name[:40] for name in unknown]
+        raise ApiError(422, "validation_error", f"unknown query parameter {names[0]!r}; this route takes "
+                       f"{', '.join(_LIST_PARAMETERS)}",
+                       errors=[{"field": name, "message": "unknown query parameter"} for name in names])
+
+
 @router.get("", response_model=JobList, responses=problems(422))
 def list_jobs(
-    services: ServicesDep, tenant: TenantDep,
+    request: Request, services: ServicesDep, tenant: TenantDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
     status: Literal["queued", "running", "succeeded", "failed", "canceled"] | None = None,
 ) -> JobList:
     """The tenant's jobs, newest first, a page at a time."""
+    _refuse_unknown_query(request)
     return service.list_jobs(services.records, tenant, limit, offset, status)
 
 
