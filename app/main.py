@@ -14,6 +14,7 @@ from fastapi import FastAPI
 
 from app.access_log import RequestLogMiddleware
 from app.deps import Services
+from app.docs import install_docs
 from app.errors import install_error_handlers
 from app.headers import SecurityHeadersMiddleware
 from app.job_collector import JobMetricsCollector
@@ -21,6 +22,7 @@ from app.limits import RequestLimitsMiddleware
 from app.metrics import Metrics, MetricsMiddleware
 from app.quotas import RateLimiter
 from app.routes import artifacts, health, jobs, version
+from app.routes.contract import operation_id, with_report_schema
 from app.routes.problems import as_problem_json
 from app.security import KeyRing
 from app.version import __version__
@@ -65,6 +67,8 @@ def create_app(settings: ServiceSettings | None = None, *, reconcile: bool = Tru
         title="SoftUnlearn", version=__version__, lifespan=lifespan,
         # No trailing-slash redirects: they would echo the request's Host header in Location.
         redirect_slashes=False,
+        # Our own /docs and /redoc (app.docs): assets from the package, never from a CDN.
+        docs_url=None, redoc_url=None, generate_unique_id_function=operation_id,
         description="Correct a trained classifier for fairness or robustness without retraining, by "
                     "soft-weighted machine unlearning. Errors are RFC 9457 problem+json.",
     )
@@ -73,11 +77,12 @@ def create_app(settings: ServiceSettings | None = None, *, reconcile: bool = Tru
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = as_problem_json(build_openapi())
+            app.openapi_schema = with_report_schema(as_problem_json(build_openapi()))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
     install_error_handlers(app)
+    install_docs(app)
     for router in (health.router, version.router, artifacts.router, jobs.router):
         app.include_router(router)
     app.add_middleware(RequestLimitsMiddleware, settings=settings)

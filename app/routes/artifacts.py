@@ -10,7 +10,9 @@ from fastapi import APIRouter, Query, Request, Response
 from app.deps import Services, ServicesDep, TenantDep
 from app.errors import ApiError, storage_full
 from app.quotas import check_storage_quota, too_many
+from app.routes.contract import links_by_id
 from app.routes.problems import V1_COMMON, problems
+from app.routes.query import refuse_unknown_query
 from app.schemas import DatasetList, DatasetPublic, ModelList, ModelPublic
 from app.services.artifacts import UploadRequest, create_dataset, create_model, dataset_limits
 from app.services.deletion import counted, delete_artifact
@@ -86,7 +88,8 @@ def dataset_public(record: ArtifactRecord) -> DatasetPublic:
     )
 
 
-@router.post("/models", status_code=201, response_model=ModelPublic, responses=_ERRORS,
+@router.post("/models", status_code=201, response_model=ModelPublic,
+             responses={**_ERRORS, 201: {"links": links_by_id("model_id", "getModel", "deleteModel")}},
              openapi_extra=_multipart("architecture", '{"type": "mlp", "in_features": 103, '
                                       '"hidden": [64, 32], "activation": "relu"}'))
 async def upload_model(request: Request, services: ServicesDep, tenant: TenantDep) -> ModelPublic:
@@ -100,6 +103,7 @@ Sha256Query = Annotated[str | None, Query(
     pattern=r"^[0-9a-f]{64}$", description="Only artifacts whose uploaded bytes have this SHA-256 "
     "(lower-case hex): a client skips uploading a file the service already has.")]
 LimitQuery = Annotated[int, Query(ge=1, le=200)]
+_LIST_PARAMETERS = ("sha256", "limit", "offset")
 OffsetQuery = Annotated[int, Query(ge=0)]
 
 
@@ -115,20 +119,22 @@ class _Page:
 
 
 @router.get("/models", response_model=ModelList, responses=problems(422))
-def list_models(services: ServicesDep, tenant: TenantDep, sha256: Sha256Query = None,
+def list_models(request: Request, services: ServicesDep, tenant: TenantDep, sha256: Sha256Query = None,
                 limit: LimitQuery = 50, offset: OffsetQuery = 0) -> ModelList:
     """The tenant's models ordered by id, a page at a time; ``sha256`` finds an earlier upload
     of the same file."""
+    refuse_unknown_query(request, _LIST_PARAMETERS)
     page = _Page(services.records, tenant, "models", limit, offset, sha256)
     return ModelList(items=[model_public(record) for record in page.found], total=page.total,
                      limit=limit, offset=offset, next_offset=page.next_offset)
 
 
 @router.get("/datasets", response_model=DatasetList, responses=problems(422))
-def list_datasets(services: ServicesDep, tenant: TenantDep, sha256: Sha256Query = None,
+def list_datasets(request: Request, services: ServicesDep, tenant: TenantDep, sha256: Sha256Query = None,
                   limit: LimitQuery = 50, offset: OffsetQuery = 0) -> DatasetList:
     """The tenant's datasets ordered by id, a page at a time; ``sha256`` finds an earlier upload
     of the same file (compare ``schema`` too: one file may be uploaded with several schemas)."""
+    refuse_unknown_query(request, _LIST_PARAMETERS)
     page = _Page(services.records, tenant, "datasets", limit, offset, sha256)
     return DatasetList(items=[dataset_public(record) for record in page.found], total=page.total,
                        limit=limit, offset=offset, next_offset=page.next_offset)
@@ -143,7 +149,8 @@ def get_model(model_id: str, services: ServicesDep, tenant: TenantDep) -> ModelP
     return model_public(record)
 
 
-@router.post("/datasets", status_code=201, response_model=DatasetPublic, responses=_ERRORS,
+@router.post("/datasets", status_code=201, response_model=DatasetPublic,
+             responses={**_ERRORS, 201: {"links": links_by_id("dataset_id", "getDataset", "deleteDataset")}},
              openapi_extra=_multipart("schema", '{"label": "income", "sensitive": ["sex"]}'))
 async def upload_dataset(request: Request, services: ServicesDep, tenant: TenantDep) -> DatasetPublic:
     """Upload a Parquet or CSV dataset with its schema (multipart: ``file``, ``schema``)."""

@@ -16,14 +16,14 @@ __all__ = ["router"]
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz", response_model=Health)
-def healthz() -> Health:
+@router.get("/healthz", response_model=Health, responses=problems(503))
+def get_health() -> Health:
     """Liveness: the process answers."""
     return Health()
 
 
 @router.get("/readyz", response_model=Readiness, responses=problems(503))
-def readyz(services: ServicesDep) -> Readiness | JSONResponse:
+def get_readiness(services: ServicesDep) -> Readiness | JSONResponse:
     """Readiness: Redis answers, the store is writable and keeps its free-space floor."""
     checks: dict[str, str] = {}
     try:
@@ -50,7 +50,8 @@ def readyz(services: ServicesDep) -> Readiness | JSONResponse:
 
 
 @router.get("/metrics", response_class=Response,
-            responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}})
-def metrics(services: ServicesDep) -> Response:
+            responses={**problems(503),
+                       200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}})
+def get_metrics(services: ServicesDep) -> Response:
     """Prometheus metrics."""
     return Response(services.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from app.deps import ServicesDep, TenantDep
+from app.routes.contract import REPORT_REF, links_by_id
 from app.routes.problems import V1_COMMON, problems
+from app.routes.query import refuse_unknown_query
 from app.schemas import FrontierPublic, JobCreate, JobList, JobPublic
 from app.services import jobs as service
 from app.services.deletion import counted
@@ -21,8 +23,16 @@ _NOT_FOUND = problems(404)
 _OUTPUT_ERRORS = problems(404, 409)
 
 
+_SUBMITTED = {
+    "headers": {"Location": {"description": "The job's URL, `/v1/jobs/{id}`.", "required": True,
+                             "schema": {"type": "string"}}},
+    "links": links_by_id("job_id", "getJob", "cancelJob", "deleteJob", "getJobReport", "getJobReportHtml",
+                         "getJobFrontier", "getJobWeights", "getJobModel"),
+}
+
+
 @router.post("", status_code=202, response_model=JobPublic,
-             responses=problems(408, 409, 413, 422, 507))
+             responses={**problems(400, 408, 409, 413, 422, 507), 202: _SUBMITTED})
 def create_job(
     body: JobCreate, response: Response, services: ServicesDep, tenant: TenantDep,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
@@ -36,14 +46,18 @@ def create_job(
     return service.job_public(record)
 
 
+_LIST_PARAMETERS = ("limit", "offset", "status")
+
+
 @router.get("", response_model=JobList, responses=problems(422))
 def list_jobs(
-    services: ServicesDep, tenant: TenantDep,
+    request: Request, services: ServicesDep, tenant: TenantDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
     status: Literal["queued", "running", "succeeded", "failed", "canceled"] | None = None,
 ) -> JobList:
     """The tenant's jobs, newest first, a page at a time."""
+    refuse_unknown_query(request, _LIST_PARAMETERS)
     return service.list_jobs(services.records, tenant, limit, offset, status)
 
 
@@ -86,16 +100,17 @@ OUTPUT_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-stor
 
 @router.get("/{job_id}/report", response_class=JSONResponse,
             responses={**_OUTPUT_ERRORS, 200: {
-                "content": {"application/json": {"schema": {"type": "object"}}},
-                "description": "Report keys as in PRODUCT.md."}})
-def get_report(job_id: str, services: ServicesDep, tenant: TenantDep) -> Response:
+                "content": {"application/json": {"schema": {"$ref": REPORT_REF}}},
+                "description": "The report; its JSON Schema is workers/reporting/report.schema.json."}})
+def get_job_report(job_id: str, services: ServicesDep, tenant: TenantDep) -> Response:
     """The before/after report (JSON): fairness, robustness and utility on audit and eval."""
     key = _output(services, tenant, job_id, "report")
     return Response(services.store.get_bytes(key), media_type="application/json", headers=OUTPUT_HEADERS)
 
 
 @router.get("/{job_id}/frontier", response_model=FrontierPublic, responses=_OUTPUT_ERRORS)
-def get_frontier(job_id: str, services: ServicesDep, tenant: TenantDep, response: Response) -> FrontierPublic:
+def get_job_frontier(job_id: str, services: ServicesDep, tenant: TenantDep,
+                     response: Response) -> FrontierPublic:
     """The trade-off frontier of the report (``report["frontier"]``): one point per reduction ρ of
     the job's scheme and per hard-removal share k, each with the before/after metric keys on
     audit and eval, and how the points were made (``frontier_info``)."""
@@ -105,7 +120,7 @@ def get_frontier(job_id: str, services: ServicesDep, tenant: TenantDep, response
 
 
 @router.get("/{job_id}/report.html", responses={**_OUTPUT_ERRORS, 200: {"content": {"text/html": {}}}})
-def get_report_html(job_id: str, services: ServicesDep, tenant: TenantDep) -> Response:
+def get_job_report_html(job_id: str, services: ServicesDep, tenant: TenantDep) -> Response:
     """The before/after report as a human-readable HTML page."""
     key = _output(services, tenant, job_id, "report_html")
     return Response(services.store.get_bytes(key), media_type="text/html; charset=utf-8",
@@ -115,7 +130,7 @@ def get_report_html(job_id: str, services: ServicesDep, tenant: TenantDep) -> Re
 @router.get("/{job_id}/weights", response_class=StreamingResponse,
             responses={**_OUTPUT_ERRORS, 200: {"content": {"application/vnd.apache.parquet": {}},
                                                "description": "Per training row: row, epsilon, weight."}})
-def get_weights(job_id: str, services: ServicesDep, tenant: TenantDep) -> StreamingResponse:
+def get_job_weights(job_id: str, services: ServicesDep, tenant: TenantDep) -> StreamingResponse:
     """The per-sample weights (Parquet): training ``row`` index, ``epsilon``, effective ``weight`` = 1 + ε."""
     key = _output(services, tenant, job_id, "weights")
     headers = {"Content-Disposition": f'attachment; filename="weights-{job_id}.parquet"',
@@ -127,7 +142,7 @@ def get_weights(job_id: str, services: ServicesDep, tenant: TenantDep) -> Stream
 @router.get("/{job_id}/model", response_class=StreamingResponse,
             responses={**_OUTPUT_ERRORS, 200: {"content": {"application/octet-stream": {}},
                                                "description": "The corrected safetensors checkpoint."}})
-def get_model(job_id: str, services: ServicesDep, tenant: TenantDep) -> StreamingResponse:
+def get_job_model(job_id: str, services: ServicesDep, tenant: TenantDep) -> StreamingResponse:
     """The corrected checkpoint (safetensors; same keys, shapes and dtypes as the input)."""
     key = _output(services, tenant, job_id, "model")
     headers = {"Content-Disposition": f'attachment; filename="corrected-{job_id}.safetensors"',

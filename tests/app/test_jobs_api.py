@@ -184,3 +184,12 @@ def test_no_worker_waits_for_the_job_and_for_the_queue_to_be_without_worker(
     connection.set(f"{settings.queue_prefix}:worker-seen:gpu", repr(time.time() - 120))
     reconcile_all(records, connection, patient)
     assert records.get_job("acme", job_id).error.code == "no_worker"
+
+
+@pytest.mark.parametrize("query", ["stat=failed", "limit=5&Status=failed", "=null"])
+def test_an_unknown_query_parameter_of_the_listing_is_422_naming_it(client: TestClient, query: str) -> None:
+    response = client.get(f"/v1/jobs?{query}", headers=auth())
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["code"] == "validation_error" and "limit, offset, status" in body["detail"]
+    assert [error["field"] for error in body["errors"]] == [query.split("&")[-1].split("=")[0]]
