@@ -18,7 +18,7 @@ from app.headers import SecurityHeadersMiddleware
 from app.limits import RequestLimitsMiddleware
 from app.metrics import Metrics, MetricsMiddleware
 from app.quotas import RateLimiter
-from app.routes import artifacts, health, jobs
+from app.routes import artifacts, health, jobs, webhooks
 from app.routes.problems import as_problem_json
 from app.security import KeyRing
 from models_store import LocalStore, Records
@@ -74,7 +74,7 @@ def create_app(settings: ServiceSettings | None = None, *, reconcile: bool = Tru
 
     app.openapi = openapi  # type: ignore[method-assign]
     install_error_handlers(app)
-    for router in (health.router, artifacts.router, jobs.router):
+    for router in (health.router, artifacts.router, jobs.router, webhooks.router):
         app.include_router(router)
     app.add_middleware(RequestLimitsMiddleware, settings=settings)
     app.add_middleware(MetricsMiddleware, metrics=services.metrics)

@@ -31,8 +31,11 @@ __all__ = [
     "JobList",
     "JobPublic",
     "ModelPublic",
+    "NotificationPublic",
+    "NotifyConfig",
     "Problem",
     "Readiness",
+    "WebhookSecret",
 ]
 
 ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
@@ -100,6 +103,15 @@ class DatasetPublic(BaseModel):
     created_at: datetime
 
 
+class NotifyConfig(BaseModel):
+    """Where to POST the job's signed webhook event when it ends (docs/SERVICE.md, Webhooks)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(min_length=1, max_length=2048, examples=["https://hooks.example.com/softunlearn"],
+                     description="https by default; the operator's policy decides which hosts may be called.")
+
+
 class JobCreate(BaseModel):
     """A correction job: which model and data, and what to correct."""
 
@@ -126,6 +138,7 @@ class JobCreate(BaseModel):
     guard: GuardConfig | None = Field(default=None, description="When a correction step is accepted.")
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     queue: Literal["cpu", "gpu"] | None = Field(default=None, description="Worker queue (default: server's).")
+    notify: NotifyConfig | None = Field(default=None, description="A webhook for the job's terminal state.")
 
     @model_validator(mode="before")
     @classmethod
@@ -143,6 +156,27 @@ class JobErrorPublic(BaseModel):
 
     code: str = Field(examples=["infeasible"])
     message: str
+
+
+class NotificationPublic(BaseModel):
+    """One delivery attempt of the job's webhook event."""
+
+    event_id: str = Field(description="The webhook-id header (the same for every attempt of one event).")
+    type: str = Field(examples=["job.succeeded"])
+    url: str = Field(description="The notify URL without its query string.")
+    attempt: int
+    at: datetime
+    status_code: int | None = Field(default=None, description="The receiver's HTTP status; null: no answer.")
+    error: str | None = None
+    delivered: bool
+    next_attempt_at: datetime | None = Field(default=None, description="When the next retry is due; null: "
+                                             "no more attempts.")
+
+
+class WebhookSecret(BaseModel):
+    """The secret that signs this tenant's webhooks (Standard Webhooks, ``whsec_`` + base64)."""
+
+    secret: str = Field(examples=["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"])
 
 
 class JobPublic(BaseModel):
@@ -168,6 +202,8 @@ class JobPublic(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     links: dict[str, str]
+    notifications: list[NotificationPublic] = Field(
+        default_factory=list, description="Webhook delivery attempts (notify.url), the latest last.")
 
 
 class FrontierPublic(BaseModel):

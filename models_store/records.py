@@ -36,6 +36,7 @@ __all__ = [
     "JobPage",
     "JobRecord",
     "JobStatus",
+    "NotificationAttempt",
     "Records",
     "TenantUsage",
     "request_digest",
@@ -86,6 +87,21 @@ class JobError(BaseModel):
     message: str
 
 
+class NotificationAttempt(BaseModel):
+    """One delivery attempt of a job's webhook event (workers/notify/dispatch.py)."""
+
+    event_id: str = Field(description="The webhook-id header: the same for every attempt of one event.")
+    type: str = Field(description="job.succeeded, job.failed or job.canceled.")
+    url: str = Field(description="The notify URL without its query string.")
+    attempt: int
+    at: datetime
+    status_code: int | None = Field(default=None, description="The receiver's HTTP status; null: no answer.")
+    error: str | None = Field(default=None, description="Why the attempt failed, briefly.")
+    delivered: bool = False
+    next_attempt_at: datetime | None = Field(default=None, description="When the next retry is due; null: "
+                                             "no more attempts (delivered, refused or given up).")
+
+
 class JobRecord(BaseModel):
     """The manifest of one correction job (the record of truth)."""
 
@@ -112,6 +128,8 @@ class JobRecord(BaseModel):
     timings: dict[str, float] = Field(default_factory=dict)
     idempotency_key_sha256: str | None = Field(
         default=None, description="SHA-256 of the Idempotency-Key bound to this job (released on delete).")
+    notifications: list[NotificationAttempt] = Field(
+        default_factory=list, description="Webhook delivery attempts, the latest last (capped).")
 
     @property
     def terminal(self) -> bool:

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 from models_store import open_store
 from models_store.records import ArtifactRecord, JobError, JobRecord, Records, utcnow
 from workers import lease
+from workers.notify.dispatch import notify_terminal
+from workers.notify.events import notify_url
 from workers.redact import redact_paths
 from workers.settings import ServiceSettings, get_settings
 
@@ -176,9 +178,21 @@ def _finish(records: Records, record: JobRecord, status: str, error: JobError | 
         current.timings = timings or current.timings
         return current
 
-    records.update_job(record.tenant, record.id, change)
+    updated = records.update_job(record.tenant, record.id, change)
     if status != "succeeded":
         records.store.delete_prefix(records.output_prefix(record.tenant, record.id))
+    _notify(records, updated)
+
+
+def _notify(records: Records, record: JobRecord) -> None:
+    """The webhook of a terminal job: queued in Redis and attempted once here (bounded by
+    ``webhook_timeout_s``); the API's reconciler makes any retries."""
+    if not record.terminal or notify_url(record) is None:
+        return
+    from workers.queue import connect
+
+    settings = get_settings()
+    notify_terminal(records, connect(settings), settings, record, deliver_now=True)
 
 
 def run_correction_job(tenant: str, job_id: str) -> dict[str, str]:
@@ -193,6 +207,7 @@ def run_correction_job(tenant: str, job_id: str) -> dict[str, str]:
     records = Records(open_store(settings.store))
     record, claimed = lease.claim(records, tenant, job_id, lambda: _Claim(settings.job_lease_s))
     if not claimed:
+        _notify(records, record)  # canceled at claim, or already finished: idempotent
         return {"job_id": job_id, "status": record.status}
     log.info("job %s: attempt %d on %s", job_id, record.attempts, _device or settings.device)
     try:

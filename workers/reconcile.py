@@ -19,6 +19,9 @@ It runs on read (``GET /v1/jobs/{id}``) and periodically in the API process; the
 rule only in the periodic pass (it asks RQ's worker registry once per pass). A worker is live
 while RQ's key of it exists: each heartbeat renews its TTL, so a worker killed with ``kill -9``
 counts as live until its TTL ends (``worker_ttl`` + 60 s: 120 s for ``softunlearn worker``).
+
+Each terminal transition made here queues the job's webhook (workers/notify/); each periodic pass
+also makes the webhook attempts that are due.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from models_store.records import JobError, JobRecord, Records, utcnow
+from workers.notify.dispatch import deliver_due, notify_terminal
 from workers.queue import (
     QUEUE_KINDS,
     RQState,
@@ -138,6 +142,7 @@ def reconcile_job(
         enqueue_correction(connection, settings, record.tenant, record.id, record.queue)
     if updated.status in ("failed", "canceled") and updated.status != record.status:
         records.store.delete_prefix(records.output_prefix(record.tenant, record.id))
+        notify_terminal(records, connection, settings, updated)
     return updated
 
 
@@ -199,6 +204,7 @@ def fail_if_no_worker(records: Records, connection: Redis, settings: ServiceSett
                     record.queue, wait_s)
         with contextlib.suppress(NoSuchJobError):
             Job.fetch(record.id, connection=connection, serializer=JSONSerializer).delete()
+        notify_terminal(records, connection, settings, updated)
     return updated
 
 
@@ -243,8 +249,15 @@ class Reconciler(threading.Thread):
                 reconcile_all(self._records, self._connection, self._settings)
             except RedisError as exc:
                 log.warning("reconciler: Redis unavailable (%s); retrying later", exc)
+                continue
             except Exception:
                 log.exception("reconciler pass failed")
+            try:
+                deliver_due(self._records, self._connection, self._settings)
+            except RedisError as exc:
+                log.warning("reconciler: webhooks not delivered, Redis unavailable (%s)", exc)
+            except Exception:
+                log.exception("webhook deliveries failed")
 
     def stop(self) -> None:
         """Ask the loop to end and wait for it."""

@@ -139,6 +139,35 @@ class ServiceSettings(BaseSettings):
     job_lease_s: float = Field(default=10.0, gt=0, le=600)
     """A running job's lease in its manifest: another execution of it waits while it is renewed."""
 
+    # --- signed webhooks (workers/notify/) ---
+    webhook_secrets: SecretStr | None = None
+    """Comma-separated ``tenant:whsec_...`` pairs; a tenant may be listed more than once (rotation:
+    every listed secret signs, the first is the one ``GET /v1/webhooks/secret`` returns)."""
+    webhook_master_secret: SecretStr | None = None
+    """Derives a secret for every tenant (HMAC-SHA256 of the tenant name), after any listed ones."""
+    webhook_allow_http: bool = False
+    """Allow ``http://`` notify URLs (default: ``https://`` only)."""
+    webhook_allow_private: bool = False
+    """Allow loopback, private (RFC 1918, unique-local) and shared addresses; link-local (cloud
+    metadata), multicast, reserved and unspecified addresses stay refused."""
+    webhook_allowed_hosts: str = ""
+    """Comma-separated hosts a notify URL may name: exact names or ``*.suffix``; empty: any host."""
+    webhook_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    """Connect, write and read timeout of one delivery attempt."""
+    webhook_retry_for_s: float = Field(default=86400.0, ge=0)
+    """Retries of an undelivered event stop once this long has passed since its first attempt."""
+    webhook_retry_min_s: float = Field(default=5.0, gt=0)
+    """Wait before the first retry (doubling per retry, with jitter)."""
+    webhook_retry_max_s: float = Field(default=3600.0, gt=0)
+    """Longest wait between two retries."""
+
+    @model_validator(mode="after")
+    def _check_webhook_secrets(self) -> ServiceSettings:
+        from workers.notify.keys import check_secret_settings
+
+        check_secret_settings(self)
+        return self
+
     def spec_caps(self) -> dict[str, float]:
         """Each capped spec field (dotted path) with the operator's cap."""
         return {"method.epochs": self.cap_epochs, "method.refit_max_steps": self.cap_refit_steps,

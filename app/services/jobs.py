@@ -15,7 +15,15 @@ from redis.exceptions import RedisError
 
 from app.errors import ApiError
 from app.quotas import check_job_quota
-from app.schemas import SPEC_PARTS, FrontierPublic, JobCreate, JobErrorPublic, JobList, JobPublic
+from app.schemas import (
+    SPEC_PARTS,
+    FrontierPublic,
+    JobCreate,
+    JobErrorPublic,
+    JobList,
+    JobPublic,
+    NotificationPublic,
+)
 from models_store import ArtifactRecord, JobRecord, Records
 from models_store.keys import new_id
 from models_store.records import IdempotencyEntry, key_digest, request_digest, utcnow
@@ -23,6 +31,9 @@ from workers.engine.config import CorrectionSpec, check_compatibility, spec_from
 from workers.engine.errors import InputError
 from workers.engine.io.architecture import parse_arch
 from workers.engine.io.datasets import parse_schema, resolve_features
+from workers.notify.dispatch import notify_terminal
+from workers.notify.keys import NOT_CONFIGURED, tenant_secrets
+from workers.notify.urls import UrlPolicy, UrlRefused, resolve_target
 from workers.queue import cancel_rq_job, enqueue_correction
 from workers.reconcile import reconcile_job
 from workers.redact import redact_paths
@@ -93,9 +104,25 @@ def _check_caps(spec: CorrectionSpec, settings: ServiceSettings) -> None:
                            errors=[{"field": path, "message": message}])
 
 
+def _check_notify(body: JobCreate, settings: ServiceSettings, tenant: str) -> None:
+    """422 for a notify URL the operator's policy refuses, or when the tenant has no secret."""
+    if body.notify is None:
+        return
+    if not tenant_secrets(settings, tenant):
+        raise ApiError(422, "webhook_not_configured", NOT_CONFIGURED,
+                       errors=[{"field": "notify.url", "message": NOT_CONFIGURED}])
+    try:
+        resolve_target(body.notify.url, UrlPolicy.from_settings(settings))
+    except UrlRefused as exc:
+        message = f"this URL is refused: {exc}"
+        raise ApiError(422, "notify_url_refused", f"notify.url: {message}",
+                       errors=[{"field": "notify.url", "message": message}]) from exc
+
+
 def _validate(records: Records, tenant: str, body: JobCreate, settings: ServiceSettings) -> CorrectionSpec:
     spec = _spec(body)
     _check_caps(spec, settings)
+    _check_notify(body, settings, tenant)
     model = _artifact(records, tenant, "model_id", "models", body.model_id)
     arch = parse_arch(model.architecture)
     in_features = arch.in_features if arch.image_shape is None else None
@@ -134,6 +161,7 @@ def job_public(record: JobRecord) -> JobPublic:
         audit_dataset_id=request["audit_dataset_id"], eval_dataset_id=request.get("eval_dataset_id"),
         spec=record.spec, created_at=record.created_at, updated_at=record.updated_at,
         started_at=record.started_at, finished_at=record.finished_at, links=links,
+        notifications=[NotificationPublic.model_validate(n.model_dump()) for n in record.notifications],
     )
 
 
@@ -272,6 +300,7 @@ def cancel_job(
         cancel_rq_job(redis, job_id)
     except RedisError as exc:
         log.warning("could not reach RQ to cancel job %s: %s", job_id, exc)
+    notify_terminal(records, redis, settings, record)  # a queued job ended here; the reconciler delivers
     return record
 
 
