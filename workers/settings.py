@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["DEFAULT_REDIS_URL", "DEFAULT_STORE", "ServiceSettings", "get_settings", "url_with_password"]
@@ -26,7 +26,7 @@ class ServiceSettings(BaseSettings):
     """Configuration of ``softunlearn serve`` and ``softunlearn worker``."""
 
     model_config = SettingsConfigDict(env_prefix="SOFTUNLEARN_", populate_by_name=True, extra="ignore",
-                                      env_ignore_empty=True)
+                                      env_ignore_empty=True, hide_input_in_errors=True)  # secrets
 
     redis_url: str = Field(default=DEFAULT_REDIS_URL,
                            validation_alias=AliasChoices("REDIS_URL", "redis_url"))
@@ -152,6 +152,8 @@ class ServiceSettings(BaseSettings):
     metadata), multicast, reserved and unspecified addresses stay refused."""
     webhook_allowed_hosts: str = ""
     """Comma-separated hosts a notify URL may name: exact names or ``*.suffix``; empty: any host."""
+    webhook_ca_bundle: Path | None = None
+    """PEM file of the CAs that https receivers' certificates must chain to (default: certifi's)."""
     webhook_timeout_s: float = Field(default=5.0, gt=0, le=60)
     """Connect, write and read timeout of one delivery attempt."""
     webhook_retry_for_s: float = Field(default=86400.0, ge=0)
@@ -161,12 +163,15 @@ class ServiceSettings(BaseSettings):
     webhook_retry_max_s: float = Field(default=3600.0, gt=0)
     """Longest wait between two retries."""
 
-    @model_validator(mode="after")
-    def _check_webhook_secrets(self) -> ServiceSettings:
-        from workers.notify.keys import check_secret_settings
+    @field_validator("webhook_secrets", "webhook_master_secret")
+    @classmethod
+    def _check_webhook_secret(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        from workers.notify.keys import check_master_secret, parse_secrets
 
-        check_secret_settings(self)
-        return self
+        if value is not None:
+            check = parse_secrets if info.field_name == "webhook_secrets" else check_master_secret
+            check(value.get_secret_value())
+        return value
 
     def spec_caps(self) -> dict[str, float]:
         """Each capped spec field (dotted path) with the operator's cap."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import random
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -148,15 +149,18 @@ def attempt_delivery(url: str, msg_id: str, body: bytes, secrets: list[str], set
         return AttemptResult(None, f"refused: {exc}"[:300], False, retryable=unresolved)
     headers = {"host": target.host_header, "content-type": "application/json", "user-agent": USER_AGENT,
                **signed_headers(secrets, msg_id, body)}
-    extensions = {"sni_hostname": target.server_name} if url.startswith("https:") else {}
+    extensions = {"sni_hostname": target.server_name} if target.url.startswith("https:") else {}
     try:
-        with httpx.Client(timeout=settings.webhook_timeout_s, follow_redirects=False,
-                          trust_env=False) as client:
+        verify: ssl.SSLContext | bool = True
+        if settings.webhook_ca_bundle is not None:
+            verify = ssl.create_default_context(cafile=str(settings.webhook_ca_bundle))
+        with httpx.Client(timeout=settings.webhook_timeout_s, follow_redirects=False, trust_env=False,
+                          verify=verify) as client:
             request = client.build_request("POST", target.url, content=body, headers=headers,
                                            extensions=extensions)
             response = client.send(request, stream=True)
             response.close()  # the receiver's body is never read: it may be anything, of any size
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, OSError, ValueError) as exc:  # OSError/ValueError: sockets, header encoding
         return AttemptResult(None, _short(exc), False, retryable=True)
     code = response.status_code
     if 200 <= code < 300:

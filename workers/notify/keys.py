@@ -19,7 +19,7 @@ from workers.notify.signing import SECRET_PREFIX, secret_bytes
 if TYPE_CHECKING:
     from workers.settings import ServiceSettings
 
-__all__ = ["MIN_MASTER_LENGTH", "check_secret_settings", "parse_secrets", "tenant_secrets"]
+__all__ = ["MIN_MASTER_LENGTH", "NOT_CONFIGURED", "check_master_secret", "parse_secrets", "tenant_secrets"]
 
 MIN_MASTER_LENGTH = 32
 _DERIVATION_LABEL = b"softunlearn-webhook:"
@@ -48,16 +48,13 @@ def parse_secrets(value: str) -> dict[str, list[str]]:
     return found
 
 
-def check_secret_settings(settings: ServiceSettings) -> None:
-    """Refuse malformed webhook secret settings at start-up.
+def check_master_secret(value: str) -> None:
+    """Refuse a master secret too short to derive secrets from.
 
     Raises:
-        ValueError: a malformed pair, or a master secret shorter than 32 characters.
+        ValueError: fewer than 32 characters.
     """
-    if settings.webhook_secrets is not None:
-        parse_secrets(settings.webhook_secrets.get_secret_value())
-    master = settings.webhook_master_secret
-    if master is not None and len(master.get_secret_value()) < MIN_MASTER_LENGTH:
+    if len(value) < MIN_MASTER_LENGTH:
         raise ValueError(f"SOFTUNLEARN_WEBHOOK_MASTER_SECRET must have at least {MIN_MASTER_LENGTH} "
                          "characters")
 

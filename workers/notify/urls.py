@@ -110,6 +110,8 @@ def _checked_parts(url: str, policy: UrlPolicy) -> SplitResult:
         raise UrlRefused("credentials in the URL (user:password@) are not allowed")
     if not parts.hostname:
         raise UrlRefused("the URL has no host")
+    if not parts.hostname.isascii():
+        raise UrlRefused("the host has non-ASCII characters; write it in its punycode (xn--) form")
     if port == 0:
         raise UrlRefused("port 0 is not allowed")
     if not policy.host_allowed(parts.hostname.rstrip(".")):

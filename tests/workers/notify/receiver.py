@@ -1,4 +1,5 @@
-"""A webhook receiver for the tests, run as its own process: ``python receiver.py SECRET LOG``.
+"""A webhook receiver for the tests, run as its own process: ``python receiver.py SECRET LOG
+[CERT KEY]`` (with CERT and KEY it serves https).
 
 It listens on a free port of 127.0.0.1 (printed as the first line of stdout), verifies each
 POST's Standard Webhooks signature with SECRET by plain ``hmac`` (independently of
@@ -13,6 +14,7 @@ import base64
 import hashlib
 import hmac
 import json
+import ssl
 import sys
 import threading
 import time
@@ -72,6 +74,10 @@ def main() -> None:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    if len(sys.argv) > 4:  # https: certificate and key files
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(sys.argv[3], sys.argv[4])
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     print(server.server_address[1], flush=True)
     server.serve_forever()
 

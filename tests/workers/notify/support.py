@@ -51,10 +51,12 @@ class Receiver:
 
 
 @contextmanager
-def receiver(log: Path, secret: str = SECRET) -> Iterator[Receiver]:
-    """Start the receiver process; stopped afterwards."""
+def receiver(log: Path, secret: str = SECRET, tls: tuple[Path, Path] | None = None) -> Iterator[Receiver]:
+    """Start the receiver process (https with ``tls``: certificate and key files); stopped afterwards."""
     script = Path(__file__).with_name("receiver.py")
-    process = subprocess.Popen([sys.executable, str(script), secret, str(log)], stdout=subprocess.PIPE)
+    extra = [str(p) for p in tls] if tls else []
+    process = subprocess.Popen([sys.executable, str(script), secret, str(log), *extra],
+                               stdout=subprocess.PIPE)
     try:
         assert process.stdout is not None
         port = int(process.stdout.readline())

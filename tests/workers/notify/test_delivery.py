@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import threading
 import time
 import uuid
@@ -149,3 +151,32 @@ def test_concurrent_passes_make_each_attempt_once(hooks: Receiver, rig: tuple[Re
         thread.join()
     assert len(hooks.received(path)) == 1
     assert hooks.received(path)[0]["event"]["data"]["target_met"] is None  # no report stored here
+
+
+def self_signed(directory: Path, name: str) -> tuple[Path, Path]:
+    """A certificate for DNS name ``name`` and its key (openssl CLI)."""
+    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    f"/CN={name}", "-addext", f"subjectAltName=DNS:{name}", "-keyout", str(key),
+                    "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_https_connects_to_the_checked_address_and_checks_the_certificate_by_name(
+        tmp_path: Path, rig: tuple[Records, Redis, Any]) -> None:
+    records, redis, make = rig
+    cert, key = self_signed(tmp_path, "localhost")
+    with receiver(tmp_path / "tls.jsonl", tls=(cert, key)) as tls:
+        good = finished_job(records, f"https://localhost:{tls.port}/ok/tls")
+        notify_terminal(records, redis, make(webhook_ca_bundle=cert), good, deliver_now=True)
+        [got] = tls.received("/ok/tls")
+        assert got["valid"] and got["host"] == f"localhost:{tls.port}"  # pinned to 127.0.0.1, named localhost
+        # A CA bundle that does not vouch for this certificate: the attempt fails the TLS check.
+        other, _ = self_signed(tmp_path, "elsewhere.example")
+        bad = finished_job(records, f"https://localhost:{tls.port}/ok/untrusted")
+        notify_terminal(records, redis, make(webhook_ca_bundle=other, webhook_retry_for_s=0), bad,
+                        deliver_now=True)
+        assert tls.received("/ok/untrusted") == []
+        [attempt] = (records.get_job("acme", bad.id) or bad).notifications
+        assert attempt.status_code is None and "CERTIFICATE_VERIFY_FAILED" in (attempt.error or ""), attempt

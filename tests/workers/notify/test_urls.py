@@ -40,6 +40,7 @@ LOCAL = UrlPolicy(allow_http=True, allow_private=True)
     ("https:///path", DEFAULT, "no host"),
     ("https://exa mple.com/", DEFAULT, "whitespace"),
     ("https://nonexistent.invalid/", DEFAULT, "does not resolve"),
+    ("https://bücher.example/", DEFAULT, "punycode"),
     ("https://93.184.215.14/", UrlPolicy(allowed_hosts=("hooks.example.com",)), "allow-list"),
     ("https://evilexample.com/", UrlPolicy(allowed_hosts=("*.example.com",)), "allow-list"),
 ])
