@@ -1,5 +1,6 @@
 """Delivery from the Redis outbox to a real receiver process: retries under one webhook-id,
-410 stops, the retry window, the policy re-checked at delivery, one claim per attempt."""
+410 stops, the retry window, the policy re-checked at delivery, one claim per attempt, https
+pinned to the checked address, and the event of a job the reconciler fails."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ from workers.notify.dispatch import (
     notify_terminal,
     outbox_key,
 )
-from workers.queue import connect
+from workers.queue import connect, enqueue_correction
+from workers.reconcile import reconcile_all
 from workers.settings import ServiceSettings
 
 FAST_RETRIES = {"webhook_retry_min_s": 0.1, "webhook_retry_max_s": 0.3}
@@ -57,12 +59,14 @@ def rig(tmp_path: Path) -> Iterator[tuple[Records, Redis, Any]]:
     flush_test_db()
 
 
-def finished_job(records: Records, url: str, status: str = "failed") -> JobRecord:
+def finished_job(records: Records, url: str, status: str = "failed", queue: str = "cpu") -> JobRecord:
+    """A manifest (terminal unless ``status`` is queued) of a job that names ``url`` to notify."""
     now = utcnow()
-    record = JobRecord(id=new_id(), tenant="acme", status=status,  # type: ignore[arg-type]
-                       error=JobError(code="infeasible", message="no weights meet the target") if status ==
-                       "failed" else None, request={"model_id": new_id(), "notify": {"url": url}}, spec={},
-                       queue="cpu", created_at=now, updated_at=now, finished_at=now, request_hash="x")
+    error = JobError(code="infeasible", message="no weights meet the target") if status == "failed" else None
+    record = JobRecord(id=new_id(), tenant="acme", status=status, error=error,  # type: ignore[arg-type]
+                       request={"model_id": new_id(), "notify": {"url": url}}, spec={}, queue=queue,
+                       created_at=now, updated_at=now, enqueued_at=now, request_hash="x",
+                       finished_at=None if status == "queued" else now)
     assert records.create_job(record)
     return record
 
@@ -180,3 +184,18 @@ def test_https_connects_to_the_checked_address_and_checks_the_certificate_by_nam
         assert tls.received("/ok/untrusted") == []
         [attempt] = (records.get_job("acme", bad.id) or bad).notifications
         assert attempt.status_code is None and "CERTIFICATE_VERIFY_FAILED" in (attempt.error or ""), attempt
+
+
+def test_a_job_the_reconciler_fails_notifies(hooks: Receiver, rig: tuple[Records, Redis, Any]) -> None:
+    records, redis, make = rig
+    settings = make(no_worker_wait_s=0.0)
+    path = f"/ok/{uuid.uuid4().hex}"
+    queued = finished_job(records, hooks.url(path), status="queued", queue="gpu")
+    enqueue_correction(redis, settings, "acme", queued.id, "gpu")  # a queue no worker listens on
+    reconcile_all(records, redis, settings)
+    assert (records.get_job("acme", queued.id) or queued).status == "failed"
+    assert hooks.received(path) == [], "the reconciler queues the event; its delivery pass sends it"
+    deliver_due(records, redis, settings)
+    [got] = hooks.received(path)
+    assert got["valid"] and got["event"]["type"] == "job.failed"
+    assert got["event"]["data"]["error"]["code"] == "no_worker"
