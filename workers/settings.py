@@ -26,7 +26,7 @@ class ServiceSettings(BaseSettings):
     """Configuration of ``softunlearn serve`` and ``softunlearn worker``."""
 
     model_config = SettingsConfigDict(env_prefix="SOFTUNLEARN_", populate_by_name=True, extra="ignore",
-                                      env_ignore_empty=True, hide_input_in_errors=True)  # secrets
+                                      env_ignore_empty=True, hide_input_in_errors=True)  # never echo secrets
 
     redis_url: str = Field(default=DEFAULT_REDIS_URL,
                            validation_alias=AliasChoices("REDIS_URL", "redis_url"))
