@@ -262,14 +262,19 @@ def notify_terminal(records: Records, redis: Redis | None, settings: ServiceSett
 
 def deliver_due(records: Records, redis: Redis, settings: ServiceSettings,
                 limit: int = MAX_DELIVERIES_PER_PASS) -> int:
-    """Make the attempts that are due (at most ``limit``); returns how many were made.
+    """Make the attempts that are due (at most ``limit``, and no new one once a reconcile interval
+    or one attempt timeout, whichever is longer, has passed: slow receivers must not hold up the
+    reconciler); returns how many were made.
 
     Raises:
         redis.exceptions.RedisError: Redis is unreachable.
     """
+    started, budget_s = time.monotonic(), max(settings.reconcile_interval_s, settings.webhook_timeout_s)
     due = redis.zrangebyscore(outbox_key(settings), "-inf", repr(time.time()), start=0, num=limit)
     made = 0
     for raw in due:
+        if time.monotonic() - started > budget_s:
+            break  # the rest stay due for the next pass
         member = raw.decode() if isinstance(raw, bytes) else str(raw)
         tenant, _, job_id = member.partition("/")
         if not _claim(redis, settings, member):
