@@ -21,7 +21,7 @@ from app.job_collector import JobMetricsCollector
 from app.limits import RequestLimitsMiddleware
 from app.metrics import Metrics, MetricsMiddleware
 from app.quotas import RateLimiter
-from app.routes import artifacts, health, jobs, version
+from app.routes import artifacts, health, jobs, version, webhooks
 from app.routes.contract import operation_id, with_report_schema
 from app.routes.problems import as_problem_json
 from app.security import KeyRing
@@ -83,7 +83,7 @@ def create_app(settings: ServiceSettings | None = None, *, reconcile: bool = Tru
     app.openapi = openapi  # type: ignore[method-assign]
     install_error_handlers(app)
     install_docs(app)
-    for router in (health.router, version.router, artifacts.router, jobs.router):
+    for router in (health.router, version.router, artifacts.router, jobs.router, webhooks.router):
         app.include_router(router)
     app.add_middleware(RequestLimitsMiddleware, settings=settings)
     app.add_middleware(MetricsMiddleware, metrics=services.metrics)

@@ -35,9 +35,12 @@ __all__ = [
     "JobPublic",
     "ModelList",
     "ModelPublic",
+    "NotificationPublic",
+    "NotifyConfig",
     "Problem",
     "Readiness",
     "VersionPublic",
+    "WebhookSecret",
 ]
 
 ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
@@ -105,6 +108,15 @@ class DatasetPublic(BaseModel):
     created_at: datetime
 
 
+class NotifyConfig(BaseModel):
+    """Where to POST the job's signed webhook event when it ends (docs/SERVICE.md, Webhooks)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(min_length=1, max_length=2048, examples=["https://hooks.example.com/softunlearn"],
+                     description="https by default; the operator's policy decides which hosts may be called.")
+
+
 class JobCreate(BaseModel):
     """A correction job: which model and data, and what to correct."""
 
@@ -134,6 +146,7 @@ class JobCreate(BaseModel):
     mlflow: MlflowConfig | None = Field(default=None, description=(
         "Hand the results to MLflow on success (run, artifacts, a new registered model version); "
         "parts left out come from the tenant's setting."))
+    notify: NotifyConfig | None = Field(default=None, description="A webhook for the job's terminal state.")
 
     @model_validator(mode="before")
     @classmethod
@@ -170,6 +183,25 @@ class HandoffPublic(BaseModel):
     model_version: str | None = Field(default=None, description="The version this job registered.")
     warning: HandoffWarningPublic | None = None
     finished_at: datetime | None = None
+class NotificationPublic(BaseModel):
+    """One delivery attempt of the job's webhook event."""
+
+    event_id: str = Field(description="The webhook-id header (the same for every attempt of one event).")
+    type: str = Field(examples=["job.succeeded"])
+    url: str = Field(description="The notify URL without its query string.")
+    attempt: int
+    at: datetime
+    status_code: int | None = Field(default=None, description="The receiver's HTTP status; null: no answer.")
+    error: str | None = None
+    delivered: bool
+    next_attempt_at: datetime | None = Field(default=None, description="When the next retry is due; null: "
+                                             "no more attempts.")
+
+
+class WebhookSecret(BaseModel):
+    """The secret that signs this tenant's webhooks (Standard Webhooks, ``whsec_`` + base64)."""
+
+    secret: str = Field(examples=["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"])
 
 
 class JobPublic(BaseModel):
@@ -197,6 +229,8 @@ class JobPublic(BaseModel):
     links: dict[str, str]
     handoffs: dict[str, HandoffPublic] = Field(default_factory=dict, description=(
         "Hand-off outcomes by target (``mlflow``), once the job has succeeded."))
+    notifications: list[NotificationPublic] = Field(
+        default_factory=list, description="Webhook delivery attempts (notify.url), the latest last.")
 
 
 class FrontierPublic(BaseModel):

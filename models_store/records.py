@@ -38,6 +38,7 @@ __all__ = [
     "JobPage",
     "JobRecord",
     "JobStatus",
+    "NotificationAttempt",
     "Records",
     "TenantUsage",
     "request_digest",
@@ -105,6 +106,19 @@ class Handoff(BaseModel):
     model_version: str | None = None
     warning: HandoffWarning | None = None
     finished_at: datetime | None = None
+class NotificationAttempt(BaseModel):
+    """One delivery attempt of a job's webhook event (workers/notify/dispatch.py)."""
+
+    event_id: str = Field(description="The webhook-id header: the same for every attempt of one event.")
+    type: str = Field(description="job.succeeded, job.failed or job.canceled.")
+    url: str = Field(description="The notify URL without its query string.")
+    attempt: int
+    at: datetime
+    status_code: int | None = Field(default=None, description="The receiver's HTTP status; null: no answer.")
+    error: str | None = Field(default=None, description="Why the attempt failed, briefly.")
+    delivered: bool = False
+    next_attempt_at: datetime | None = Field(default=None, description="When the next retry is due; null: "
+                                             "no more attempts (delivered, refused or given up).")
 
 
 class JobRecord(BaseModel):
@@ -136,6 +150,8 @@ class JobRecord(BaseModel):
     request_id: str | None = Field(
         default=None, description="X-Request-ID of the POST that created the job (in its log lines).")
     handoffs: dict[str, Handoff] = Field(default_factory=dict, description="Hand-off outcomes (mlflow).")
+    notifications: list[NotificationAttempt] = Field(
+        default_factory=list, description="Webhook delivery attempts, the latest last (capped).")
 
     @property
     def terminal(self) -> bool:

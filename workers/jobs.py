@@ -25,6 +25,8 @@ from models_store import open_store
 from models_store.records import ArtifactRecord, JobError, JobRecord, Records, utcnow
 from workers import job_events, lease
 from workers.handoff.mlflow import hand_off_mlflow
+from workers.notify.dispatch import notify_terminal
+from workers.notify.events import notify_url
 from workers.redact import redact_paths
 from workers.settings import ServiceSettings, get_settings
 
@@ -184,6 +186,18 @@ def _finish(records: Records, record: JobRecord, status: str, error: JobError | 
         job_events.ended(ended, timings)
     if status != "succeeded":
         records.store.delete_prefix(records.output_prefix(record.tenant, record.id))
+    _notify(records, ended)
+
+
+def _notify(records: Records, record: JobRecord) -> None:
+    """The webhook of a terminal job: queued in Redis and attempted once here (bounded by
+    ``webhook_timeout_s``); the API's reconciler makes any retries."""
+    if not record.terminal or notify_url(record) is None:
+        return
+    from workers.queue import connect
+
+    settings = get_settings()
+    notify_terminal(records, connect(settings), settings, record, deliver_now=True)
 
 
 @job_events.in_job_context
@@ -199,6 +213,7 @@ def run_correction_job(tenant: str, job_id: str) -> dict[str, str]:
     records = Records(open_store(settings.store))
     record, claimed = lease.claim(records, tenant, job_id, lambda: _Claim(settings.job_lease_s))
     if not claimed:
+        _notify(records, record)  # canceled at claim, or already finished: idempotent
         return {"job_id": job_id, "status": record.status}
     job_events.started(record, _device or settings.device)
     try:

@@ -19,6 +19,9 @@ It runs on read (``GET /v1/jobs/{id}``) and periodically in the API process; the
 rule only in the periodic pass (it asks RQ's worker registry once per pass). A worker is live
 while RQ's key of it exists: each heartbeat renews its TTL, so a worker killed with ``kill -9``
 counts as live until its TTL ends (``worker_ttl`` + 60 s: 120 s for ``softunlearn worker``).
+
+Each terminal transition made here queues the job's webhook (workers/notify/); each periodic pass
+also makes the webhook attempts that are due.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from rq.serializers import JSONSerializer
 
 from models_store.records import JobError, JobRecord, Records, utcnow
 from workers import job_events
+from workers.notify.dispatch import deliver_due, notify_terminal
 from workers.queue import (
     QUEUE_KINDS,
     RQState,
@@ -140,6 +144,7 @@ def reconcile_job(
     if updated.status in ("failed", "canceled") and updated.status != record.status:
         records.store.delete_prefix(records.output_prefix(record.tenant, record.id))
         job_events.ended(updated, redis=connection, prefix=settings.queue_prefix)
+        notify_terminal(records, connection, settings, updated)
     return updated
 
 
@@ -200,6 +205,7 @@ def fail_if_no_worker(records: Records, connection: Redis, settings: ServiceSett
         job_events.ended(updated, redis=connection, prefix=settings.queue_prefix)
         with contextlib.suppress(NoSuchJobError):
             Job.fetch(record.id, connection=connection, serializer=JSONSerializer).delete()
+        notify_terminal(records, connection, settings, updated)
     return updated
 
 
@@ -245,8 +251,15 @@ class Reconciler(threading.Thread):
             except RedisError as exc:
                 log.warning("reconciler: Redis unavailable (%s); retrying later", exc,
                             extra={"event": "redis_unavailable"})
+                continue
             except Exception:
                 log.exception("reconciler pass failed")
+            try:
+                deliver_due(self._records, self._connection, self._settings)
+            except RedisError as exc:
+                log.warning("reconciler: webhooks not delivered, Redis unavailable (%s)", exc)
+            except Exception:
+                log.exception("webhook deliveries failed")
 
     def stop(self) -> None:
         """Ask the loop to end and wait for it."""

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from workers.handoff.config import MlflowConfig
@@ -28,7 +28,7 @@ class ServiceSettings(BaseSettings):
     """Configuration of ``softunlearn serve`` and ``softunlearn worker``."""
 
     model_config = SettingsConfigDict(env_prefix="SOFTUNLEARN_", populate_by_name=True, extra="ignore",
-                                      env_ignore_empty=True)
+                                      env_ignore_empty=True, hide_input_in_errors=True)  # never echo secrets
 
     redis_url: str = Field(default=DEFAULT_REDIS_URL,
                            validation_alias=AliasChoices("REDIS_URL", "redis_url"))
@@ -161,6 +161,40 @@ class ServiceSettings(BaseSettings):
     def mlflow_allowed_tracking_uris_list(self) -> list[str]:
         """:attr:`mlflow_allowed_tracking_uris` as a list."""
         return [uri.strip() for uri in self.mlflow_allowed_tracking_uris.split(",") if uri.strip()]
+
+    # --- signed webhooks (workers/notify/) ---
+    webhook_secrets: SecretStr | None = None
+    """Comma-separated ``tenant:whsec_...`` pairs; a tenant may be listed more than once (rotation:
+    every listed secret signs, the first is the one ``GET /v1/webhooks/secret`` returns)."""
+    webhook_master_secret: SecretStr | None = None
+    """Derives a secret for every tenant (HMAC-SHA256 of the tenant name), after any listed ones."""
+    webhook_allow_http: bool = False
+    """Allow ``http://`` notify URLs (default: ``https://`` only)."""
+    webhook_allow_private: bool = False
+    """Allow loopback, private (RFC 1918, unique-local) and shared addresses; link-local (cloud
+    metadata), multicast, reserved and unspecified addresses stay refused."""
+    webhook_allowed_hosts: str = ""
+    """Comma-separated hosts a notify URL may name: exact names or ``*.suffix``; empty: any host."""
+    webhook_ca_bundle: Path | None = None
+    """PEM file of the CAs that https receivers' certificates must chain to (default: certifi's)."""
+    webhook_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    """Connect, write and read timeout of one delivery attempt."""
+    webhook_retry_for_s: float = Field(default=86400.0, ge=0)
+    """Retries of an undelivered event stop once this long has passed since its first attempt."""
+    webhook_retry_min_s: float = Field(default=5.0, gt=0)
+    """Wait before the first retry (doubling per retry, with jitter)."""
+    webhook_retry_max_s: float = Field(default=3600.0, gt=0)
+    """Longest wait between two retries."""
+
+    @field_validator("webhook_secrets", "webhook_master_secret")
+    @classmethod
+    def _check_webhook_secret(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        from workers.notify.keys import check_master_secret, parse_secrets
+
+        if value is not None:
+            check = parse_secrets if info.field_name == "webhook_secrets" else check_master_secret
+            check(value.get_secret_value())
+        return value
 
     def spec_caps(self) -> dict[str, float]:
         """Each capped spec field (dotted path) with the operator's cap."""

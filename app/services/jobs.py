@@ -23,6 +23,7 @@ from app.schemas import (
     JobErrorPublic,
     JobList,
     JobPublic,
+    NotificationPublic,
 )
 from models_store import ArtifactRecord, JobRecord, Records
 from models_store.keys import new_id
@@ -33,6 +34,9 @@ from workers.engine.errors import InputError
 from workers.engine.io.architecture import parse_arch
 from workers.engine.io.datasets import parse_schema, resolve_features
 from workers.handoff.config import MlflowRefused, resolve_mlflow_target
+from workers.notify.dispatch import notify_terminal
+from workers.notify.keys import NOT_CONFIGURED, tenant_secrets
+from workers.notify.urls import UrlPolicy, UrlRefused, resolve_target
 from workers.queue import cancel_rq_job, enqueue_correction
 from workers.reconcile import reconcile_job
 from workers.redact import redact_paths
@@ -103,6 +107,21 @@ def _check_caps(spec: CorrectionSpec, settings: ServiceSettings) -> None:
                            errors=[{"field": path, "message": message}])
 
 
+def _check_notify(body: JobCreate, settings: ServiceSettings, tenant: str) -> None:
+    """422 for a notify URL the operator's policy refuses, or when the tenant has no secret."""
+    if body.notify is None:
+        return
+    if not tenant_secrets(settings, tenant):
+        raise ApiError(422, "webhook_not_configured", NOT_CONFIGURED,
+                       errors=[{"field": "notify.url", "message": NOT_CONFIGURED}])
+    try:
+        resolve_target(body.notify.url, UrlPolicy.from_settings(settings))
+    except UrlRefused as exc:
+        message = f"this URL is refused: {exc}"
+        raise ApiError(422, "notify_url_refused", f"notify.url: {message}",
+                       errors=[{"field": "notify.url", "message": message}]) from exc
+
+
 def _validate(records: Records, tenant: str, body: JobCreate, settings: ServiceSettings) -> CorrectionSpec:
     spec = _spec(body)
     _check_caps(spec, settings)
@@ -110,6 +129,7 @@ def _validate(records: Records, tenant: str, body: JobCreate, settings: ServiceS
         resolve_mlflow_target(body.mlflow, tenant, settings)
     except MlflowRefused as exc:
         raise _invalid(exc.field, exc.message) from exc
+    _check_notify(body, settings, tenant)
     model = _artifact(records, tenant, "model_id", "models", body.model_id)
     arch = parse_arch(model.architecture)
     in_features = arch.in_features if arch.image_shape is None else None
@@ -149,6 +169,7 @@ def job_public(record: JobRecord) -> JobPublic:
         spec=record.spec, created_at=record.created_at, updated_at=record.updated_at,
         started_at=record.started_at, finished_at=record.finished_at, links=links,
         handoffs={name: HandoffPublic.model_validate(h.model_dump()) for name, h in record.handoffs.items()},
+        notifications=[NotificationPublic.model_validate(n.model_dump()) for n in record.notifications],
     )
 
 
@@ -291,6 +312,7 @@ def cancel_job(
         cancel_rq_job(redis, job_id)
     except RedisError as exc:
         log.warning("could not reach RQ to cancel job %s: %s", job_id, exc)
+    notify_terminal(records, redis, settings, record)  # a queued job ended here; the reconciler delivers
     return record
 
 

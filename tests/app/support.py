@@ -144,11 +144,13 @@ def worker_env(settings: ServiceSettings, **extra: str) -> dict[str, str]:
 
 
 @contextmanager
-def worker_process(settings: ServiceSettings, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A real forked RQ worker (``python -m workers.cli.main worker``), stopped afterwards."""
+def worker_process(settings: ServiceSettings, log: Path,
+                   **extra_env: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A real forked RQ worker (``python -m workers.cli.main worker``), stopped afterwards;
+    ``extra_env`` adds environment variables (e.g. settings ``worker_env`` does not pass)."""
     with open(log, "wb") as handle:
         process = subprocess.Popen([sys.executable, "-m", "workers.cli.main", "worker"],
-                                   env=worker_env(settings), cwd=ROOT, stdout=handle,
+                                   env=worker_env(settings, **extra_env), cwd=ROOT, stdout=handle,
                                    stderr=subprocess.STDOUT)
         try:
             yield process
