@@ -190,13 +190,20 @@ def test_the_gpu_target_exposes_the_driver_to_cuda(stages: list[Stage]) -> None:
 
 # --- docker-compose.yml -----------------------------------------------------------------------
 
-_INTERPOLATION = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?::?[?-][^}]*)?\}")
+_INTERPOLATION = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?:(:?[?-])([^}]*))?\}")
 
 
 def interpolate(value: Any, variables: dict[str, str]) -> Any:
-    """Compose's ``${VAR}`` / ``${VAR:?message}`` substitution, on every string in ``value``."""
+    """Compose's ``${VAR}`` / ``${VAR:?message}`` / ``${VAR:-default}`` substitution, on every
+    string in ``value`` (a missing variable without a default is a KeyError)."""
     if isinstance(value, str):
-        return _INTERPOLATION.sub(lambda m: variables[m.group(1)], value)
+        def substitute(match: re.Match[str]) -> str:
+            name, kind, default = match.group(1), match.group(2), match.group(3)
+            if kind in (":-", "-") and not variables.get(name):
+                return default or ""
+            return variables[name]
+
+        return _INTERPOLATION.sub(substitute, value)
     if isinstance(value, list):
         return [interpolate(item, variables) for item in value]
     if isinstance(value, dict):

@@ -191,6 +191,8 @@ class ServiceSettings(BaseSettings):
     def _check_webhook_secret(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
         from workers.notify.keys import check_master_secret, parse_secrets
 
+        if value is not None and not value.get_secret_value():
+            return None  # set but empty (compose's ${VAR:-}) means unset
         if value is not None:
             check = parse_secrets if info.field_name == "webhook_secrets" else check_master_secret
             check(value.get_secret_value())
