@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 
 from app.client import ApiProblem, RetryPolicy, SoftUnlearnClient
+from workers.cli.arguments import add_column_arguments, add_input_files
 from workers.cli.exit_codes import (
     EXIT_BAD_INPUT,
     EXIT_INTERNAL,
@@ -163,18 +164,11 @@ def _add_submit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "same job), and with --wait follow it, download model, report and weights, and gate.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     io = parser.add_argument_group("inputs")
-    io.add_argument("--model", required=True, type=Path, help="checkpoint (.safetensors)")
-    io.add_argument("--arch", required=True, type=Path, help="architecture JSON")
-    io.add_argument("--train", required=True, type=Path, help="training data (Parquet/CSV/safetensors)")
-    io.add_argument("--audit", required=True, type=Path, help="audit data defining the target")
-    io.add_argument("--eval", type=Path, help="held-out data, reported only")
+    add_input_files(io, "Parquet/CSV/safetensors")
     io.add_argument("--spec", required=True, type=Path,
                     help="job JSON without the ids: objective (required), weighting, method, influence, "
                     "evaluation, guard, seed, queue and the service's other job fields")
-    io.add_argument("--schema", type=Path, help="dataset schema JSON (label, sensitive, features)")
-    io.add_argument("--label", help="label column (or take it from --schema)")
-    io.add_argument("--sensitive", help="sensitive column (or take them from --schema)")
-    io.add_argument("--features", help="comma-separated feature columns (default: all others)")
+    add_column_arguments(io)
     parser.add_argument("--queue", choices=("cpu", "gpu"), help="worker queue (default: the service's)")
     parser.add_argument("--idempotency-key", help="use this key instead of the one derived from the "
                         "inputs (e.g. to run the same inputs again as a new job)")

@@ -12,6 +12,7 @@ import traceback
 from pathlib import Path
 from typing import Any, get_args
 
+from workers.cli.arguments import add_column_arguments, add_input_files
 from workers.cli.exit_codes import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, EXIT_TARGET_MISSED
 from workers.cli.gates import METRICS, apply_gates, format_gates, gate_argument
 from workers.engine.config import CorrectionSpec, MethodName, Metric, Scheme, Solver, spec_from_dict
@@ -57,15 +58,8 @@ def _add_correct(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                             "OUT/weights.parquet.",
                             epilog=CORRECT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     io = parser.add_argument_group("inputs")
-    io.add_argument("--model", required=True, type=Path, help="checkpoint (.safetensors)")
-    io.add_argument("--arch", required=True, type=Path, help="architecture JSON")
-    io.add_argument("--train", required=True, type=Path, help="training data (Parquet/CSV)")
-    io.add_argument("--audit", required=True, type=Path, help="audit data defining the target")
-    io.add_argument("--eval", type=Path, help="held-out data, reported only")
-    io.add_argument("--label", help="label column (or take it from --schema)")
-    io.add_argument("--sensitive", help="sensitive column (or the first in --schema)")
-    io.add_argument("--schema", type=Path, help="dataset schema JSON (label, sensitive, features)")
-    io.add_argument("--features", help="comma-separated feature columns (default: all others)")
+    add_input_files(io, "Parquet/CSV/safetensors")
+    add_column_arguments(io)
     io.add_argument("--out", required=True, type=Path, help="output directory")
     target = parser.add_argument_group("target")
     target.add_argument("--objective", choices=get_args(Metric),

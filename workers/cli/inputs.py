@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from workers.cli.arguments import missing_columns, overlay_columns
 from workers.engine.io.datasets import DatasetSchema, load_schema, parse_schema
 
 __all__ = ["schema_from_args"]
@@ -18,16 +19,8 @@ def schema_from_args(args: argparse.Namespace) -> DatasetSchema:
     Raises:
         DatasetError: the combination does not name a label and a sensitive column.
     """
-    base = load_schema(args.schema).to_dict() if args.schema else {}
-    if args.label:
-        base["label"] = args.label
-    if args.sensitive:
-        listed = list(base.get("sensitive", []))
-        base["sensitive"] = listed if args.sensitive in listed else [args.sensitive, *listed]
-    if args.features:
-        base["features"] = [c.strip() for c in args.features.split(",") if c.strip()]
-    if "label" not in base or not base.get("sensitive"):
-        missing = [flag for flag, key in (("--label", "label"), ("--sensitive", "sensitive"))
-                   if not base.get(key)]
-        raise argparse.ArgumentTypeError(f"name {' and '.join(missing)} (or pass --schema)")
+    base = overlay_columns(load_schema(args.schema).to_dict() if args.schema else {}, args)
+    missing = missing_columns(base)
+    if missing:
+        raise argparse.ArgumentTypeError(missing)
     return parse_schema(base)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from app.client import JobCanceled, JobFailed, SoftUnlearnClient, submission_key
+from workers.cli.arguments import missing_columns, overlay_columns
 from workers.cli.exit_codes import EXIT_JOB_ENDED, EXIT_NOT_FINISHED, EXIT_OK, EXIT_TARGET_MISSED
 from workers.cli.gates import Gate, apply_gates
 from workers.cli.progress_output import Output
@@ -54,18 +55,10 @@ def _json_object(path: Path, what: str) -> dict[str, Any]:
 
 
 def _schema(args: argparse.Namespace) -> dict[str, Any]:
-    schema = _json_object(args.schema, "--schema") if args.schema else {}
-    if args.label:
-        schema["label"] = args.label
-    if args.sensitive:
-        listed = list(schema.get("sensitive", []))
-        schema["sensitive"] = listed if args.sensitive in listed else [args.sensitive, *listed]
-    if args.features:
-        schema["features"] = [c.strip() for c in args.features.split(",") if c.strip()]
-    missing = [flag for flag, key in (("--label", "label"), ("--sensitive", "sensitive"))
-               if not schema.get(key)]
+    schema = overlay_columns(_json_object(args.schema, "--schema") if args.schema else {}, args)
+    missing = missing_columns(schema)
     if missing:
-        raise InputProblem(f"name {' and '.join(missing)} (or pass --schema)")
+        raise InputProblem(missing)
     return schema
 
 
