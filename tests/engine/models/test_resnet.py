@@ -176,7 +176,7 @@ def _check_output(root: Path, out: Path) -> tuple[dict[str, torch.Tensor], dict[
     return before, after
 
 
-@pytest.mark.parametrize("extra", [[], ["--scope", "full", "--solver", "cg"]])
+@pytest.mark.parametrize("extra", [[], ["--scope", "full", "--solver", "cg", "--no-frontier"]])
 def test_a_resnet_is_corrected_and_runs_in_plain_torch(resnet_example: Path, tmp_path: Path,
                                                        extra: list[str]) -> None:
     out = tmp_path / "out"
