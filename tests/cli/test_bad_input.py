@@ -108,3 +108,29 @@ def test_bad_spec_values_name_the_field(example_copy: ExampleInfo, tmp_path: Pat
                                         capsys: pytest.CaptureFixture[str]) -> None:
     err = _run_fails(example_copy, tmp_path / "out", capsys, "--reduction", "1.5")
     assert "objective.reduction must be in (0, 1]" in err
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--model", "nope.safetensors", "--arch", "a.json", "--train", "t.parquet", "--audit", "v.parquet",
+      "--objective", "demographic_parity", "--label", "y", "--sensitive", "s"],
+     "--model nope.safetensors is not a file"),
+    (["--objective", "demographic_parity"], "name --label and --sensitive"),
+    (["--label", "y", "--sensitive", "s"], "no objective"),
+])
+def test_bad_input_is_refused_before_the_engine_is_imported(tmp_path: Path, args: list[str],
+                                                            message: str) -> None:
+    """Refusing a typo takes a fraction of a second: no torch, pyarrow or pandas import first."""
+    import subprocess
+    import sys
+
+    for name in ("m.safetensors", "a.json", "t.parquet", "v.parquet"):
+        (tmp_path / name).write_bytes(b"")
+    files = ["--model", "m.safetensors", "--arch", "a.json", "--train", "t.parquet", "--audit", "v.parquet"]
+    argv = ["correct", *(files if "--model" not in args else []), *args, "--out", "out"]
+    probe = ("import sys; from workers.cli.main import main; code = main(sys.argv[1:]); "
+             "heavy = [m for m in ('torch', 'pyarrow', 'pandas', 'scipy') if m in sys.modules]; "
+             "print(code, heavy)")
+    done = subprocess.run([sys.executable, "-c", probe, *argv], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert done.stdout.strip() == "2 []", done.stdout + done.stderr
+    assert message in done.stderr and not (tmp_path / "out").exists()

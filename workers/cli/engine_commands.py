@@ -12,7 +12,7 @@ import traceback
 from pathlib import Path
 from typing import Any, get_args
 
-from workers.cli.arguments import add_column_arguments, add_input_files
+from workers.cli.arguments import add_column_arguments, add_input_files, missing_columns, overlay_columns
 from workers.cli.exit_codes import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, EXIT_TARGET_MISSED
 from workers.cli.gates import METRICS, apply_gates, format_gates, gate_argument
 from workers.engine.config import CorrectionSpec, MethodName, Metric, Scheme, Solver, spec_from_dict
@@ -200,7 +200,30 @@ def run_correct(args: argparse.Namespace) -> int:
         return EXIT_INTERNAL
 
 
+_INPUT_FLAGS = ("model", "arch", "train", "audit", "eval", "schema", "spec")
+
+
+def _preflight(args: argparse.Namespace) -> None:
+    """The checks that need no engine, before torch and the data libraries are imported (a
+    second and a half of CPU): every named input is a file, the spec parses and names an
+    objective, the columns name a label and a sensitive attribute.
+
+    Raises:
+        ValueError: what to change.
+    """
+    for flag in _INPUT_FLAGS:
+        path = getattr(args, flag)
+        if path is not None and not path.is_file():
+            raise ValueError(f"--{flag} {path} is not a file")
+    spec_from_args(args)
+    if args.schema is None:
+        missing = missing_columns(overlay_columns({}, args))
+        if missing:
+            raise ValueError(missing)
+
+
 def _correct(args: argparse.Namespace) -> int:
+    _preflight(args)
     from workers.cli.inputs import schema_from_args
     from workers.engine.evaluation.report import format_summary
     from workers.engine.io.architecture import load_arch
