@@ -4,7 +4,8 @@ The outermost middleware: it takes the request id from ``X-Request-ID`` when tha
 printable ASCII characters without spaces (else makes one, uuid4 hex), binds it into the log
 context of everything the request logs (and the job it may create: ``JobRecord.request_id``),
 echoes it on the response as ``X-Request-ID`` and, once the response is sent, logs the method,
-the route template (never the raw path or query string), the status and ``duration_s``. A client
+the route template (never the raw path or query string), the status and ``duration_s``, and
+counts the request in the app's metrics (one measurement serves both). A client
 that went away before an answer is status 499, logged at INFO like any request; a 5xx at WARNING
 (its traceback, if any, is on the error handler's own line).
 """
@@ -17,13 +18,13 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.metrics import CLIENT_CLOSED, Metrics
 from workers import logs
 
 __all__ = ["REQUEST_ID_HEADER", "RequestLogMiddleware"]
 
 log = logging.getLogger("app.access")
 REQUEST_ID_HEADER = "X-Request-ID"
-CLIENT_CLOSED = 499
 
 
 def _request_id(scope: Scope) -> str:
@@ -36,10 +37,10 @@ def _request_id(scope: Scope) -> str:
 
 
 class RequestLogMiddleware:
-    """Binds the request id, echoes it, and logs one access line per request."""
+    """Binds the request id, echoes it, logs one access line per request and counts it."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -64,12 +65,12 @@ class RequestLogMiddleware:
                     status["code"] = 500
                 raise
             finally:
-                self._log(scope, status["code"], time.perf_counter() - started, context)
+                self._record(scope, status["code"], time.perf_counter() - started, context)
 
-    @staticmethod
-    def _log(scope: Scope, code: int, duration: float, context: dict[str, Any]) -> None:
+    def _record(self, scope: Scope, code: int, duration: float, context: dict[str, Any]) -> None:
         route: Any = scope.get("route")
         template = getattr(route, "path", "unmatched")
+        self.metrics.observe_request(scope["method"], template, code, duration)
         level = logging.WARNING if code >= 500 else logging.INFO
         logs.event(log, level, "request", "%s %s %d", scope["method"], template, code, method=scope["method"],
                    route=template, status=code, duration_s=duration, tenant=context.get("tenant"))

@@ -19,7 +19,7 @@ from app.errors import install_error_handlers
 from app.headers import SecurityHeadersMiddleware
 from app.job_collector import JobMetricsCollector
 from app.limits import RequestLimitsMiddleware
-from app.metrics import Metrics, MetricsMiddleware
+from app.metrics import Metrics
 from app.quotas import RateLimiter
 from app.routes import artifacts, health, jobs, version, webhooks
 from app.routes.contract import operation_id, with_report_schema
@@ -86,9 +86,9 @@ def create_app(settings: ServiceSettings | None = None, *, reconcile: bool = Tru
     for router in (health.router, version.router, artifacts.router, jobs.router, webhooks.router):
         app.include_router(router)
     app.add_middleware(RequestLimitsMiddleware, settings=settings)
-    app.add_middleware(MetricsMiddleware, metrics=services.metrics)
     app.add_middleware(SecurityHeadersMiddleware)
-    app.add_middleware(RequestLogMiddleware)  # outermost: every answer carries X-Request-ID
+    # Outermost: every answer carries X-Request-ID, and is logged and counted once.
+    app.add_middleware(RequestLogMiddleware, metrics=services.metrics)
     return app
 
 def app_factory() -> FastAPI:

@@ -4,9 +4,6 @@ process's own (CPU, memory, file descriptors, Python), and the jobs' read from R
 
 from __future__ import annotations
 
-import time
-from typing import Any
-
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -16,9 +13,8 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.registry import Collector
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["Metrics", "MetricsMiddleware"]
+__all__ = ["CLIENT_CLOSED", "Metrics"]
 
 CLIENT_CLOSED = 499
 """Status recorded for a request that ended with no response (the client went away first)."""
@@ -45,6 +41,11 @@ class Metrics:
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
 
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count one HTTP request by method, route template (not raw path) and status."""
+        self.requests.labels(method, route, str(status)).inc()
+        self.latency.labels(method, route).observe(seconds)
+
     def add_collector(self, collector: Collector) -> None:
         """Report ``collector``'s metrics too (the job metrics read from Redis)."""
         self.registry.register(collector)
@@ -52,34 +53,3 @@ class Metrics:
     def render(self) -> bytes:
         """The Prometheus text exposition."""
         return generate_latest(self.registry)
-
-
-class MetricsMiddleware:
-    """Counts requests by method, route template (not raw path) and status."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app, self.metrics = app, metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = {"code": CLIENT_CLOSED}
-
-        async def send_wrapper(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        except BaseException:
-            if status["code"] == CLIENT_CLOSED:
-                status["code"] = 500
-            raise
-        finally:
-            route: Any = scope.get("route")
-            template = getattr(route, "path", "unmatched")
-            self.metrics.requests.labels(scope["method"], template, str(status["code"])).inc()
-            self.metrics.latency.labels(scope["method"], template).observe(time.perf_counter() - started)

@@ -105,13 +105,16 @@ class SoftUnlearnClient:
 
         return self._check(self._retry.call(send, self._on_retry)).json()  # type: ignore[no-any-return]
 
+    def _find(self, route: str, sha256: str) -> list[dict[str, Any]]:
+        return list(self._json("GET", route, params={"sha256": sha256, "limit": 200})["items"])
+
     def find_models(self, sha256: str) -> list[dict[str, Any]]:
         """The tenant's models whose uploaded bytes have digest ``sha256``."""
-        return list(self._json("GET", "/v1/models", params={"sha256": sha256, "limit": 200})["items"])
+        return self._find("/v1/models", sha256)
 
     def find_datasets(self, sha256: str) -> list[dict[str, Any]]:
         """The tenant's datasets whose uploaded bytes have digest ``sha256``."""
-        return list(self._json("GET", "/v1/datasets", params={"sha256": sha256, "limit": 200})["items"])
+        return self._find("/v1/datasets", sha256)
 
     def upload_model(self, path: str | Path, architecture: dict[str, Any],
                      reuse: bool = False) -> dict[str, Any]:
