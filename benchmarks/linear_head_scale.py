@@ -175,6 +175,32 @@ def fit_head(x: np.ndarray, y: np.ndarray, l2: float = 1.0, warm_rows: int = 100
                    "final_gradient_norm": final, "final_gradient_norm_per_row": final / x.shape[0]}
 
 
+# --------------------------------------------------------------------------- the lower bound
+
+
+def gemm_rate(threads: int, width: int = DEFAULT_WIDTH + 1, rows: int = 8192, reps: int = 5) -> float:
+    """This machine's float64 GEMM rate in multiply-adds per second: the best of ``reps``
+    general products [width × rows] @ [rows × width] (numpy's BLAS, ``threads`` threads)."""
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(0)
+    left, right = rng.random((width, rows)), rng.random((rows, width))
+    best = float("inf")
+    with threadpool_limits(limits=threads, user_api="blas"):
+        for _ in range(reps):
+            began = time.perf_counter()
+            np.dot(left, right)
+            best = min(best, time.perf_counter() - began)
+    return rows * width * width / best
+
+
+def gram_lower_bound(n: int, width: int, rate: float) -> float:
+    """Seconds for one float64 Gram matrix Φᵀ diag(c) Φ of n × (width + 1) at ``rate``
+    multiply-adds per second: n·m²/2 multiply-adds (a symmetric product), nothing else."""
+    m = width + 1
+    return n * m * m / 2 / rate
+
+
 # --------------------------------------------------------------------------- one case
 
 
@@ -250,6 +276,8 @@ class Measurement:
     timings: dict[str, float] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
     stderr_tail: list[str] = field(default_factory=list)
+    gram_lower_bound_seconds: float = 0.0
+    """One float64 Gram matrix at this machine's GEMM rate, measured just before the run."""
 
 
 def cli_command(case: Case, out: Path, threads: int) -> list[str]:
@@ -373,6 +401,7 @@ def run_case(case: Case, work: Path, threads: int, cap_gib: float, timeout: floa
                                 preexec_fn=_cap(int(cap_gib * GIB)),
                                 env={**os.environ, "PYTHONPATH": str(REPO)})
         returncode, peak, wall, watch = _wait(proc, stderr, timeout)
+    bound = gram_lower_bound(case.n, case.width, gemm_rate(threads, case.width + 1))
     tail = stderr.read_text(encoding="utf-8", errors="replace").splitlines()[-12:]
     report_path = out / "report.json"
     report = json.loads(report_path.read_text(encoding="utf-8")) if report_path.exists() else {}
@@ -380,7 +409,7 @@ def run_case(case: Case, work: Path, threads: int, cap_gib: float, timeout: floa
     return Measurement(case.n, case.width, returncode, wall, peak, _status(returncode, tail, stage, cap_gib),
                        stage, phase_peak_rss_bytes=watch.phases, peak_virtual_bytes=watch.peak_virtual,
                        rss_timeline=watch.timeline, timings=dict(report.get("timings", {})),
-                       report=_report_summary(report), stderr_tail=tail)
+                       report=_report_summary(report), stderr_tail=tail, gram_lower_bound_seconds=bound)
 
 
 def _report_summary(report: dict[str, Any]) -> dict[str, Any]:
@@ -413,17 +442,25 @@ def _report_seconds(timings: dict[str, float]) -> str:
     return f"{timings['total'] - sum(v for k, v in timings.items() if k != 'total'):.2f}"
 
 
+def _ratio(row: Measurement) -> str:
+    """The influence stage's seconds over the Gram lower bound."""
+    if "influence" not in row.timings or row.gram_lower_bound_seconds <= 0:
+        return ""
+    return f"{row.timings['influence'] / row.gram_lower_bound_seconds:.2f}"
+
+
 def markdown_table(rows: Sequence[Measurement]) -> str:
     """One line per size: exit code, wall s, peak RSS, the report's stage seconds."""
     head = ["n train", "d", "status", "exit", "wall s", "peak RSS GB", "outside stages s",
-            *(f"{s} s" for s in STAGES), "report s", "total s"]
+            *(f"{s} s" for s in STAGES), "report s", "total s", "Gram bound s", "influence / bound"]
     lines = ["| " + " | ".join(head) + " |", "|---|---:|---|---:|" + "---:|" * (len(head) - 4)]
     for row in rows:
         total = row.timings.get("total")
         outside = f"{row.wall_seconds - total:.1f}" if total is not None else ""
         cells = [f"{row.n:,}", str(row.width), row.status, str(row.returncode), f"{row.wall_seconds:.1f}",
                  _gb(row.peak_rss_bytes), outside, *(_seconds(row.timings, s) for s in STAGES),
-                 _report_seconds(row.timings), _seconds(row.timings, "total")]
+                 _report_seconds(row.timings), _seconds(row.timings, "total"),
+                 f"{row.gram_lower_bound_seconds:.2f}", _ratio(row)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

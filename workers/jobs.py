@@ -115,6 +115,7 @@ def _load(records: Records, record: JobRecord, stack: ExitStack) -> CorrectionIn
     from workers.engine.errors import InputError
     from workers.engine.io.architecture import parse_arch
     from workers.engine.io.datasets import parse_schema
+    from workers.engine.io.memory_plan import default_memory_budget
     from workers.engine.pipeline import load_inputs
 
     request = record.request
@@ -132,7 +133,7 @@ def _load(records: Records, record: JobRecord, stack: ExitStack) -> CorrectionIn
     model_path = stack.enter_context(records.store.local_path(records.data_key(model)))
     return load_inputs(model_path, parse_arch(model.architecture), dataset("train_dataset_id"),
                        dataset("audit_dataset_id"), dataset("eval_dataset_id"),
-                       record.spec["objective"].get("sensitive_attribute"))
+                       record.spec["objective"].get("sensitive_attribute"), default_memory_budget())
 
 
 def _pick_device(settings: ServiceSettings) -> str:

@@ -103,6 +103,9 @@ def _add_correct(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (small models on a busy "
                         "machine run fastest with 1)")
+    parser.add_argument("--memory-budget", metavar="SIZE",
+                        help="refuse (exit 2) a job estimated to need more, e.g. 8GiB (default "
+                        "$SOFTUNLEARN_MEMORY_BUDGET, else the memory available)")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     parser.set_defaults(handler=run_correct)
 
@@ -227,6 +230,7 @@ def _correct(args: argparse.Namespace) -> int:
     from workers.cli.inputs import schema_from_args
     from workers.engine.evaluation.report import format_summary
     from workers.engine.io.architecture import load_arch
+    from workers.engine.io.memory_plan import default_memory_budget, parse_bytes
     from workers.engine.models.head_model import pick_device
     from workers.engine.pipeline import load_inputs, run_correction
     from workers.reporting.outputs import write_outputs
@@ -241,8 +245,9 @@ def _correct(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
     sensitive = spec.objective.sensitive_attribute
     arch = load_arch(args.arch)
+    budget = parse_bytes(args.memory_budget) if args.memory_budget else default_memory_budget()
     inputs = load_inputs(args.model, arch, (args.train, schema), (args.audit, schema),
-                         (args.eval, schema) if args.eval else None, sensitive)
+                         (args.eval, schema) if args.eval else None, sensitive, budget)
     result = run_correction(inputs, spec, progress=_progress(args.quiet), device=args.device)
     gates_passed = apply_gates(result.report, args.gate)
     paths = write_outputs(result, args.out)

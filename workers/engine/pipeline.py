@@ -105,6 +105,7 @@ def _setup(inputs: CorrectionInputs, spec: CorrectionSpec, device: torch.device)
              f"{data.reference_column!r}" for data in (inputs.train, inputs.audit, inputs.eval)
              if data is not None and check_reference_logits(model, data) is not None]
     sensitive = spec.objective.sensitive_attribute or next(iter(inputs.train.sensitive))
+    model.keep_design(inputs.audit.features)
     targets = AuditTargets.prepare(model, inputs.audit, spec, sensitive)
     contexts = {name: SplitContext.prepare(model, data, sensitive, spec.objective.privileged_group,
                                            _attacks(spec))
@@ -124,7 +125,7 @@ def _polish_effect_on_eval(setup: _Setup, polish: dict[str, Any]) -> None:
         return
     rows = {}
     for when, model in (("before", setup.model), ("after", setup.model.with_theta(polished))):
-        proba = torch.sigmoid(model.logits(context.data.features)).cpu().numpy()
+        proba = torch.sigmoid(model.head_logits(context.data.features)).cpu().numpy()
         metrics = classification_metrics(proba, context.data.labels, context.groups)
         rows[f"accuracy_{when}"] = metrics["accuracy"]
         rows[f"log_loss_{when}"] = metrics["log_loss"]

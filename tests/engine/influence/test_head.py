@@ -20,6 +20,7 @@ from workers.engine.influence.head import (
     weighted_gradient_sum,
 )
 from workers.engine.io.datasets import load_dataset, parse_schema
+from workers.engine.models.design import DEFAULT_CHUNK, Design
 from workers.engine.objectives.surrogates import GroupGap, MeanLogLoss
 from workers.engine.unlearning.head_steps import apply_step
 
@@ -28,15 +29,19 @@ def _with_bias(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.hstack([x, np.ones((x.shape[0], 1))]))
 
 
+def _design(x: np.ndarray, chunk_size: int = DEFAULT_CHUNK) -> Design:
+    return Design(torch.from_numpy(np.ascontiguousarray(x)), chunk_size)
+
+
 def _ridge(n: int = 300, d: int = 6, seed: int = 0) -> HeadProblem:
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, d))
     y = x @ rng.normal(size=d) + 0.3 * rng.normal(size=n)
-    return HeadProblem(_with_bias(x), torch.from_numpy(y), l2_reg=2.0, loss="squared")
+    return HeadProblem(_design(x), torch.from_numpy(y), l2_reg=2.0, loss="squared")
 
 
 def _fit(problem: HeadProblem, weights: torch.Tensor, start: torch.Tensor | None = None) -> torch.Tensor:
-    theta0 = torch.zeros(problem.design.shape[1], dtype=torch.float64) if start is None else start
+    theta0 = torch.zeros(problem.width, dtype=torch.float64) if start is None else start
     theta, report = fit_head(problem, theta0, weights, tolerance=1e-12, max_steps=100, stage="test")
     assert report.converged
     return theta
@@ -85,7 +90,7 @@ def adult_lr(adult_example: ExampleInfo) -> tuple[HeadProblem, torch.Tensor, Gro
     train = load_dataset(adult_example.out_dir / "train.parquet", schema, "train")
     audit = load_dataset(adult_example.out_dir / "audit.parquet", schema, "audit")
     rows = np.random.default_rng(0).choice(train.n, size=2000, replace=False)
-    problem = HeadProblem(_with_bias(train.features[rows]), torch.from_numpy(train.labels[rows]),
+    problem = HeadProblem(_design(train.features[rows]), torch.from_numpy(train.labels[rows]),
                           l2_reg=1.0)
     theta = _fit(problem, torch.ones(problem.n, dtype=torch.float64))
     audit_design = _with_bias(audit.features)
@@ -141,7 +146,7 @@ def test_tilted_influence_matches_leave_one_out_on_small_data() -> None:
     groups = (rng.random(n) < 0.2).astype(np.int64)
     x[:, 0] += 0.8 * groups
     y = (x @ rng.normal(size=d) + 0.5 * rng.normal(size=n) > 0).astype(np.float64)
-    problem = HeadProblem(_with_bias(x), torch.from_numpy(y), l2_reg=1.0)
+    problem = HeadProblem(_design(x), torch.from_numpy(y), l2_reg=1.0)
     optimum = _fit(problem, torch.ones(n, dtype=torch.float64))
     theta = _unconverged(problem, optimum, seed=3)
     tilt_at(problem, theta, torch.ones(n, dtype=torch.float64))
@@ -161,7 +166,7 @@ def test_tilted_influence_matches_leave_one_out_on_small_data() -> None:
 def test_tilt_makes_the_given_head_the_optimum() -> None:
     problem = _ridge(seed=4)
     ones = torch.ones(problem.n, dtype=torch.float64)
-    theta = torch.linspace(-1, 1, problem.design.shape[1], dtype=torch.float64)
+    theta = torch.linspace(-1, 1, problem.width, dtype=torch.float64)
     tilt_at(problem, theta, ones)
     refit = _fit(problem, ones, start=torch.zeros_like(theta))
     assert torch.allclose(refit, theta, atol=1e-8)
@@ -190,10 +195,11 @@ def test_hessian_is_accumulated_in_chunks_exactly() -> None:
     problem = _ridge(n=1000)
     problem.loss = "logistic"
     problem.labels = (problem.labels > 0).to(torch.float64)
-    theta = torch.linspace(-0.5, 0.5, problem.design.shape[1], dtype=torch.float64)
+    theta = torch.linspace(-0.5, 0.5, problem.width, dtype=torch.float64)
     weights = torch.ones(problem.n, dtype=torch.float64)
-    chunked = HeadProblem(problem.design, problem.labels, problem.l2_reg, chunk_size=64)
-    p = torch.sigmoid(problem.design @ theta)
-    dense = problem.design.T @ ((p * (1 - p)).unsqueeze(1) * problem.design)
+    chunked = HeadProblem(Design(problem.design.features, chunk_size=64), problem.labels, problem.l2_reg)
+    full = problem.design.dense()
+    p = torch.sigmoid(full @ theta)
+    dense = full.T @ ((p * (1 - p)).unsqueeze(1) * full)
     dense += torch.diag(problem.l2_reg * chunked.reg_mask)
     assert torch.allclose(hessian(chunked, theta, weights), dense, atol=1e-10)

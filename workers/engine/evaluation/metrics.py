@@ -112,12 +112,15 @@ class SplitContext:
     privileged: str | None
     attacks: list[AttackConfig]
     frozen: dict[str, np.ndarray | torch.Tensor] = field(default_factory=dict)
+    gaps: dict[str, tuple[torch.Tensor, GroupGap | None]] = field(default_factory=dict)
+    """Surrogate gaps per metric with the design they were built on (reused by head variants)."""
 
     @classmethod
     def prepare(cls, model: HeadModel, data: Dataset, sensitive: str, privileged: str | None,
                 attacks: list[AttackConfig]) -> SplitContext:
         """Craft each attack against the original ``model``."""
         context = cls(data, data.sensitive[sensitive], privileged, attacks)
+        model.keep_design(data.features)
         for config in attacks:
             if config.kind == "reflect_linear":
                 context.frozen[attack_label(config)] = model.theta()
@@ -152,16 +155,26 @@ def _robust_accuracy(model: HeadModel, design: torch.Tensor, context: SplitConte
     return summary, adaptive_correct, frozen_correct
 
 
+def _gap(metric: str, design: torch.Tensor, context: SplitContext) -> GroupGap | None:
+    """The split's gap surrogate of ``metric`` on ``design`` (None where a group has no rows)."""
+    cached = context.gaps.get(metric)
+    if cached is not None and cached[0] is design:
+        return cached[1]
+    try:
+        gap: GroupGap | None = GroupGap.build(metric, design, context.data.labels, context.groups,
+                                              context.privileged, context.data.name)
+    except ValueError:
+        gap = None
+    context.gaps[metric] = (design, gap)
+    return gap
+
+
 def _surrogates(theta: torch.Tensor, design: torch.Tensor, context: SplitContext,
                 ) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
     for metric in ("demographic_parity", "equal_opportunity", "equalized_odds"):
-        try:
-            gap = GroupGap.build(metric, design, context.data.labels, context.groups,
-                                 context.privileged, context.data.name)
-            out[metric] = gap.evaluate(theta)[0]
-        except ValueError:
-            out[metric] = None
+        gap = _gap(metric, design, context)
+        out[metric] = None if gap is None else gap.evaluate(theta)[0]
     return out
 
 
@@ -180,9 +193,9 @@ class SplitEvaluation:
 
 def evaluate_split(model: HeadModel, context: SplitContext) -> SplitEvaluation:
     """Every before/after number for one model on one split."""
-    proba = torch.sigmoid(model.logits(context.data.features)).cpu().numpy()
-    metrics = classification_metrics(proba, context.data.labels, context.groups)
     design = model.design(context.data.features)
+    proba = torch.sigmoid(model.head_logits(context.data.features)).cpu().numpy()
+    metrics = classification_metrics(proba, context.data.labels, context.groups)
     metrics["surrogates"] = _surrogates(model.theta(), design, context)
     evaluation = SplitEvaluation(metrics, proba)
     if context.attacks:

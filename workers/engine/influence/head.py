@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -20,13 +21,17 @@ import torch
 from torch.nn import functional as F
 
 from workers.engine.errors import IllConditionedError, NonFiniteError
+from workers.engine.models.design import Design, GramAccumulator, blas_threads_like_torch
 
 __all__ = [
     "FitReport",
+    "HeadPass",
     "HeadProblem",
     "HessianFactor",
     "factorize",
     "fit_head",
+    "head_pass",
+    "hessian_factor",
     "influences",
     "tilt_at",
     "weighted_gradient_sum",
@@ -42,53 +47,103 @@ MAX_CONDITION = 1e13
 
 @dataclass
 class HeadProblem:
-    """Training data of the head: design matrix Φ (n×m, last column ones) and 0/1 labels."""
+    """Training data of the head: the design Φ (n×m, bias column implicit) and 0/1 labels."""
 
-    design: torch.Tensor
+    design: Design
     labels: torch.Tensor
     l2_reg: float
     damping: float = 0.0
-    chunk_size: int = 8192
     loss: Loss = "logistic"
     tilt: torch.Tensor | None = None
     """g₀ of the tilted objective L(θ; w) − g₀ᵀθ (None: untilted); see :func:`tilt_at`."""
     reg_mask: torch.Tensor = field(init=False)
+    passes: int = field(default=0, init=False)
+    """Passes over the training rows so far (the report's measure of the work done)."""
+    grams: int = field(default=0, init=False)
+    """Gram matrices (Hessians) built so far."""
+    factor_cache: tuple[torch.Tensor, torch.Tensor, HessianFactor] | None = field(default=None, init=False)
+    """The last factorized Hessian with the (θ, w) it was built at (:func:`hessian_factor`)."""
 
     def __post_init__(self) -> None:
-        mask = torch.ones(self.design.shape[1], dtype=torch.float64, device=self.design.device)
+        mask = torch.ones(self.design.width, dtype=torch.float64, device=self.design.device)
         mask[-1] = 0.0
         self.reg_mask = mask
 
     @property
     def n(self) -> int:
         """Number of training rows."""
-        return int(self.design.shape[0])
+        return self.design.n
 
-    def residual(self, rows: slice, theta: torch.Tensor) -> torch.Tensor:
-        """dℓ/dz for the rows: p − y (logistic) or z − y (squared)."""
-        logits = self.design[rows] @ theta
-        prediction = torch.sigmoid(logits) if self.loss == "logistic" else logits
-        return prediction - self.labels[rows]
-
-    def curvature(self, rows: slice, theta: torch.Tensor) -> torch.Tensor:
-        """d²ℓ/dz² for the rows: p(1 − p) (logistic) or 1 (squared)."""
-        logits = self.design[rows] @ theta
-        if self.loss == "squared":
-            return torch.ones_like(logits)
-        p = torch.sigmoid(logits)
-        return p * (1 - p)
-
-    def losses(self, rows: slice, theta: torch.Tensor) -> torch.Tensor:
-        """Per-row loss: log-loss from logits, or ½(z − y)²."""
-        logits = self.design[rows] @ theta
-        if self.loss == "squared":
-            return 0.5 * (logits - self.labels[rows]) ** 2
-        return F.binary_cross_entropy_with_logits(logits, self.labels[rows], reduction="none")
+    @property
+    def width(self) -> int:
+        """Number of head parameters m (features + bias)."""
+        return self.design.width
 
     def chunks(self) -> Iterator[slice]:
-        """Row slices of at most ``chunk_size`` rows."""
-        for start in range(0, self.n, self.chunk_size):
-            yield slice(start, min(start + self.chunk_size, self.n))
+        """Row slices of at most the design's chunk size."""
+        return self.design.chunks()
+
+    def regularizer(self, theta: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """The ridge term's value and gradient, tilt included."""
+        value = 0.5 * self.l2_reg * float((self.reg_mask * theta) @ theta)
+        grad = self.l2_reg * self.reg_mask * theta
+        if self.tilt is not None:
+            value -= float(self.tilt @ theta)
+            grad = grad - self.tilt
+        return value, grad
+
+
+@dataclass
+class HeadPass:
+    """What one pass over the training rows produced (None where not asked for)."""
+
+    objective: float | None = None
+    gradient: torch.Tensor | None = None
+    hessian: torch.Tensor | None = None
+
+
+def _row_terms(problem: HeadProblem, logits: torch.Tensor, labels: torch.Tensor,
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-row loss, dℓ/dz and d²ℓ/dz² from the logits."""
+    if problem.loss == "squared":
+        residual = logits - labels
+        return 0.5 * residual**2, residual, torch.ones_like(logits)
+    p = torch.sigmoid(logits)
+    loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    return loss, p - labels, p * (1 - p)
+
+
+def head_pass(problem: HeadProblem, theta: torch.Tensor, weights: torch.Tensor, *, objective: bool = False,
+              gradient: bool = False, hessian: bool = False) -> HeadPass:
+    """Objective, gradient and/or damped Hessian of ``L(θ; w)``, in ONE pass over the rows.
+
+    Each chunk of Φ is converted to float64 once and serves every requested quantity.
+    """
+    problem.passes += 1
+    total_loss = 0.0
+    grad = torch.zeros(problem.width, dtype=torch.float64, device=theta.device) if gradient else None
+    gram = GramAccumulator(problem.width, theta.device) if hessian else None
+    with blas_threads_like_torch() if hessian else nullcontext():
+        for rows in problem.chunks():
+            block = problem.design.block(rows)
+            loss, residual, curvature = _row_terms(problem, block @ theta, problem.labels[rows])
+            w = weights[rows]
+            if objective:
+                total_loss += float(w @ loss)
+            if grad is not None:
+                grad += block.T @ (w * residual)
+            if gram is not None:
+                gram.add(block, w * curvature)
+    value, reg_grad = problem.regularizer(theta)
+    out = HeadPass()
+    if objective:
+        out.objective = total_loss + value
+    if grad is not None:
+        out.gradient = grad + reg_grad
+    if gram is not None:
+        problem.grams += 1
+        out.hessian = gram.result() + torch.diag(problem.l2_reg * problem.reg_mask + problem.damping)
+    return out
 
 
 def _check_finite(tensor: torch.Tensor, stage: str, what: str) -> torch.Tensor:
@@ -99,22 +154,16 @@ def _check_finite(tensor: torch.Tensor, stage: str, what: str) -> torch.Tensor:
 
 def objective(problem: HeadProblem, theta: torch.Tensor, weights: torch.Tensor) -> float:
     """``Σ wᵢ ℓᵢ + (λ/2)‖θ_w‖²`` with a numerically stable log-loss."""
-    total = 0.0
-    for rows in problem.chunks():
-        total += float(weights[rows] @ problem.losses(rows, theta))
-    if problem.tilt is not None:
-        total -= float(problem.tilt @ theta)
-    return total + 0.5 * problem.l2_reg * float((problem.reg_mask * theta) @ theta)
+    value = head_pass(problem, theta, weights, objective=True).objective
+    assert value is not None
+    return value
 
 
 def gradient(problem: HeadProblem, theta: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """∇L(θ; w) = Φᵀ(w ⊙ (p − y)) + λ mask ⊙ θ."""
-    total = problem.l2_reg * problem.reg_mask * theta
-    if problem.tilt is not None:
-        total = total - problem.tilt
-    for rows in problem.chunks():
-        total = total + problem.design[rows].T @ (weights[rows] * problem.residual(rows, theta))
-    return total
+    grad = head_pass(problem, theta, weights, gradient=True).gradient
+    assert grad is not None
+    return grad
 
 
 def tilt_at(problem: HeadProblem, theta: torch.Tensor, weights: torch.Tensor) -> None:
@@ -131,13 +180,9 @@ def tilt_at(problem: HeadProblem, theta: torch.Tensor, weights: torch.Tensor) ->
 
 def hessian(problem: HeadProblem, theta: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Damped Gram-form Hessian ``Φᵀ diag(w p(1−p)) Φ + λ diag(mask) + δ I``."""
-    m = problem.design.shape[1]
-    total = torch.diag(problem.l2_reg * problem.reg_mask + problem.damping)
-    for rows in problem.chunks():
-        phi = problem.design[rows]
-        scale = weights[rows] * problem.curvature(rows, theta)
-        total = total + phi.T @ (scale.unsqueeze(1) * phi)
-    return 0.5 * (total + total.T) if m else total
+    matrix = head_pass(problem, theta, weights, hessian=True).hessian
+    assert matrix is not None
+    return matrix
 
 
 @dataclass(frozen=True)
@@ -195,18 +240,29 @@ def factorize(matrix: torch.Tensor, stage: str) -> HessianFactor:
 
 
 def influences(problem: HeadProblem, theta: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
-    """``gᵢᵀ v`` for every training row, with ``v = H⁻¹∇f`` already solved: (pᵢ − yᵢ)(φᵢᵀ v)."""
+    """``gᵢᵀ v`` for every training row, with ``v = H⁻¹∇f`` already solved: (pᵢ − yᵢ)(φᵢᵀ v).
+
+    One pass: each block gives both its logits and its projection on ``v``.
+    """
+    problem.passes += 1
+    both = torch.stack([theta, direction], dim=1)
     parts = []
     for rows in problem.chunks():
-        parts.append(problem.residual(rows, theta) * (problem.design[rows] @ direction))
-    return _check_finite(torch.cat(parts), "influence", "per-sample influences")
+        products = problem.design.block(rows) @ both
+        residual = _row_terms(problem, products[:, 0], problem.labels[rows])[1]
+        parts.append(residual * products[:, 1])
+    values = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64, device=theta.device)
+    return _check_finite(values, "influence", "per-sample influences")
 
 
 def weighted_gradient_sum(problem: HeadProblem, theta: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """``Σᵢ εᵢ gᵢ`` without forming the per-sample gradients."""
+    problem.passes += 1
     total = torch.zeros_like(theta)
     for rows in problem.chunks():
-        total = total + problem.design[rows].T @ (eps[rows] * problem.residual(rows, theta))
+        block = problem.design.block(rows)
+        residual = _row_terms(problem, block @ theta, problem.labels[rows])[1]
+        total += block.T @ (eps[rows] * residual)
     return total
 
 
@@ -218,6 +274,8 @@ class FitReport:
     gradient_norm_before: float
     gradient_norm_after: float
     converged: bool
+    hessians: int = 0
+    """Hessians built and factorized (a step reuses the last one while it converges fast)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form for the report."""
@@ -226,30 +284,64 @@ class FitReport:
             "gradient_norm_before": self.gradient_norm_before,
             "gradient_norm_after": self.gradient_norm_after,
             "converged": self.converged,
+            "hessians_built": self.hessians,
         }
 
 
-def _newton_line_search(problem: HeadProblem, theta: torch.Tensor, weights: torch.Tensor,
-                        grad: torch.Tensor, direction: torch.Tensor, stage: str,
-                        ) -> tuple[torch.Tensor, torch.Tensor, bool]:
+REUSE_RATE = 0.1
+"""A Newton fit keeps its factorized Hessian for the next step while each step cuts the gradient
+norm at least this much (‖g′‖ ≤ 0.1‖g‖); a slower step, or one the line search refuses, rebuilds
+the Hessian at the current point. Near an optimum the Hessian hardly changes, so one Gram matrix
+(the stage's dominant cost) serves several steps."""
+
+
+@dataclass
+class _Point:
+    theta: torch.Tensor
+    objective: float
+    gradient: torch.Tensor
+
+    @property
+    def norm(self) -> float:
+        return float(self.gradient.norm())
+
+
+def _evaluate(problem: HeadProblem, theta: torch.Tensor, weights: torch.Tensor, stage: str) -> _Point:
+    """Objective and gradient at ``theta`` in one pass."""
+    result = head_pass(problem, theta, weights, objective=True, gradient=True)
+    assert result.objective is not None and result.gradient is not None
+    if not math.isfinite(result.objective):
+        raise NonFiniteError(stage, "the head objective")
+    return _Point(theta, result.objective, _check_finite(result.gradient, stage, "the head gradient"))
+
+
+def _newton_line_search(problem: HeadProblem, weights: torch.Tensor, point: _Point,
+                        direction: torch.Tensor, stage: str) -> _Point | None:
     """Backtrack along the Newton direction: accept sufficient decrease, or, once the decrease
-    is below the objective's rounding error, a step that still shrinks the gradient."""
-    current = objective(problem, theta, weights)
-    slope = float(grad @ direction)
-    rounding = 64 * torch.finfo(torch.float64).eps * max(1.0, abs(current))
+    is below the objective's rounding error, a step that still shrinks the gradient. Each trial
+    is one pass (objective and gradient together)."""
+    slope = float(point.gradient @ direction)
+    rounding = 64 * torch.finfo(torch.float64).eps * max(1.0, abs(point.objective))
     step = 1.0
     while step > 1e-10:
-        candidate = theta - step * direction
-        value = objective(problem, candidate, weights)
-        if value <= current - 1e-4 * step * slope:
-            return candidate, _check_finite(gradient(problem, candidate, weights), stage,
-                                            "the head gradient"), True
-        if value <= current + rounding:
-            candidate_grad = gradient(problem, candidate, weights)
-            if float(candidate_grad.norm()) < float(grad.norm()):
-                return candidate, _check_finite(candidate_grad, stage, "the head gradient"), True
+        candidate = _evaluate(problem, point.theta - step * direction, weights, stage)
+        if candidate.objective <= point.objective - 1e-4 * step * slope:
+            return candidate
+        if candidate.objective <= point.objective + rounding and candidate.norm < point.norm:
+            return candidate
         step *= 0.5
-    return theta, grad, False
+    return None
+
+
+def hessian_factor(problem: HeadProblem, theta: torch.Tensor, weights: torch.Tensor,
+                   stage: str) -> HessianFactor:
+    """The factorized Hessian at (θ, w): the last one built when θ and w are unchanged since."""
+    cached = problem.factor_cache
+    if cached is not None and torch.equal(cached[0], theta) and torch.equal(cached[1], weights):
+        return cached[2]
+    factor = factorize(hessian(problem, theta, weights), stage)
+    problem.factor_cache = (theta.clone(), weights.clone(), factor)
+    return factor
 
 
 def fit_head(
@@ -262,20 +354,30 @@ def fit_head(
 ) -> tuple[torch.Tensor, FitReport]:
     """Minimize ``L(θ; w)`` by damped Newton with backtracking, from ``theta``.
 
-    Convergence: ‖∇L‖ ≤ ``tolerance`` · max(1, Σ|wᵢ|). Weights must be non-negative (the
+    Convergence: ‖∇L‖ ≤ ``tolerance`` · max(1, Σ|wᵢ|), or ``max_steps`` steps, or a step that
+    no line search can take even with a fresh Hessian. A factorized Hessian is reused across
+    steps while they converge fast (:data:`REUSE_RATE`). Weights must be non-negative (the
     objective is then convex).
     """
     scale = max(1.0, float(weights.abs().sum()))
-    grad = _check_finite(gradient(problem, theta, weights), stage, "the head gradient")
-    before = float(grad.norm())
-    steps = 0
-    while float(grad.norm()) > tolerance * scale and steps < max_steps:
-        factor = factorize(hessian(problem, theta, weights), stage)
-        theta, grad, accepted = _newton_line_search(problem, theta, weights, grad,
-                                                    factor.solve(grad, stage), stage)
-        steps += 1
-        if not accepted:
+    point = _evaluate(problem, theta, weights, stage)
+    before = point.norm
+    steps = built = 0
+    factor: HessianFactor | None = None
+    while point.norm > tolerance * scale and steps < max_steps:
+        fresh = factor is None
+        if factor is None:
+            factor = hessian_factor(problem, point.theta, weights, stage)
+            built += 1
+        accepted = _newton_line_search(problem, weights, point, factor.solve(point.gradient, stage), stage)
+        if accepted is None and not fresh:
+            factor = None
+            continue
+        if accepted is None:
             break
-    after = float(grad.norm())
-    converged = after <= tolerance * scale or math.isclose(after, 0.0)
-    return theta, FitReport(steps, before, after, converged)
+        steps += 1
+        if accepted.norm > REUSE_RATE * point.norm:
+            factor = None
+        point = accepted
+    converged = point.norm <= tolerance * scale or math.isclose(point.norm, 0.0)
+    return point.theta, FitReport(steps, before, point.norm, converged, built)

@@ -16,9 +16,8 @@ from workers.engine.config import CorrectionSpec, MethodConfig
 from workers.engine.influence.head import (
     HeadProblem,
     HessianFactor,
-    factorize,
     fit_head,
-    hessian,
+    hessian_factor,
     influences,
     tilt_at,
 )
@@ -77,9 +76,9 @@ class HeadScope:
         device = model.device
         self.model = model
         self.config = cfg
-        self.problem = HeadProblem(model.design(train_features),
+        self.problem = HeadProblem(model.head_design(train_features, cfg.chunk_size),
                                    torch.from_numpy(train_labels).to(device, torch.float64),
-                                   cfg.l2_reg, cfg.damping, cfg.chunk_size)
+                                   cfg.l2_reg, cfg.damping)
         self.theta = model.theta()
         self.polished_theta = self.theta
         self.targets = targets
@@ -158,7 +157,7 @@ class HeadScope:
         return {"solver": "cholesky", **self._compute_factor().describe()}
 
     def _compute_factor(self) -> HessianFactor:
-        self._factor = factorize(hessian(self.problem, self.theta, self.weights), "influence")
+        self._factor = hessian_factor(self.problem, self.theta, self.weights, "influence")
         return self._factor
 
     def _require_factor(self) -> HessianFactor:

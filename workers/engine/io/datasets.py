@@ -13,9 +13,11 @@ from typing import Any, cast
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from workers.engine.errors import DatasetError
+from workers.engine.io.feature_matrix import feature_dtype, read_csv_features, read_parquet_features
 from workers.engine.io.json_input import load_json
 from workers.engine.io.tensor_datasets import is_tensor_dataset, read_tensor_dataset, tensor_columns
 
@@ -64,7 +66,8 @@ class DatasetSchema:
 
 @dataclass(frozen=True)
 class Dataset:
-    """A validated dataset: float64 features, 0/1 labels, sensitive group labels as strings."""
+    """A validated dataset: features in one contiguous array of the model's dtype (float32 or
+    float64), 0/1 labels (float64), sensitive group labels as strings."""
 
     name: str
     feature_names: tuple[str, ...]
@@ -221,38 +224,67 @@ def _groups(series: pd.Series, dataset: str) -> np.ndarray:
     return series.astype(str).to_numpy(dtype=object)
 
 
-def load_dataset(path: str | Path, schema: DatasetSchema, name: str = "dataset") -> Dataset:
-    """Read and validate a dataset.
+def _read_others(path: Path, columns: list[str]) -> pd.DataFrame:
+    """The label, sensitive and reference columns (few, small) as a frame."""
+    if _is_parquet(path):
+        return cast(pd.DataFrame, pq.read_table(path, columns=columns).to_pandas())
+    return pd.read_csv(path, usecols=columns, low_memory=False)
+
+
+def _read_features(path: Path, names: list[str], dtype: np.dtype, name: str) -> np.ndarray:
+    if _is_parquet(path):
+        return read_parquet_features(path, names, dtype, name)
+    return read_csv_features(path, names, dtype, name)
+
+
+def load_dataset(path: str | Path, schema: DatasetSchema, name: str = "dataset",
+                 dtype: np.dtype | type | None = None) -> Dataset:
+    """Read and validate a dataset; the features go straight into one ``dtype`` array
+    (:func:`~workers.engine.io.feature_matrix.feature_dtype`; default float64).
 
     Raises:
         DatasetError: what is wrong and how to fix it.
     """
-    if Path(path).is_file() and is_tensor_dataset(path):
-        return _load_tensor_dataset(Path(path), schema, name)
-    frame = read_frame(path)
-    if len(frame) == 0:
-        raise DatasetError(f"{name}: the file has no rows")
-    features = resolve_features([str(c) for c in frame.columns], schema)
+    path = Path(path)
+    wanted = feature_dtype(dtype)
+    if path.is_file() and is_tensor_dataset(path):
+        return _load_tensor_dataset(path, schema, name, wanted)
+    features = resolve_features(read_columns(path), schema)
     if not features:
         raise DatasetError(f"{name}: no feature columns left after the label and sensitive ones")
-    sensitive = {col: _groups(frame[col], name) for col in schema.sensitive}
+    reference_column = (schema.reference_logits,) if schema.reference_logits else ()
+    others = [schema.label, *schema.sensitive, *reference_column]
+    try:
+        frame = _read_others(path, others)
+        if len(frame) == 0:
+            raise DatasetError(f"{name}: the file has no rows")
+        matrix = _read_features(path, features, wanted, name)
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError, pa.ArrowException) as exc:
+        if isinstance(exc, DatasetError):
+            raise
+        raise DatasetError(f"{path.name} is neither a readable Parquet file nor a CSV with a "
+                           f"header row: {exc}") from exc
+    if matrix.shape[0] != len(frame):
+        raise DatasetError(f"{name}: the feature columns have {matrix.shape[0]} rows but the label has "
+                           f"{len(frame)}")
     reference = None
     if schema.reference_logits is not None:
         reference = _numeric_features(frame, [schema.reference_logits], name).reshape(-1)
     return Dataset(
         name=name,
         feature_names=tuple(features),
-        features=_numeric_features(frame, features, name),
+        features=matrix,
         labels=_binary_labels(frame[schema.label], name),
-        sensitive=sensitive,
+        sensitive={col: _groups(frame[col], name) for col in schema.sensitive},
         reference_logits=reference,
         reference_column=schema.reference_logits,
     )
 
 
-def _load_tensor_dataset(path: Path, schema: DatasetSchema, name: str) -> Dataset:
+def _load_tensor_dataset(path: Path, schema: DatasetSchema, name: str, dtype: np.dtype) -> Dataset:
     features = resolve_features(tensor_columns(path), schema)
-    arrays = read_tensor_dataset(path, schema.label, schema.sensitive, features, schema.reference_logits)
+    arrays = read_tensor_dataset(path, schema.label, schema.sensitive, features, schema.reference_logits,
+                                 dtype)
     return Dataset(name=name, feature_names=arrays["feature_names"], features=arrays["features"],
                    labels=arrays["labels"], sensitive=arrays["sensitive"],
                    reference_logits=arrays["reference_logits"], reference_column=schema.reference_logits)

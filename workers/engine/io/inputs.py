@@ -6,11 +6,13 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from workers.engine.errors import DatasetError, InputError
 from workers.engine.io.architecture import ArchSpec
 from workers.engine.io.checkpoint import file_sha256, read_checkpoint
+from workers.engine.io.dataset_limits import DatasetLimits, measure_dataset
 from workers.engine.io.datasets import (
     REFERENCE_COLUMN,
     Dataset,
@@ -21,9 +23,10 @@ from workers.engine.io.datasets import (
     resolve_features,
 )
 from workers.engine.io.identity import recorded_feature_names
+from workers.engine.io.memory_plan import SplitShape, check_memory, estimate_memory
 from workers.engine.io.tensor_datasets import is_tensor_dataset
 
-__all__ = ["CorrectionInputs", "load_inputs"]
+__all__ = ["CorrectionInputs", "load_inputs", "model_feature_dtype"]
 
 
 @dataclass
@@ -117,26 +120,51 @@ def _resolve_schema(path: Path, schema: DatasetSchema, arch: ArchSpec, recorded:
     return _with_sensitive_features(path, columns, schema, arch, notes)
 
 
+def model_feature_dtype(state: dict[str, torch.Tensor]) -> np.dtype:
+    """The dtype the datasets' features are held in: the checkpoint's float32 or float64 (a
+    narrower float checkpoint gets float32 features; the network casts each batch)."""
+    weights = next((v for v in state.values() if v.is_floating_point()), None)
+    double = weights is not None and weights.dtype == torch.float64
+    return np.dtype(np.float64) if double else np.dtype(np.float32)
+
+
+def _check_memory(arch: ArchSpec, dtype: np.dtype, splits: list[tuple[str, Path, DatasetSchema]],
+                  budget: int | None) -> None:
+    """Refuse, from the files' headers alone, a job that cannot fit ``budget`` bytes."""
+    if budget is None:
+        return
+    limits = DatasetLimits(max_dataset_rows=1 << 62, max_dataset_columns=1 << 62,
+                           max_dataset_decoded_bytes=1 << 62)
+    shapes = [SplitShape(role, measure_dataset(path, schema, limits).rows, arch.flat_features,
+                         len(schema.sensitive)) for role, path, schema in splits]
+    check_memory(estimate_memory(shapes, arch.head_in_features, bool(arch.head_index), dtype.itemsize),
+                 budget)
+
+
 def load_inputs(model_path: Path, arch: ArchSpec, train: tuple[Path, DatasetSchema],
                 audit: tuple[Path, DatasetSchema], eval: tuple[Path, DatasetSchema] | None,
-                sensitive_attribute: str | None) -> CorrectionInputs:
+                sensitive_attribute: str | None, memory_budget: int | None = None) -> CorrectionInputs:
     """Load and cross-check the checkpoint and datasets of a job.
 
+    ``memory_budget`` (bytes; None: no check) refuses, before any dataset is read, a job whose
+    estimated peak (:mod:`~workers.engine.io.memory_plan`) exceeds it.
+
     Raises:
-        InputError: (and its CheckpointError/DatasetError subclasses) naming what to change.
+        InputError: (and its CheckpointError/DatasetError subclasses) naming what to change;
+            :class:`~workers.engine.io.memory_plan.MemoryBudgetExceeded` over the budget.
     """
     checkpoint = read_checkpoint(model_path, arch)
+    dtype = model_feature_dtype(checkpoint.state)
     recorded = recorded_feature_names(checkpoint.metadata)
     notes: list[str] = []
     loaded: dict[str, Dataset] = {}
     hashes: dict[str, str] = {}
-    for role, pair in (("train", train), ("audit", audit), ("eval", eval)):
-        if pair is None:
-            continue
-        path, schema = pair
-        schema = _resolve_schema(Path(path), schema, arch, recorded, notes)
-        loaded[role] = _check_width(load_dataset(path, schema, role), arch)
-        hashes[role] = file_sha256(Path(path))
+    resolved = [(role, Path(pair[0]), _resolve_schema(Path(pair[0]), pair[1], arch, recorded, notes))
+                for role, pair in (("train", train), ("audit", audit), ("eval", eval)) if pair is not None]
+    _check_memory(arch, dtype, resolved, memory_budget)
+    for role, path, schema in resolved:
+        loaded[role] = _check_width(load_dataset(path, schema, role, dtype), arch)
+        hashes[role] = file_sha256(path)
     reference = loaded["train"]
     for role, data in loaded.items():
         if data.feature_names != reference.feature_names:

@@ -21,6 +21,7 @@ import numpy as np
 from safetensors.numpy import load_file
 
 from workers.engine.errors import DatasetError, InputError
+from workers.engine.io.feature_matrix import BATCH_ROWS
 from workers.engine.io.json_input import load_json
 from workers.engine.io.safetensors_header import (
     ALLOWED_DTYPES,
@@ -112,10 +113,24 @@ def _finite(values: np.ndarray, what: str, path: Path) -> np.ndarray:
     return out
 
 
+def _features(x: np.ndarray, dtype: np.dtype, path: Path) -> np.ndarray:
+    """``x`` in ``dtype``, converted (and checked finite) block by block into one array."""
+    out = x if x.dtype == dtype and x.flags.c_contiguous else np.empty(x.shape, dtype=dtype)
+    for start in range(0, x.shape[0], BATCH_ROWS):
+        block = slice(start, start + BATCH_ROWS)
+        if out is not x:
+            out[block] = x[block]
+        if not np.isfinite(out[block]).all():
+            raise DatasetError(f"{path.name}: NaN or Inf in tensor {FEATURES_TENSOR!r}; impute or drop those "
+                               "rows")
+    return out
+
+
 def read_tensor_dataset(path: str | Path, label: str, sensitive: tuple[str, ...], features: list[str] | None,
-                        reference: str | None) -> dict[str, Any]:
-    """The validated arrays of a tensor dataset: ``features`` (float64; the named columns of a
-    2-D ``x`` in that order, else all of ``x``), ``feature_names``, ``labels``, ``sensitive``,
+                        reference: str | None, dtype: np.dtype | None = None) -> dict[str, Any]:
+    """The validated arrays of a tensor dataset: ``features`` (in ``dtype``, default float64;
+    the named columns of a 2-D ``x`` in that order, else all of ``x``; no copy when ``x`` is
+    stored in that dtype already), ``feature_names``, ``labels``, ``sensitive``,
     ``reference_logits``.
 
     Raises:
@@ -142,7 +157,7 @@ def read_tensor_dataset(path: str | Path, label: str, sensitive: tuple[str, ...]
     ref = None if reference is None else _finite(_vector(arrays, reference, n, path), f"tensor {reference!r}",
                                                  path)
     return {
-        "features": _finite(x, f"tensor {FEATURES_TENSOR!r}", path),
+        "features": _features(x, np.dtype(np.float64) if dtype is None else dtype, path),
         "feature_names": tuple(names),
         "labels": y,
         "sensitive": {a: _groups(_vector(arrays, a, n, path), a, described, path) for a in sensitive},

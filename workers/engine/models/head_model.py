@@ -7,7 +7,7 @@ are handled in float64 as one vector θ = [w; b]; the design matrix Φ = [φ(x),
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 import numpy as np
@@ -16,6 +16,7 @@ from torch import nn
 
 from workers.engine.errors import InputError
 from workers.engine.io.architecture import ArchSpec
+from workers.engine.models.design import DEFAULT_CHUNK, Design
 from workers.engine.models.training import build_model
 
 __all__ = ["DEVICE_TYPES", "HeadModel", "floating_dtype", "pick_device"]
@@ -66,6 +67,9 @@ class HeadModel:
     state: dict[str, torch.Tensor]
     network: nn.Sequential
     device: torch.device
+    designs: list[tuple[np.ndarray, torch.Tensor]] = field(default_factory=list)
+    """Dense designs of the splits kept by :meth:`keep_design`, shared with every model that
+    differs from this one only in its head (:meth:`with_theta`): their extractor is the same."""
 
     @classmethod
     def from_state(cls, arch: ArchSpec, state: dict[str, torch.Tensor], device: torch.device) -> HeadModel:
@@ -102,19 +106,46 @@ class HeadModel:
             embedded: torch.Tensor = self.extractor(inputs.to(self.device, self.dtype))
             return embedded.to(torch.float64)
 
-    def design(self, features: np.ndarray) -> torch.Tensor:
-        """Design matrix Φ = [φ(x), 1] for a feature array, float64 on the device.
+    def head_design(self, features: np.ndarray, chunk_size: int = DEFAULT_CHUNK) -> Design:
+        """Φ = [φ(x), 1] of a feature array, φ stored once in the checkpoint dtype.
 
-        Filled block by block into one preallocated n × (d+1) tensor: at 1 M × 512 each extra
-        copy (the concatenated blocks, then the bias column appended) would cost 4 GB.
+        For logistic regression φ(x) = x and the design wraps the feature array itself (no copy
+        on the CPU); otherwise φ is computed batch by batch into one preallocated n × h tensor.
         """
+        if len(self.extractor) == 0:
+            stored = torch.as_tensor(features, device=self.device).reshape(features.shape[0], -1)
+            return Design(stored, chunk_size)
         rows, width = features.shape[0], self.arch.head_in_features
-        design = torch.empty(rows, width + 1, dtype=torch.float64, device=self.device)
-        design[:, width] = 1.0
-        for start in range(0, rows, EXTRACT_BATCH):
-            batch = torch.from_numpy(features[start : start + EXTRACT_BATCH])
-            design[start : start + batch.shape[0], :width] = self.embed(batch).reshape(batch.shape[0], width)
-        return design
+        stored = torch.empty(rows, width, dtype=self.dtype, device=self.device)
+        with torch.no_grad():
+            for start in range(0, rows, EXTRACT_BATCH):
+                batch = torch.as_tensor(features[start : start + EXTRACT_BATCH], device=self.device,
+                                        dtype=self.dtype)
+                stored[start : start + batch.shape[0]] = self.extractor(batch).reshape(batch.shape[0], width)
+        return Design(stored, chunk_size)
+
+    def design(self, features: np.ndarray) -> torch.Tensor:
+        """Design matrix Φ = [φ(x), 1] as one dense float64 tensor (audit and eval splits); the
+        kept one when ``features`` is a split kept by :meth:`keep_design`."""
+        kept = self._kept(features)
+        return kept if kept is not None else self.head_design(features).dense()
+
+    def keep_design(self, features: np.ndarray) -> torch.Tensor:
+        """Compute a split's design once and keep it for this model and its head variants."""
+        kept = self._kept(features)
+        if kept is None:
+            kept = self.head_design(features).dense()
+            self.designs.append((features, kept))
+        return kept
+
+    def _kept(self, features: np.ndarray) -> torch.Tensor | None:
+        return next((design for array, design in self.designs if array is features), None)
+
+    def head_logits(self, features: np.ndarray) -> torch.Tensor:
+        """Logits of a kept split as Φθ, without running the network (float64 products with the
+        head rounded to the checkpoint dtype, as saved); other inputs go through :meth:`logits`."""
+        kept = self._kept(features)
+        return kept @ self.theta() if kept is not None else self.logits(features)
 
     def with_theta(self, theta: torch.Tensor) -> HeadModel:
         """A copy whose head is ``theta`` (cast to the checkpoint dtype); the extractor is shared."""
@@ -123,7 +154,9 @@ class HeadModel:
         key = self.arch.external_key
         state[key(f"{self.arch.head_name}.weight")] = theta[:d].reshape(1, d).to("cpu", self.dtype).clone()
         state[key(f"{self.arch.head_name}.bias")] = theta[d:].reshape(1).to("cpu", self.dtype).clone()
-        return HeadModel.from_state(self.arch, state, self.device)
+        model = HeadModel.from_state(self.arch, state, self.device)
+        model.designs = self.designs
+        return model
 
     def logits(self, features: np.ndarray) -> torch.Tensor:
         """Logits of the actual network (checkpoint dtype), as float64."""

@@ -65,31 +65,31 @@ def group_masks(groups: np.ndarray, device: torch.device) -> dict[str, torch.Ten
 
 @dataclass
 class _Gap:
-    """One soft-rate gap over rows selected by ``condition`` (all rows, y=1 or y=0)."""
+    """One soft-rate gap over rows selected by ``condition`` (all rows, y=1 or y=0).
 
-    design: torch.Tensor
-    masks: dict[str, torch.Tensor]
+    Each group's rows of the design are gathered once, at build time: evaluating the gap at
+    a new θ is then two products per group, without re-indexing the design."""
+
+    groups: dict[str, torch.Tensor]
     privileged: str | None
 
-    def _mean_and_grad(self, theta: torch.Tensor, mask: torch.Tensor) -> tuple[float, torch.Tensor]:
-        phi = self.design[mask]
+    @staticmethod
+    def _mean_and_grad(theta: torch.Tensor, phi: torch.Tensor) -> tuple[float, torch.Tensor]:
         p = torch.sigmoid(phi @ theta)
         return float(p.mean()), phi.T @ (p * (1 - p)) / phi.shape[0]
 
     def evaluate(self, theta: torch.Tensor) -> tuple[float, torch.Tensor]:
+        stats = {name: self._mean_and_grad(theta, phi) for name, phi in self.groups.items()}
         if self.privileged is not None:
-            privileged = self.masks[self.privileged]
-            rest = torch.zeros_like(privileged)
-            for name, mask in self.masks.items():
-                if name != self.privileged:
-                    rest |= mask
-            high, grad_high = self._mean_and_grad(theta, privileged)
-            low, grad_low = self._mean_and_grad(theta, rest)
-            return high - low, grad_high - grad_low
-        stats = {name: self._mean_and_grad(theta, mask) for name, mask in self.masks.items()}
+            return stats[self.privileged][0] - stats[_REST][0], stats[self.privileged][1] - stats[_REST][1]
         top = max(stats, key=lambda name: stats[name][0])
         bottom = min(stats, key=lambda name: stats[name][0])
         return stats[top][0] - stats[bottom][0], stats[top][1] - stats[bottom][1]
+
+
+_REST = "\x00rest"
+"""The key of the non-privileged rows, when a privileged group is named (never a group label:
+labels are the data's strings, and this one holds a NUL)."""
 
 
 def _conditioned(design: torch.Tensor, groups: np.ndarray, keep: np.ndarray, privileged: str | None,
@@ -100,8 +100,13 @@ def _conditioned(design: torch.Tensor, groups: np.ndarray, keep: np.ndarray, pri
         raise DatasetError(f"{split}: {what} needs at least two groups with rows; found {sorted(present)}")
     if privileged is not None and privileged not in present:
         raise DatasetError(f"{split}: privileged group {privileged!r} has no rows for {what}")
-    keep_t = torch.from_numpy(keep).to(design.device)
-    return _Gap(design[keep_t], group_masks(kept_groups, design.device), privileged)
+    def rows(selected: np.ndarray) -> torch.Tensor:
+        return design[torch.from_numpy(selected).to(design.device)]
+
+    if privileged is not None:
+        chosen = groups == privileged
+        return _Gap({privileged: rows(keep & chosen), _REST: rows(keep & ~chosen)}, privileged)
+    return _Gap({str(value): rows(keep & (groups == value)) for value in sorted(present)}, None)
 
 
 @dataclass

@@ -14,7 +14,7 @@ robustness target, a step is accepted only when the adaptive *budgeted* attack o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -46,6 +46,8 @@ class AuditTargets:
     spec: CorrectionSpec
     sensitive: str
     frozen: torch.Tensor | None
+    _gap: tuple[torch.Tensor, GroupGap] | None = field(default=None, init=False, repr=False)
+    """The fairness gap built on the last design (a head variant shares its model's design)."""
 
     @classmethod
     def prepare(cls, model: HeadModel, audit: Dataset, spec: CorrectionSpec, sensitive: str) -> AuditTargets:
@@ -79,6 +81,13 @@ class AuditTargets:
         correct: np.ndarray = (model.logits(adversarial).cpu().numpy() >= 0) == (self.audit.labels == 1)
         return correct
 
+    def _fairness_gap(self, design: torch.Tensor) -> GroupGap:
+        if self._gap is None or self._gap[0] is not design:
+            self._gap = (design, GroupGap.build(self.spec.objective.metric, design, self.audit.labels,
+                                                self.audit.sensitive[self.sensitive],
+                                                self.spec.objective.privileged_group, "audit"))
+        return self._gap[1]
+
     def for_model(self, model: HeadModel, adversarial: np.ndarray | None = None,
                   ) -> tuple[Objective, MeanLogLoss]:
         """(target, utility) as functions of ``model``'s head parameters; an adaptive target is
@@ -87,10 +96,7 @@ class AuditTargets:
         labels = self.labels(model.device)
         utility = MeanLogLoss(design, labels)
         if self.spec.objective.metric != "robustness":
-            gap = GroupGap.build(self.spec.objective.metric, design, self.audit.labels,
-                                 self.audit.sensitive[self.sensitive], self.spec.objective.privileged_group,
-                                 "audit")
-            return gap, utility
+            return self._fairness_gap(design), utility
         if self.frozen is not None:
             reflected = reflect_linear(design, self.frozen, self.spec.objective.attack.kappa)
             return MeanLogLoss(reflected, labels, name="robustness"), utility

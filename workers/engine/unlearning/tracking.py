@@ -65,7 +65,7 @@ def measure(model: HeadModel, targets: AuditTargets) -> Measurement:
     objective, utility = targets.for_model(model, shared)
     theta = model.theta()
     audit = targets.audit
-    proba = torch.sigmoid(model.logits(audit.features)).cpu().numpy()
+    proba = torch.sigmoid(model.head_logits(audit.features)).cpu().numpy()
     metrics = classification_metrics(proba, audit.labels, audit.sensitive[targets.sensitive])
     key = HARD_METRIC.get(targets.spec.objective.metric)
     robust = targets.robust_correct(model, shared)

@@ -55,7 +55,7 @@ def _eps(arch: ArchSpec, state: State, train: Dataset, audit: Dataset) -> tuple[
     """Soft-2.3 (60 % of the audit DP surrogate) and hard (5 %) weights, as the pipeline makes them."""
     model = HeadModel.from_state(arch, state, torch.device("cpu"))
     ones = torch.ones(train.n, dtype=torch.float64)
-    problem = HeadProblem(model.design(train.features), torch.from_numpy(train.labels).double(), 1.0)
+    problem = HeadProblem(model.head_design(train.features), torch.from_numpy(train.labels).double(), 1.0)
     theta, _ = fit_head(problem, model.theta(), ones, 1e-8, 50, "polish")
     design = model.design(audit.features)
     target = GroupGap.build("demographic_parity", design, audit.labels, audit.sensitive["sex"], None, "audit")

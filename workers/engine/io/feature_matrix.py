@@ -1,0 +1,111 @@
+"""Feature columns read straight into one contiguous array in the model's dtype.
+
+Parquet is read record batch by record batch (pyarrow, only the feature columns); each batch's
+columns are written into their place of one preallocated n × d array, so the features exist
+once, in the dtype the model computes in (float32 for a float32 checkpoint: 2 GB at 1 M × 512,
+where a pandas round trip and a float64 copy held 4 such copies). CSV goes through pandas in
+chunks of rows and is stacked once at the end (two copies at the peak, documented in
+SERVICE.md's memory model). Finiteness is checked batch by batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from workers.engine.errors import DatasetError
+
+__all__ = ["BATCH_ROWS", "check_finite_rows", "feature_dtype", "read_csv_features", "read_parquet_features"]
+
+BATCH_ROWS = 65_536
+"""Rows per record batch or CSV chunk (at 512 float64 columns, 268 MB of decoded values)."""
+
+
+def feature_dtype(dtype: np.dtype | type | None) -> np.dtype:
+    """The array dtype for a model computing in ``dtype``: float32 and float64 as they are;
+    narrower floats (float16, bfloat16 by name) are held as float32; None means float64."""
+    if dtype is None:
+        return np.dtype(np.float64)
+    resolved = np.dtype(dtype)
+    return resolved if resolved in (np.dtype(np.float32), np.dtype(np.float64)) else np.dtype(np.float32)
+
+
+def check_finite_rows(values: np.ndarray, names: Sequence[str], dataset: str) -> None:
+    """Refuse NaN or Inf, naming (up to ten of) the offending columns.
+
+    Raises:
+        DatasetError: with the columns to impute or drop.
+    """
+    finite = np.isfinite(values)
+    if finite.all():
+        return
+    flat = finite.reshape(finite.shape[0], -1) if finite.ndim > 1 else finite.reshape(-1, 1)
+    cols = sorted({names[j] if j < len(names) else str(j) for j in np.nonzero(~flat)[1][:1000]})
+    raise DatasetError(f"{dataset}: NaN or Inf in feature column(s) {cols[:10]}; impute or drop those rows")
+
+
+def _numeric(field: pa.Field) -> bool:
+    kind = field.type
+    if pa.types.is_dictionary(kind):
+        return False
+    return bool(pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
+                or pa.types.is_decimal(kind))
+
+
+def _refuse_non_numeric(bad: list[str], dataset: str) -> None:
+    if bad:
+        raise DatasetError(f"{dataset}: feature column(s) {bad[:10]} are not numeric; encode them "
+                           "(e.g. one-hot) or leave them out with schema.features")
+
+
+def read_parquet_features(path: Path, names: list[str], dtype: np.dtype, dataset: str) -> np.ndarray:
+    """The ``names`` columns of a Parquet file as one C-contiguous [n, len(names)] array.
+
+    Raises:
+        DatasetError: a column is not numeric, or holds NaN/Inf/null.
+    """
+    handle = pq.ParquetFile(path)
+    schema = handle.schema_arrow
+    _refuse_non_numeric([c for c in names if not _numeric(schema.field(c))], dataset)
+    rows = handle.metadata.num_rows
+    out = np.empty((rows, len(names)), dtype=dtype)
+    start = 0
+    for batch in handle.iter_batches(batch_size=BATCH_ROWS, columns=names, use_threads=False):
+        stop = start + batch.num_rows
+        block = out[start:stop]
+        for j, name in enumerate(names):
+            column = batch.column(name)
+            if column.null_count:
+                raise DatasetError(f"{dataset}: NaN or Inf in feature column(s) {[name]}; impute or drop "
+                                   "those rows")
+            block[:, j] = column.to_numpy(zero_copy_only=False)
+        check_finite_rows(block, names, dataset)
+        start = stop
+    if start != rows:
+        raise DatasetError(f"{dataset}: the Parquet footer promises {rows} rows but {start} were read")
+    return out
+
+
+def read_csv_features(path: Path, names: list[str], dtype: np.dtype, dataset: str) -> np.ndarray:
+    """The ``names`` columns of a CSV file as one [n, len(names)] array, read in row chunks.
+
+    Raises:
+        DatasetError: a column is not numeric, or holds NaN/Inf/empty cells.
+    """
+    parts: list[np.ndarray] = []
+    reader = pd.read_csv(path, usecols=names, chunksize=BATCH_ROWS, low_memory=False)
+    for chunk in reader:
+        _refuse_non_numeric([c for c in names if not (pd.api.types.is_numeric_dtype(chunk[c])
+                                                      and not pd.api.types.is_complex_dtype(chunk[c]))],
+                            dataset)
+        values = chunk[names].to_numpy(dtype=dtype, na_value=np.nan)
+        check_finite_rows(values, names, dataset)
+        parts.append(values)
+    if not parts:
+        return np.empty((0, len(names)), dtype=dtype)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
