@@ -21,12 +21,12 @@ ROOT = Path(__file__).resolve().parents[1]
 S3_SUITES = ("tests/app/client", "tests/app/test_auth.py", "tests/app/test_delete.py",
              "tests/app/test_jobs_api.py", "tests/app/test_quotas.py", "tests/app/test_redis_down.py",
              "tests/app/test_request_id.py", "tests/app/test_uploads.py",
-             "tests/workers/test_lifecycle.py::test_sigkilled_work_horse_never_stays_running")
+             "tests/workers/test_lifecycle.py::test_sigkilled_work_horse_never_stays_running[1]")
 """What scripts/test.sh runs a second time on S3: the API suites that go through the store, and
-real jobs whose work horse is killed mid-job (re-run from the store, or failed with no output
-left). Left out, as they do not depend on the store or take minutes: the contract, OpenAPI,
-header, docs and schemathesis tests, and the other worker tests (they pass on S3 too, see
-docs/SERVICE.md, "Running N workers on M hosts")."""
+a real job whose work horse is killed mid-job and re-run from the store (besides the real jobs
+of tests/app/test_delete.py). Left out, as they do not depend on the store or take minutes:
+the contract, OpenAPI, header, docs and schemathesis tests, and the other worker tests (they
+pass on S3 too, see docs/SERVICE.md, "Running N workers on M hosts")."""
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "softunlearn-tests", "AWS_SECRET_ACCESS_KEY": "softunlearn-tests",
                "AWS_REGION": "us-east-1"}
 
