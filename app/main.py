@@ -26,7 +26,7 @@ from app.routes.contract import operation_id, with_report_schema
 from app.routes.problems import as_problem_json
 from app.security import KeyRing
 from app.version import __version__
-from models_store import LocalStore, Records
+from models_store import Records, open_store
 from workers.queue import connect
 from workers.reconcile import Reconciler
 from workers.settings import ServiceSettings, get_settings
@@ -36,7 +36,8 @@ __all__ = ["app_factory", "create_app"]
 log = logging.getLogger(__name__)
 
 def _services(settings: ServiceSettings) -> Services:
-    store = LocalStore(settings.store, min_free_bytes=settings.min_free_disk_bytes)
+    store = open_store(settings.store, endpoint_url=settings.s3_endpoint_url,
+                       min_free_bytes=settings.min_free_disk_bytes)
     keys = KeyRing.from_config(settings.api_keys, settings.api_keys_file)
     if not len(keys):
         log.warning("no API keys configured (SOFTUNLEARN_API_KEYS): every /v1 request will be refused")

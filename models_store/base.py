@@ -1,9 +1,10 @@
 """The storage interface used by the API and the workers.
 
-Implementations: :class:`models_store.local.LocalStore` (local filesystem, the default). An
-S3-compatible store implements the same protocol (staging as a multipart upload, ``commit`` as
-complete-upload, ``update`` as a conditional PUT with ``If-Match``, ``create_exclusive`` with
-``If-None-Match: *``), so ``app/`` and ``workers/`` need no change.
+Implementations: :class:`models_store.local.LocalStore` (local filesystem, the default) and
+:class:`models_store.s3.S3Store` (an S3-compatible bucket: staging in a local file, ``commit`` as
+one PUT or a multipart upload, ``update`` as conditional PUTs with ``If-Match`` retried on a lost
+race, ``create_exclusive`` with ``If-None-Match: *``); ``open_store`` picks one from
+``SOFTUNLEARN_STORE``, so ``app/`` and ``workers/`` do not know which.
 """
 
 from __future__ import annotations
@@ -72,10 +73,14 @@ class Store(Protocol):
         """Write ``data`` at ``key`` only if nothing is there; returns whether it wrote."""
 
     def update(self, key: str, mutate: Callable[[bytes | None], bytes]) -> bytes:
-        """Read-modify-write ``key`` under a lock; ``mutate`` gets None when absent."""
+        """Read-modify-write ``key`` atomically; ``mutate`` gets None when absent. ``mutate`` may
+        be called more than once (an optimistic store re-applies it after a lost race), so it
+        must be a function of its argument; only the last call's result is written."""
 
     def publish_dir(self, prefix: str, source: Path) -> None:
-        """Publish the regular files of directory ``source`` under ``prefix`` in one step."""
+        """Publish the regular files of directory ``source`` under ``prefix``, replacing an
+        earlier publication (in one step on a filesystem; file by file on S3, where the caller's
+        later manifest write is the commit point)."""
 
     def delete_prefix(self, prefix: str) -> None:
         """Remove everything under ``prefix`` (no error when absent)."""

@@ -29,7 +29,7 @@ from typing import BinaryIO
 from models_store.errors import InvalidKey, NotFound, TooLarge
 from models_store.keys import KEY_PATTERN
 
-__all__ = ["LocalStagedObject", "LocalStore"]
+__all__ = ["LocalStagedObject", "LocalStore", "owner_alive", "owner_token"]
 
 STAGING_MAX_AGE_S = 24 * 3600
 """Staging files without an owner token older than this are removed by
@@ -38,7 +38,7 @@ _OWNER = re.compile(r"^(?:stage|dir|old)-([0-9a-f]{16})-[0-9a-f]{32}$")
 _owners: dict[tuple[int, Path], tuple[str, BinaryIO]] = {}
 
 
-def _owner_token(lock_dir: Path) -> str:
+def owner_token(lock_dir: Path) -> str:
     """This process's owner token for the store whose locks are in ``lock_dir`` (held while it lives)."""
     slot = (os.getpid(), lock_dir)
     if slot not in _owners:
@@ -61,7 +61,8 @@ def _release_owners() -> None:
             del _owners[(pid, lock_dir)]
 
 
-def _owner_alive(lock_dir: Path, token: str) -> bool:
+def owner_alive(lock_dir: Path, token: str) -> bool:
+    """Whether the process that took ``token`` in ``lock_dir`` still holds its lock (lives)."""
     try:
         handle = open(lock_dir / f"owner-{token}", "rb")  # noqa: SIM115
     except FileNotFoundError:
@@ -163,7 +164,7 @@ class LocalStore:
 
     def staging_name(self, kind: str) -> str:
         """A fresh name in ``.tmp`` carrying this process's owner token."""
-        return f"{kind}-{_owner_token(self.lock_dir)}-{uuid.uuid4().hex}"
+        return f"{kind}-{owner_token(self.lock_dir)}-{uuid.uuid4().hex}"
 
     def free_bytes(self) -> int:
         """Free space of the store's filesystem."""
@@ -345,7 +346,7 @@ class LocalStore:
                 if owner is not None:
                     token = owner.group(1)
                     if token not in alive:
-                        alive[token] = _owner_alive(self.lock_dir, token)
+                        alive[token] = owner_alive(self.lock_dir, token)
                     if alive[token]:
                         continue
                 elif entry.stat().st_mtime >= cutoff:
@@ -365,5 +366,5 @@ class LocalStore:
         for lock in self.lock_dir.glob("owner-*"):
             token = lock.name.removeprefix("owner-")
             with contextlib.suppress(FileNotFoundError):
-                if lock.stat().st_mtime < cutoff and not _owner_alive(self.lock_dir, token):
+                if lock.stat().st_mtime < cutoff and not owner_alive(self.lock_dir, token):
                     lock.unlink()

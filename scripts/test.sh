@@ -18,8 +18,25 @@ fi
 # Type checking runs beside the tests (one core of its own for a minute); both must pass.
 .venv/bin/mypy > .ci-logs/mypy.log 2>&1 &
 mypy=$!
+# The service suites run a second time on the S3 store (a moto server process the tests start,
+# tests/s3_support.py), beside the main run, when the whole suite runs (no arguments).
+s3=""
+if [ "$#" -eq 0 ]; then
+  read -r -a s3_suites <<< "$(.venv/bin/python -c 'from tests.s3_support import S3_SUITES; print(*S3_SUITES)')"
+  SOFTUNLEARN_TEST_STORE=s3 .venv/bin/pytest -q -p no:cacheprovider "${s3_suites[@]}" \
+    > .ci-logs/pytest-s3.log 2>&1 &
+  s3=$!
+fi
 status=0
 .venv/bin/pytest "$@" || status=$?
+if [ -n "$s3" ]; then
+  if ! wait "$s3"; then
+    tail -n 60 .ci-logs/pytest-s3.log
+    echo "error: the service tests failed on the S3 store (above; whole log .ci-logs/pytest-s3.log)" >&2
+    status=1
+  fi
+  echo "on the S3 store: $(tail -n 1 .ci-logs/pytest-s3.log)"
+fi
 if ! wait "$mypy"; then
   cat .ci-logs/mypy.log
   echo "error: mypy found problems (above)" >&2

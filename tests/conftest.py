@@ -1,5 +1,6 @@
 """Shared fixtures: real examples built once per test session from the vendored UCI data, and
-a fresh API app on a private store and the test Redis DB (API and worker tests)."""
+a fresh API app on a private store and the test Redis DB (API and worker tests); the test S3
+server."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from typing import Any
 import pytest
 
 from app.main import create_app
-from tests.app.support import TestClient, flush_test_db, make_settings
+from tests.app.support import TestClient, flush_test_db, make_settings, shared_s3_server
+from tests.s3_support import S3Server
 from workers.engine.examples.builder import build_example
 from workers.engine.examples.common import ExampleInfo
 from workers.settings import ServiceSettings
@@ -55,6 +57,13 @@ def example_args(example: ExampleInfo, out: Path, *extra: str) -> list[str]:
             "--train", str(d / "train.parquet"), "--audit", str(d / "audit.parquet"),
             "--eval", str(d / "eval.parquet"), "--label", example.label,
             "--sensitive", example.sensitive[0], "--out", str(out), "--quiet", *extra]
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> S3Server:
+    """This session's S3-protocol server (moto in a subprocess, tests/s3_server.py), with the
+    tests' bucket; stopped when the session ends."""
+    return shared_s3_server()
 
 
 @pytest.fixture

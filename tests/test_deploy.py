@@ -221,24 +221,51 @@ def _workers(services: dict[str, Any]) -> dict[str, Any]:
     return {name: s for name, s in services.items() if s.get("command", [None, None])[1:2] == ["worker"]}
 
 
-def test_compose_services_volumes_and_redis(compose: dict[str, Any]) -> None:
+SERVICES = ("api", "worker", "gpu-worker")
+S3_VARIABLES = {"S3_ACCESS_KEY": "minio-user", "S3_SECRET_KEY": "minio-secret-key"}
+
+
+def test_compose_services_and_redis(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert {"api", "worker", "gpu-worker", "redis"} <= set(services)
+    assert {"api", "worker", "gpu-worker", "redis", "minio", "minio-init"} <= set(services)
     redis_cmd = " ".join(services["redis"]["command"])
     assert "--appendonly yes" in redis_cmd and "--maxmemory-policy noeviction" in redis_cmd
     assert "--requirepass ${REDIS_PASSWORD:?" in redis_cmd and "ports" not in services["redis"]
     assert "$$REDIS_PASSWORD" in " ".join(services["redis"]["healthcheck"]["test"])
-    for name in ("api", "worker", "gpu-worker"):
+    for name in SERVICES:
         service = services[name]
         assert service["command"][0] == "softunlearn"
-        assert any(v.endswith(":/data/store") for v in service["volumes"])
         env = service["environment"]
         assert {"REDIS_URL", "SOFTUNLEARN_REDIS_PASSWORD", "SOFTUNLEARN_STORE",
                 "SOFTUNLEARN_API_KEYS"} <= set(env)
         assert service["depends_on"]["redis"]["condition"] == "service_healthy"
     assert services["api"]["command"][1] == "serve" and "healthcheck" not in services["api"], \
         "the API keeps the image's /healthz check"
-    assert set(compose["volumes"]) >= {"store", "redis-data"}
+    assert set(compose["volumes"]) >= {"minio-data", "redis-data"}
+
+
+def test_api_and_workers_share_only_the_s3_store_never_a_volume(compose: dict[str, Any]) -> None:
+    """Every service reaches the MinIO bucket that minio-init created, with MinIO's credentials;
+    none mounts a volume (so a worker may run on any host that reaches MinIO and Redis)."""
+    services = compose["services"]
+    init = " ".join(services["minio-init"]["command"])
+    for name in SERVICES:
+        service = services[name]
+        env = interpolate(service["environment"], {"REDIS_PASSWORD": "p", "SOFTUNLEARN_API_KEYS": "acme:k",
+                                                   **S3_VARIABLES})
+        assert "volumes" not in service, f"{name} must not need a shared disk"
+        bucket = env["SOFTUNLEARN_STORE"].removeprefix("s3://").split("/")[0]
+        assert env["SOFTUNLEARN_STORE"].startswith("s3://")
+        assert f"mc mb --ignore-existing store/{bucket}" in init, "minio-init makes the store's bucket"
+        assert env["SOFTUNLEARN_S3_ENDPOINT_URL"] == "http://minio:9000"
+        assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == ("minio-user", "minio-secret-key")
+        assert service["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
+    minio = services["minio"]
+    assert minio["environment"]["MINIO_ROOT_USER"].startswith("${S3_ACCESS_KEY:?")
+    assert minio["environment"]["MINIO_ROOT_PASSWORD"].startswith("${S3_SECRET_KEY:?")
+    assert "ports" not in minio and any(v.endswith(":/data") for v in minio["volumes"])
+    assert services["minio-init"]["depends_on"]["minio"]["condition"] == "service_healthy"
+    assert services["minio-init"]["restart"] == "no"
 
 
 def test_compose_builds_each_service_from_its_dockerfile_target(compose: dict[str, Any],
@@ -287,7 +314,7 @@ def test_no_password_is_written_into_a_url(compose: dict[str, Any]) -> None:
         for key, value in (env.items() if isinstance(env, dict) else []):
             if isinstance(value, str) and "://" in value:
                 assert "@" not in value and "$" not in value and urlsplit(value).password is None, (name, key)
-        if name != "redis":
+        if name in SERVICES:
             assert env["SOFTUNLEARN_REDIS_PASSWORD"].startswith("${REDIS_PASSWORD:?"), name
 
 
@@ -295,10 +322,13 @@ def test_no_password_is_written_into_a_url(compose: dict[str, Any]) -> None:
 def test_the_compose_environment_gives_the_services_a_url_with_the_exact_password(
         compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch, password: str) -> None:
     env = interpolate(compose["services"]["worker"]["environment"],
-                      {"REDIS_PASSWORD": password, "SOFTUNLEARN_API_KEYS": "acme:0123456789abcdef"})
+                      {"REDIS_PASSWORD": password, "SOFTUNLEARN_API_KEYS": "acme:0123456789abcdef",
+                       **S3_VARIABLES})
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    parsed = ConnectionPool.from_url(ServiceSettings().redis_url).connection_kwargs
+    settings = ServiceSettings()
+    assert (settings.store, settings.s3_endpoint_url) == ("s3://softunlearn/store", "http://minio:9000")
+    parsed = ConnectionPool.from_url(settings.redis_url).connection_kwargs
     assert (parsed["host"], parsed["port"], parsed["db"], parsed["password"]) == ("redis", 6379, 0, password)
     redis_argv = interpolate(compose["services"]["redis"]["command"], {"REDIS_PASSWORD": password})
     assert redis_argv[redis_argv.index("--requirepass") + 1] == password  # raw, one argument

@@ -211,7 +211,7 @@ def run_correction_job(tenant: str, job_id: str) -> dict[str, str]:
     from workers.engine.errors import CorrectionCanceled, EngineError
 
     settings = get_settings()
-    records = Records(open_store(settings.store))
+    records = Records(open_store(settings.store, endpoint_url=settings.s3_endpoint_url))
     record, claimed = lease.claim(records, tenant, job_id, lambda: _Claim(settings.job_lease_s))
     if not claimed:
         _notify(records, record)  # canceled at claim, or already finished: idempotent

@@ -35,8 +35,12 @@ class ServiceSettings(BaseSettings):
     """Redis used as the job transport (not the record of truth)."""
     redis_password: SecretStr | None = None
     """Password put into ``redis_url`` percent-encoded, so any character is safe in it."""
-    store: Path = DEFAULT_STORE
-    """Root directory of the local artifact store."""
+    store: Path | str = DEFAULT_STORE
+    """Where artifacts and job manifests live: a directory (the local store, on one host), or
+    ``s3://bucket/prefix`` (an S3-compatible store that API and workers on any hosts share)."""
+    s3_endpoint_url: str | None = None
+    """Endpoint of the S3-compatible store (MinIO, Ceph, ...); unset: boto3's own choice
+    (``AWS_ENDPOINT_URL``, else AWS S3). Credentials and region: the usual ``AWS_*`` variables."""
     api_keys: str = ""
     """Comma-separated ``tenant:key`` pairs."""
     api_keys_file: Path | None = None
@@ -126,6 +130,18 @@ class ServiceSettings(BaseSettings):
     """Queued plus running jobs of one tenant."""
     quota_stored_bytes: int = Field(default=100 * 1024 * MiB, ge=0)
     """Bytes one tenant may keep in the store (uploads and job outputs)."""
+
+    @field_validator("store", mode="before")
+    @classmethod
+    def _store_location(cls, value: object) -> object:
+        """An ``s3://`` URL stays a string (checked here, so a typo fails at start-up); anything
+        else is a directory path."""
+        if isinstance(value, str) and value.startswith("s3://"):
+            from models_store.s3.location import parse_s3_url
+
+            parse_s3_url(value)
+            return value
+        return Path(value) if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _apply_redis_password(self) -> ServiceSettings:

@@ -61,7 +61,7 @@ def _preload_engine() -> None:
 
 def _releaser(settings: ServiceSettings) -> Any:
     """The worker's hook after a horse exits: release the lease its execution held."""
-    records = Records(open_store(settings.store))
+    records = Records(open_store(settings.store, endpoint_url=settings.s3_endpoint_url))
 
     def release(job: Any, horse_pid: int) -> None:
         tenant, job_id = job.args[0], job.args[1]

@@ -144,8 +144,9 @@ async def create_model(records: Records, tenant: str, request: UploadRequest, li
             sha256=staged.sha256, size_bytes=staged.size, filename=upload.filename, created_at=utcnow(),
             architecture=architecture,
         )
-        staged.commit(records.data_key(record))
-    records.put_artifact(record)
+        # In a thread: on S3 the commit is the (multipart) upload, not a rename.
+        await anyio.to_thread.run_sync(staged.commit, records.data_key(record))
+    await anyio.to_thread.run_sync(records.put_artifact, record)
     return record
 
 
@@ -204,6 +205,7 @@ async def create_dataset(records: Records, tenant: str, request: UploadRequest, 
             sha256=staged.sha256, size_bytes=staged.size, filename=upload.filename, created_at=utcnow(),
             **found,
         )
-        staged.commit(object_key(tenant, "datasets", record.id, record.data_name))
-    records.put_artifact(record)
+        key = object_key(tenant, "datasets", record.id, record.data_name)
+        await anyio.to_thread.run_sync(staged.commit, key)
+    await anyio.to_thread.run_sync(records.put_artifact, record)
     return record

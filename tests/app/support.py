@@ -27,7 +27,8 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", StarletteDeprecationWarning)
     from fastapi.testclient import TestClient
 
-from models_store import LocalStore, Records
+from models_store import Records, Store, is_s3_location, open_store
+from tests import s3_support
 from workers.demo import stop_process
 from workers.engine.examples.common import ExampleInfo
 from workers.settings import ServiceSettings
@@ -113,10 +114,25 @@ def session_redis_url() -> str:
                        f"(key {SESSION_KEY!r}); wait for them or set SOFTUNLEARN_TEST_REDIS_URL")
 
 
+@functools.cache
+def shared_s3_server() -> s3_support.S3Server:
+    """This session's S3 server (started on first use, stopped at exit)."""
+    server = s3_support.start_s3_server()
+    atexit.register(server.stop)
+    return server
+
+
 def make_settings(store: Path, prefix: str, **overrides: Any) -> ServiceSettings:
-    """Settings on the test Redis DB, a private store and queue prefix."""
+    """Settings on the test Redis DB, a private store and queue prefix. With
+    ``SOFTUNLEARN_TEST_STORE=s3`` the store is a fresh prefix on this session's S3 server instead
+    of the directory ``store``."""
+    if s3_support.on_s3():
+        store_location: Path | str = s3_support.s3_url()
+        overrides.setdefault("s3_endpoint_url", shared_s3_server().endpoint)
+    else:
+        store_location = store
     values: dict[str, Any] = {
-        "redis_url": overrides.get("redis_url") or session_redis_url(), "store": store,
+        "redis_url": overrides.get("redis_url") or session_redis_url(), "store": store_location,
         "api_keys": f"acme:{KEY_A},globex:{KEY_B}",
         "queue_prefix": prefix, "job_monitoring_interval_s": 1, "job_timeout_s": 120,
         "requeue_grace_s": 0.0, "reconcile_interval_s": 1.0,
@@ -139,6 +155,8 @@ def worker_env(settings: ServiceSettings, **extra: str) -> dict[str, str]:
         "SOFTUNLEARN_DEBUG_STAGE_DELAY_S": str(settings.debug_stage_delay_s),
         "SOFTUNLEARN_DEVICE": "cpu",
     })
+    if settings.s3_endpoint_url:
+        env["SOFTUNLEARN_S3_ENDPOINT_URL"] = settings.s3_endpoint_url
     env.update(extra)
     return env
 
@@ -218,15 +236,35 @@ def wait_for(client: TestClient, job_id: str, statuses: tuple[str, ...], timeout
         time.sleep(0.2)
 
 
-def store_files(root: Path) -> list[str]:
-    """Every file under the store root except lock files (used to prove nothing partial is left)."""
+def store_of(settings: ServiceSettings) -> Store:
+    """The store of ``settings``, as the API and the workers open it."""
+    return open_store(settings.store, endpoint_url=settings.s3_endpoint_url)
+
+
+def store_files(where: ServiceSettings | Path) -> list[str]:
+    """Every file of the store (of settings, or a store root) except lock files, staging included
+    (used to prove nothing partial is left): under the root directory, or the objects under the
+    S3 prefix and the local S3 staging files (``.staging/NAME``)."""
+    settings = where if isinstance(where, ServiceSettings) else None
+    if settings is not None and is_s3_location(settings.store):
+        from models_store.s3 import S3Store
+        from models_store.s3.store import default_staging_dir
+
+        store = store_of(settings)
+        assert isinstance(store, S3Store)
+        pages = store.client.get_paginator("list_objects_v2").paginate(
+            Bucket=store.location.bucket, Prefix=store.location.object_name(""))
+        names = [store.location.key_of(item["Key"]) for page in pages for item in page.get("Contents", [])]
+        staging = [f".staging/{p.name}" for p in default_staging_dir().iterdir() if p.is_file()]
+        return sorted(names + staging)
+    root = Path(settings.store if settings is not None else where)  # type: ignore[arg-type]
     return sorted(str(p.relative_to(root)) for p in root.rglob("*")
                   if p.is_file() and ".locks" not in p.parts)
 
 
-def running_horse_pid(store: Path, job_id: str, timeout: float = 60.0) -> int:
+def running_horse_pid(settings: ServiceSettings, job_id: str, timeout: float = 60.0) -> int:
     """The work horse's pid once tenant acme's job is running past its ``load`` stage."""
-    records = Records(LocalStore(store))
+    records = Records(store_of(settings))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         record = records.get_job("acme", job_id)

@@ -9,13 +9,14 @@ import pytest
 from redis import Redis
 
 from app.client import ApiProblem, SoftUnlearnClient
-from models_store import LocalStore, Records
+from models_store import Records
 from tests.app.support import (
     KEY_B,
     TestClient,
     auth,
     job_body,
     store_files,
+    store_of,
     upload_example,
     wait_for,
     worker_process,
@@ -50,14 +51,14 @@ def test_an_artifact_is_deleted_once_and_only_by_its_tenant(client: TestClient, 
     assert client.delete(f"/v1/models/{UNKNOWN}", headers=auth()).status_code == 404
     assert client.delete("/v1/datasets/not-an-id", headers=auth()).status_code == 404
     assert client.delete(f"/v1/models/{model}").status_code == 401
-    before = Records(LocalStore(settings.store)).tenant_usage("acme").stored_bytes
+    before = Records(store_of(settings)).tenant_usage("acme").stored_bytes
     for route in (f"/v1/models/{model}", f"/v1/datasets/{dataset}"):
         response = client.delete(route, headers=auth())
         assert response.status_code == 204 and response.content == b""
         assert client.get(route, headers=auth()).status_code == 404
         assert client.delete(route, headers=auth()).status_code == 404
-    assert not [f for f in store_files(settings.store) if model in f or dataset in f]
-    assert Records(LocalStore(settings.store)).tenant_usage("acme").stored_bytes < before
+    assert not [f for f in store_files(settings) if model in f or dataset in f]
+    assert Records(store_of(settings)).tenant_usage("acme").stored_bytes < before
     metrics = client.get("/metrics").text
     assert 'softunlearn_deletions_total{kind="model",outcome="deleted"} 1.0' in metrics
     assert 'softunlearn_deletions_total{kind="model",outcome="not_found"} 4.0' in metrics
@@ -82,7 +83,7 @@ def test_in_use_and_unfinished_are_409_until_canceled(client: TestClient, ids: d
     assert client.get(f"/v1/jobs/{job_id}", headers=auth()).status_code == 404
     assert client.delete(f"/v1/jobs/{job_id}", headers=auth()).status_code == 404
     assert client.get("/v1/jobs", headers=auth()).json()["total"] == 0
-    assert not [f for f in store_files(settings.store) if job_id in f]
+    assert not [f for f in store_files(settings) if job_id in f]
     assert not Redis.from_url(settings.redis_url).exists(f"rq:job:{job_id}")
     metrics = client.get("/metrics").text
     assert 'softunlearn_deletions_total{kind="job",outcome="job_not_finished"} 1.0' in metrics
@@ -144,7 +145,7 @@ def test_a_finished_job_keeps_its_report_when_its_model_goes(
     with worker_process(settings, tmp_path / "worker.log"):
         job_id = submit(client, ids)
         assert wait_for(client, job_id, ("succeeded", "failed"))["status"] == "succeeded"
-    records = Records(LocalStore(settings.store))
+    records = Records(store_of(settings))
     with_outputs = records.tenant_usage("acme").stored_bytes
     outputs = records.store.list_children(records.output_prefix("acme", job_id))
     assert "report.json" in outputs and "model.safetensors" in outputs
@@ -158,7 +159,7 @@ def test_a_finished_job_keeps_its_report_when_its_model_goes(
     assert client.delete(f"/v1/jobs/{job_id}", headers=auth()).status_code == 204
     assert records.tenant_usage("acme").stored_bytes == with_outputs - model_bytes - output_bytes
     assert client.get(f"/v1/jobs/{job_id}/report", headers=auth()).status_code == 404
-    assert not [f for f in store_files(settings.store) if job_id in f]
+    assert not [f for f in store_files(settings) if job_id in f]
 
 
 def test_the_client_deletes(client: TestClient, ids: dict[str, str]) -> None:

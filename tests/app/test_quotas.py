@@ -15,6 +15,7 @@ import pytest
 
 from app.main import create_app
 from tests.app.support import KEY_B, TestClient, auth, flush_test_db, job_body, make_settings, upload_example
+from tests.s3_support import on_s3
 from workers.engine.examples.common import ExampleInfo
 
 pytestmark = pytest.mark.redis
@@ -52,6 +53,8 @@ def test_failed_auth_is_limited_per_address_even_for_a_valid_key_afterwards(tmp_
         _assert_429(client.get("/v1/jobs", headers=auth()), "too_many_failed_auth")
 
 
+@pytest.mark.skipif(on_s3(), reason="the rate limit is Redis's; on the S3 run's slower requests the "
+                    "30-request burst can outlast the one-second windows it counts")
 def test_request_rate_is_per_tenant(tmp_path: Path) -> None:
     with limited_client(tmp_path, rate_requests_per_s=10) as client:
         started = time.monotonic()

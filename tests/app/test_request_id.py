@@ -9,8 +9,8 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.main import create_app
-from models_store import LocalStore, Records
-from tests.app.support import TestClient, auth, job_body, make_settings, upload_example
+from models_store import Records
+from tests.app.support import TestClient, auth, job_body, make_settings, store_of, upload_example
 from workers.engine.examples.common import ExampleInfo
 from workers.settings import ServiceSettings
 
@@ -30,7 +30,7 @@ def test_a_job_records_the_request_id_of_its_post(client: TestClient, settings: 
     ids = upload_example(client, adult_example)
     response = client.post("/v1/jobs", headers={**auth(), "X-Request-ID": "submit-7"}, json=job_body(ids))
     assert response.status_code == 202 and response.headers["x-request-id"] == "submit-7"
-    record = Records(LocalStore(settings.store)).get_job("acme", response.json()["id"])
+    record = Records(store_of(settings)).get_job("acme", response.json()["id"])
     assert record is not None and record.request_id == "submit-7"
 
 

@@ -63,7 +63,7 @@ def test_valid_checkpoint_is_stored_with_its_hash(client: TestClient, settings: 
     assert status == 201, body
     assert body["sha256"] == hashlib.sha256(content).hexdigest()
     assert body["architecture"] == ARCH
-    files = store_files(settings.store)
+    files = store_files(settings)
     assert f"t/acme/models/{body['id']}/model.safetensors" in files
     assert all(f.startswith("t/acme/models/") or f == "t/acme/index.json" for f in files), files
     assert client.get(f"/v1/models/{body['id']}", headers=auth()).json()["sha256"] == body["sha256"]
@@ -81,13 +81,13 @@ def test_pickle_checkpoint_is_refused_unread(client: TestClient, settings: Servi
     status, body = post_model(client, zipped, name)
     assert (status, body["code"]) == (415, "pickle_refused")
     assert not sentinel.exists()
-    assert store_files(settings.store) == []
+    assert store_files(settings) == []
 
 
 def test_unknown_format_is_415(client: TestClient, settings: ServiceSettings) -> None:
     status, body = post_model(client, b"ONNX" + b"\x01" * 50, "model.onnx")
     assert (status, body["code"]) == (415, "unsupported_format")
-    assert store_files(settings.store) == []
+    assert store_files(settings) == []
 
 
 def test_truncated_and_lying_headers_are_422(client: TestClient, settings: ServiceSettings) -> None:
@@ -99,7 +99,7 @@ def test_truncated_and_lying_headers_are_422(client: TestClient, settings: Servi
         assert status == 422, body
         assert body["code"] == "invalid_safetensors"
         assert body["type"] == "urn:softunlearn:problem:invalid_safetensors"
-    assert store_files(settings.store) == []
+    assert store_files(settings) == []
 
 
 def test_shape_mismatch_with_architecture_is_422(client: TestClient, settings: ServiceSettings) -> None:
@@ -108,7 +108,7 @@ def test_shape_mismatch_with_architecture_is_422(client: TestClient, settings: S
     assert "0.weight" in str(body["detail"])
     status, body = post_model(client, safetensors_bytes(GOOD), arch={"type": "cnn"})
     assert status == 422 and body["errors"][0]["field"] == "architecture"  # type: ignore[index]
-    assert store_files(settings.store) == []
+    assert store_files(settings) == []
 
 
 def test_a_cnn_checkpoint_is_accepted_with_its_architecture(client: TestClient) -> None:
@@ -144,7 +144,7 @@ def test_a_checkpoint_recording_another_architecture_is_422(client: TestClient,
     status, body = post_model(client, safetensors_bytes(GOOD, metadata=recorded))
     assert (status, body["code"]) == (422, "architecture_mismatch")
     assert "'tanh'" in str(body["detail"]) and "'relu'" in str(body["detail"])
-    assert store_files(settings.store) == []
+    assert store_files(settings) == []
     recorded_same = {"softunlearn": json.dumps({"architecture": ARCH})}
     assert post_model(client, safetensors_bytes(GOOD, metadata=recorded_same))[0] == 201
 
@@ -166,7 +166,7 @@ def test_over_the_size_cap_is_413(tmp_path: Path) -> None:
         response = client.post("/v1/models", headers={**auth(), "Content-Type":
                                "multipart/form-data; boundary=xyzzy"}, content=chunks())  # type: ignore[arg-type, unused-ignore]
         assert response.status_code == 413
-    assert store_files(settings.store) == []
+    assert store_files(settings) == []
 
 
 def test_dataset_upload_csv_and_refusals(client: TestClient, settings: ServiceSettings) -> None:
@@ -177,7 +177,7 @@ def test_dataset_upload_csv_and_refusals(client: TestClient, settings: ServiceSe
     body = ok.json()
     assert (body["format"], body["n_rows"], body["feature_names"]) == ("csv", 3, ["x1", "x2"])
     assert body["groups"] == {"sex": ["F", "M"]} and body["schema"]["label"] == "y"
-    before = store_files(settings.store)
+    before = store_files(settings)
     missing = client.post("/v1/datasets", headers=auth(), files={"file": ("d.csv", csv)},
                           data={"schema": '{"label": "z", "sensitive": ["sex"]}'})
     assert (missing.status_code, missing.json()["code"]) == (422, "invalid_dataset")
@@ -188,7 +188,7 @@ def test_dataset_upload_csv_and_refusals(client: TestClient, settings: ServiceSe
     assert no_schema.status_code == 422 and no_schema.json()["errors"][0]["field"] == "schema"
     not_multipart = client.post("/v1/datasets", headers=auth(), content=csv)
     assert not_multipart.status_code == 415
-    assert store_files(settings.store) == before
+    assert store_files(settings) == before
 
 
 def test_tensor_dataset_upload_and_refusals(client: TestClient, settings: ServiceSettings) -> None:
@@ -207,8 +207,8 @@ def test_tensor_dataset_upload_and_refusals(client: TestClient, settings: Servic
     body = ok.json()
     assert (body["format"], body["n_rows"], body["feature_names"]) == ("safetensors", 20, ["a", "b", "c"])
     assert body["groups"] == {"sex": ["F", "M"]}
-    assert any(f.endswith("/data.safetensors") for f in store_files(settings.store))
-    before = store_files(settings.store)
+    assert any(f.endswith("/data.safetensors") for f in store_files(settings))
+    before = store_files(settings)
     bad_label = client.post("/v1/datasets", headers=auth(), data=schema,
                             files={"file": ("d.safetensors", save({**tensors, "y": tensors["y"] + 5}))})
     assert (bad_label.status_code, bad_label.json()["code"]) == (422, "invalid_dataset")
@@ -216,7 +216,7 @@ def test_tensor_dataset_upload_and_refusals(client: TestClient, settings: Servic
     no_x = client.post("/v1/datasets", headers=auth(), data=schema,
                        files={"file": ("d.safetensors", save({"y": tensors["y"], "sex": tensors["sex"]}))})
     assert no_x.status_code == 422 and "'x'" in no_x.json()["detail"]
-    assert store_files(settings.store) == before
+    assert store_files(settings) == before
 
 
 DEEP = "[" * 5000 + "]" * 5000
@@ -239,7 +239,7 @@ def test_deeply_nested_json_in_any_field_is_422_never_500(client: TestClient,
                            files={"file": ("d.csv", csv)})
     assert response.status_code == 422, response.text
     assert response.json()["errors"][0]["field"] == "schema" and "nested" in response.json()["detail"]
-    assert store_files(settings.store) == []
+    assert store_files(settings) == []
 
 
 def _dataset(client: TestClient, content: bytes, name: str = "d.csv") -> tuple[int, dict[str, object]]:
@@ -274,14 +274,14 @@ def test_datasets_over_the_caps_are_413_naming_the_setting(tmp_path: Path) -> No
             message = str(body["detail"]).removeprefix("file: ")
             assert body["errors"] == [{"field": "file", "message": message}]
         assert _dataset(client, b"x,s,y\n" + b"0.5,0,1\n0.5,1,0\n" * 25)[0] == 201
-    assert all("/datasets/" in f or f.endswith("/index.json") for f in store_files(settings.store))
-    assert len([f for f in store_files(settings.store) if f.endswith("/data.csv")]) == 1
+    assert all("/datasets/" in f or f.endswith("/index.json") for f in store_files(settings))
+    assert len([f for f in store_files(settings) if f.endswith("/data.csv")]) == 1
 
 
 def test_a_csv_header_line_over_a_mebibyte_is_413(client: TestClient, settings: ServiceSettings) -> None:
     status, body = _dataset(client, b"x" * (1024 * 1024 + 1) + b",s,y\n1,0,1\n")
     assert (status, body["code"]) == (413, "dataset_too_large") and "header line" in str(body["detail"])
-    assert store_files(settings.store) == []
+    assert store_files(settings) == []
 
 
 def _state(dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
@@ -305,7 +305,7 @@ def test_non_finite_weights_are_422_naming_the_tensor(client: TestClient, settin
             body["detail"]), body
         assert "'0.weight'" in str(body["detail"]) or "'2.bias'" in str(body["detail"])
         assert body["errors"][0]["field"] == "file"  # type: ignore[index]
-    assert store_files(settings.store) == []
+    assert store_files(settings) == []
     assert post_model(client, _raw(_state(torch.bfloat16)))[0] == 201
 
 
@@ -315,7 +315,7 @@ def test_mixed_dtypes_are_422_naming_them(client: TestClient, settings: ServiceS
     status, body = post_model(client, _raw(state))
     assert (status, body["code"]) == (422, "mixed_dtypes"), body
     assert "F16 (1 tensor), F32 (3 tensors)" in str(body["detail"])
-    assert store_files(settings.store) == []
+    assert store_files(settings) == []
 
 
 def test_upload_checks_run_off_the_event_loop(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:

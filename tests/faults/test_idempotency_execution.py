@@ -18,8 +18,8 @@ from rq import Queue
 from rq.registry import FinishedJobRegistry
 
 from app.main import create_app
-from models_store import LocalStore, Records
-from tests.app.support import TestClient, auth, make_settings, upload_example, wait_for
+from models_store import Records
+from tests.app.support import TestClient, auth, make_settings, store_of, upload_example, wait_for
 from tests.faults.support import executions, quick_job, traced_workers, wait_listening
 from tests.private_redis import private_redis
 from workers.engine.examples.common import ExampleInfo
@@ -61,7 +61,7 @@ def test_one_key_twenty_racing_posts_one_execution(tmp_path: Path, adult_example
                     events.append(message["data"])
             pushes.close()
 
-        record = Records(LocalStore(settings.store)).get_job("acme", job_id)
+        record = Records(store_of(settings)).get_job("acme", job_id)
         assert record is not None and (record.enqueues, record.attempts) == (1, 1), record
         assert [e for e in events if e in ("lpush", "rpush")] == ["rpush"], events
         assert redis.lrange(queue_key, 0, -1) == []
@@ -69,4 +69,4 @@ def test_one_key_twenty_racing_posts_one_execution(tmp_path: Path, adult_example
         assert FinishedJobRegistry(queue=queue).get_job_ids() == [job_id]
         runs = executions(tmp_path)
         assert [(run.job, run.end is not None) for run in runs] == [(job_id, True)], runs
-        assert [job.id for job in Records(LocalStore(settings.store)).list_jobs("acme")] == [job_id]
+        assert [job.id for job in Records(store_of(settings)).list_jobs("acme")] == [job_id]

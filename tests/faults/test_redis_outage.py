@@ -23,8 +23,8 @@ import redis
 from rq import Worker
 
 from app.main import create_app
-from models_store import LocalStore, Records
-from tests.app.support import TestClient, auth, make_settings, upload_example, wait_for
+from models_store import Records
+from tests.app.support import TestClient, auth, make_settings, store_of, upload_example, wait_for
 from tests.faults.support import (
     TERMINAL,
     claims,
@@ -91,7 +91,7 @@ def _rig(stack: contextlib.ExitStack, tmp_path: Path, example: ExampleInfo, pers
                                                  SOFTUNLEARN_WORKER_REDIS_RETRY_MAX_S=RETRY_MAX_S))
     wait_listening(tmp_path, len(workers))
     logs = [tmp_path / f"worker-{i}.log" for i in range(len(workers))]
-    return server, Records(LocalStore(settings.store)), client, ids, workers, logs
+    return server, Records(store_of(settings)), client, ids, workers, logs
 
 
 def _stop_promptly(server: PrivateRedis, workers: list[subprocess.Popen[bytes]], logs: list[Path]) -> None:

@@ -39,7 +39,7 @@ def server(module_settings: ServiceSettings, tmp_path_factory: pytest.TempPathFa
 
 
 def _staging(settings: ServiceSettings) -> list[str]:
-    return sorted(os.listdir(settings.store / ".tmp"))
+    return sorted(os.listdir(Path(settings.store) / ".tmp"))
 
 
 def _wait_no_staging(settings: ServiceSettings, timeout: float = 10.0) -> list[str]:

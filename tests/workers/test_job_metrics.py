@@ -13,9 +13,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.job_collector import JobMetricsCollector
-from models_store import LocalStore, Records
+from models_store import Records
 from models_store.keys import new_id
 from models_store.records import JobRecord, utcnow
+from tests.app.support import store_of
 from workers import job_metrics
 from workers.reconcile import reconcile_job
 from workers.settings import ServiceSettings
@@ -70,7 +71,7 @@ def test_a_write_to_an_unreachable_redis_returns_false() -> None:
 
 def test_a_job_the_reconciler_fails_is_counted_and_logged(connection: redis.Redis, settings: ServiceSettings,
                                                           caplog: pytest.LogCaptureFixture) -> None:
-    records = Records(LocalStore(settings.store))
+    records = Records(store_of(settings))
     past = utcnow() - timedelta(minutes=5)
     record = JobRecord(id=new_id(), tenant="acme", request={"model_id": new_id()}, spec={}, queue="cpu",
                        created_at=past, updated_at=past, started_at=past, enqueued_at=past,

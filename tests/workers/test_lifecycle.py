@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 
 from app.main import create_app
-from models_store import LocalStore, Records
+from models_store import Records
 from tests.app.support import (
     TestClient,
     auth,
     flush_test_db,
     job_body,
     running_horse_pid,
+    store_of,
     upload_example,
     wait_for,
     worker_process,
@@ -28,7 +29,7 @@ DELAY = {"debug_stage_delay_s": 0.7}
 
 
 def outputs(settings: ServiceSettings, job_id: str) -> list[str]:
-    records = Records(LocalStore(settings.store))
+    records = Records(store_of(settings))
     return records.store.list_children(records.output_prefix("acme", job_id))
 
 
@@ -45,7 +46,7 @@ def test_cancel_a_running_job(client: TestClient, settings: ServiceSettings, adu
     slow = settings.model_copy(update=DELAY)
     with worker_process(slow, tmp_path / "worker.log") as worker:
         job_id = submit(client, ids)
-        running_horse_pid(settings.store, job_id)
+        running_horse_pid(settings, job_id)
         response = client.post(f"/v1/jobs/{job_id}/cancel", headers=auth())
         assert response.status_code == 202 and response.json()["cancel_requested"]
         job = wait_for(client, job_id, ("canceled", "failed", "succeeded"), timeout=30)
@@ -62,7 +63,7 @@ def test_sigkilled_work_horse_never_stays_running(settings: ServiceSettings,
     with TestClient(create_app(slow, reconcile=False)) as client, \
             worker_process(slow, tmp_path / "worker.log"):
         job_id = submit(client, upload_example(client, adult_example))
-        os.kill(running_horse_pid(settings.store, job_id), signal.SIGKILL)
+        os.kill(running_horse_pid(settings, job_id), signal.SIGKILL)
         job = wait_for(client, job_id, ("failed", "succeeded", "canceled"), timeout=60)
     if retries:
         assert (job["status"], job["attempts"]) == ("succeeded", 2), job
@@ -80,7 +81,7 @@ def test_job_lost_by_redis_is_requeued_and_finishes(client: TestClient, settings
     flush_test_db()  # Redis restarted without persistence: the queue and the RQ job are gone
     job = client.get(f"/v1/jobs/{job_id}", headers=auth()).json()
     assert job["status"] == "queued"
-    record = Records(LocalStore(settings.store)).get_job("acme", job_id)
+    record = Records(store_of(settings)).get_job("acme", job_id)
     assert record is not None and record.enqueues == 2
     with worker_process(settings, tmp_path / "worker.log"):
         job = wait_for(client, job_id, ("succeeded", "failed"), timeout=60)

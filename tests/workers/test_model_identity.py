@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from models_store import LocalStore, Records
-from tests.app.support import TestClient, auth, job_body, wait_for, worker_process
+from models_store import Records
+from tests.app.support import TestClient, auth, job_body, store_of, wait_for, worker_process
 from tests.engine.small_data import SmallExample, write_small_example
 from workers.settings import ServiceSettings
 
@@ -104,7 +104,7 @@ def test_a_wrong_activation_fails_the_job_naming_the_one_that_matches(
         response = client.get(f"/v1/jobs/{refused_id}/{output}", headers=auth())
         assert response.status_code in (404, 409), (output, response.status_code, response.text)
         assert response.json()["code"] == "job_not_succeeded", response.text
-    records = Records(LocalStore(settings.store))
+    records = Records(store_of(settings))
     assert records.store.list_children(records.output_prefix("acme", refused_id)) == []
 
     # the same checkpoint and datasets with the architecture it was built with are corrected

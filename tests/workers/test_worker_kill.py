@@ -29,13 +29,14 @@ from rq.serializers import JSONSerializer
 from safetensors.torch import load_file
 
 from app.main import create_app
-from models_store import LocalStore, Records
+from models_store import Records
 from tests.app.support import (
     ROOT,
     TestClient,
     auth,
     job_body,
     running_horse_pid,
+    store_of,
     upload_example,
     worker_env,
 )
@@ -126,7 +127,7 @@ def test_killed_workers_never_leave_jobs_running(settings: ServiceSettings, adul
     workers are killed whole at once (so the 61 s heartbeat expiry is waited out once)."""
     by_retries = {retries: settings.model_copy(update={"job_retries": retries}) for retries in (0, 1)}
     slow = settings.model_copy(update={"debug_stage_delay_s": STAGE_DELAY_S})
-    records = Records(LocalStore(settings.store))
+    records = Records(store_of(settings))
     redis = connect(settings)
     with contextlib.ExitStack() as stack:
         # One API reconciles (every 1 s); a second one, on the same store and queues, enqueues
@@ -140,7 +141,7 @@ def test_killed_workers_never_leave_jobs_running(settings: ServiceSettings, adul
             response = submitter.post("/v1/jobs", headers=auth(), json=job_body(ids))
             assert response.status_code == 202, response.text
             job_ids[retries] = response.json()["id"]
-        horses = [running_horse_pid(settings.store, job_id) for job_id in job_ids.values()]
+        horses = [running_horse_pid(settings, job_id) for job_id in job_ids.values()]
         for horse in horses:
             assert horse not in [w.pid for w in workers] and os.getpgid(horse) == horse, \
                 "expected RQ's horse in its own group"
