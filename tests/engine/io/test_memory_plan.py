@@ -81,7 +81,8 @@ def test_correct_refuses_a_job_over_the_budget_before_reading_it(tmp_path: Path)
     out = tmp_path / "out"
     command = [sys.executable, "-m", "workers.cli.main", "correct", "--model", str(model),
                "--arch", str(arch), "--train", str(data), "--audit", str(data), "--label", "y",
-               "--sensitive", "s", "--objective", "demographic_parity", "--out", str(out), "--memory-budget", "100MB"]
+               "--sensitive", "s", "--objective", "demographic_parity", "--out", str(out),
+               "--memory-budget", "100MB"]
     run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2, run.stderr
     assert "needs about 0.7" in run.stderr and "budget is 0.10 GB" in run.stderr
