@@ -114,7 +114,13 @@ def _example_inputs(work: Path, hidden: tuple[int, ...] | None = None) -> Any:
         return inputs
     name = next(k for k, v in MODELS.items() if v == hidden)
     state = load_file(str(work / "models" / name / "model.safetensors"))
-    return dataclasses.replace(inputs, arch=ArchSpec(inputs.arch.in_features, hidden), state=state)
+
+    def without_reference(data: Any) -> Any:  # the example's logits are its own baseline's
+        return None if data is None else dataclasses.replace(data, reference_logits=None,
+                                                             reference_column=None)
+    return dataclasses.replace(inputs, arch=ArchSpec(inputs.arch.in_features, hidden), state=state,
+                               train=without_reference(inputs.train), audit=without_reference(inputs.audit),
+                               eval=without_reference(inputs.eval))
 
 
 def _run_job(work: Path, job: Job, seed: int) -> dict[str, Any]:

@@ -172,7 +172,8 @@ def test_full_scope_robustness_target_uses_an_input_space_attack(adult_example: 
     # the target is adaptive: the attack is re-crafted against the corrected network
     assert report["after"]["audit"]["robust_accuracy"] > report["before"]["audit"]["robust_accuracy"]
     assert report["after"]["eval"]["robust_accuracy"] > report["before"]["eval"]["robust_accuracy"]
-    # Full-scope frontier by CG: soft points share one solve; they move robust accuracy monotonically.
+    # Full-scope frontier (EK-FAC under auto): soft points share one solve; robust accuracy
+    # moves monotonically along them.
     soft = [p["eval"]["robust_accuracy"] for p in report["frontier"] if "reduction" in p]
     assert len(soft) == 4 and soft == sorted(soft) and soft[-1] > soft[0] + 0.1
 
