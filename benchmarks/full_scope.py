@@ -6,7 +6,8 @@ builds the Adult example once, trains MLPs of about 1.7 k, 8.8 k (the example's 
 
 - the **job**: the default demographic-parity correction with ``scope: full`` through the public
   pipeline (``run_correction``, robust evaluation off), in a fresh process so its peak RSS is its
-  own; wall time, stage timings and peak RSS (``ru_maxrss``);
+  own; wall time, CPU time (on one thread, what the wall time would be on an idle core: read it
+  when the machine is loaded), stage timings and peak RSS (``ru_maxrss``);
 - the **scores**: the utility influences ``gᵢᵀ(G + μI)⁻¹∇f`` (f = mean audit log-loss) of every
   training row, whose Spearman rank agreement with the reference solver (exact where it runs,
   else CG) is printed;
@@ -132,9 +133,10 @@ def _run_job(work: Path, job: Job, seed: int) -> dict[str, Any]:
     spec = spec_from_dict({"objective": {"metric": "demographic_parity", "sensitive_attribute": "sex"},
                            "evaluation": {"robustness": False}, "seed": seed,
                            "influence": _influence_settings(job.solver, **_chunking(job.model))})
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     report = run_correction(inputs, spec, device="cpu").report
-    return {"job_seconds": time.perf_counter() - started, "timings": report["timings"],
+    return {"job_seconds": time.perf_counter() - started, "job_cpu_seconds": time.process_time() - cpu,
+            "timings": report["timings"],
             "eval_dp_before": report["before"]["eval"].get("demographic_parity_difference"),
             "eval_dp_after": report["after"]["eval"].get("demographic_parity_difference"),
             "eval_accuracy_before": report["before"]["eval"].get("accuracy"),
@@ -176,7 +178,7 @@ def _scores(work: Path, job: Job, out: Path, curvature: str = "gauss_newton") ->
     if curvature == "hessian":
         extra["damping"] = PEER_DAMPING_PER_ROW * len(labels)
     config = InfluenceConfig(**_influence_settings(job.solver, **extra))
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     engine = FullInfluence(model.network, torch.from_numpy(np.asarray(inputs.train.features)[rows]), labels,
                            torch.ones_like(labels), config)
     audit = torch.from_numpy(np.asarray(inputs.audit.features, dtype=np.float64))
@@ -186,7 +188,8 @@ def _scores(work: Path, job: Job, out: Path, curvature: str = "gauss_newton") ->
     direction, info = engine.solve(gradient, "influence", check_residual=False)
     values = engine.per_sample_dot(direction).numpy()
     np.save(out, values)
-    return {"score_seconds": time.perf_counter() - started, "damping": engine.damping,
+    return {"score_seconds": time.perf_counter() - started, "score_cpu_seconds": time.process_time() - cpu,
+            "damping": engine.damping,
             "l2_reg": engine.l2_reg, "iterations": info.get("iterations")}
 
 
@@ -213,7 +216,7 @@ def _peer_scores(work: Path, model_name: str, out: Path, shift: float) -> dict[s
         logits = torch.func.functional_call(network, params, (x,)).reshape(-1)
         return F.binary_cross_entropy_with_logits(logits, y.reshape(-1), reduction="sum")
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     task = AttributionTask(loss_func=loss, model=network, checkpoints=network.state_dict())
     attributor = IFAttributorCG(task=task, device="cpu", max_iter=2000, tol=1e-7, mode="rev-fwd",
                                 regularization=shift)
@@ -226,7 +229,7 @@ def _peer_scores(work: Path, model_name: str, out: Path, shift: float) -> dict[s
                                              batch_size=1))
     values = summed[:, 0].detach().numpy() / len(audit_labels)
     np.save(out, values)
-    return {"score_seconds": time.perf_counter() - started}
+    return {"score_seconds": time.perf_counter() - started, "score_cpu_seconds": time.process_time() - cpu}
 
 
 def _child(args: argparse.Namespace) -> int:
@@ -330,13 +333,15 @@ def _seconds(value: Any) -> str:
 
 
 def _outcome(run: dict[str, Any]) -> str:
-    return _seconds(run.get("score_seconds")) if run["status"] == "ok" else str(run["status"])
+    if run["status"] != "ok":
+        return str(run["status"])
+    return f"{_seconds(run.get('score_seconds'))} ({_seconds(run.get('score_cpu_seconds'))})"
 
 
 def markdown(results: dict[str, Any]) -> str:
     """The tables: jobs per model and solver, then the peer comparison."""
-    lines = ["| model | params | solver | job wall (s) | influence / frontier / unlearn (s) | peak RSS (GiB) "
-             "| score time (s) | Spearman vs ref | eval DP before → after | previous (issue 12) |",
+    lines = ["| model | params | solver | job wall (CPU) s | influence / frontier / unlearn (s) "
+             "| peak RSS (GiB) | scores wall (CPU) s | Spearman vs ref | eval DP before → after | previous (issue 12) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for row in results["rows"]:
         job, scores = row["job"], row["scores"]
@@ -344,7 +349,8 @@ def markdown(results: dict[str, Any]) -> str:
             t = job["timings"]
             stages = " / ".join(_seconds(t.get(k)) for k in ("influence", "frontier", "unlearn"))
             dp = f"{job['eval_dp_before']:.3f} → {job['eval_dp_after']:.3f}"
-            wall, rss = _seconds(job["job_seconds"]), f"{job['peak_rss_gib']:.2f}"
+            wall = f"{_seconds(job['job_seconds'])} ({_seconds(job.get('job_cpu_seconds'))})"
+            rss = f"{job['peak_rss_gib']:.2f}"
         else:
             stages, dp, wall, rss = job["status"], "", "–", "–"
         rho = row["spearman_vs_reference"]
