@@ -341,7 +341,8 @@ def _outcome(run: dict[str, Any]) -> str:
 def markdown(results: dict[str, Any]) -> str:
     """The tables: jobs per model and solver, then the peer comparison."""
     lines = ["| model | params | solver | job wall (CPU) s | influence / frontier / unlearn (s) "
-             "| peak RSS (GiB) | scores wall (CPU) s | Spearman vs ref | eval DP before → after | previous (issue 12) |",
+             "| peak RSS (GiB) | scores wall (CPU) s | Spearman vs ref | eval DP before → after "
+             "| previous (issue 12) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for row in results["rows"]:
         job, scores = row["job"], row["scores"]

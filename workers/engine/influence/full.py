@@ -200,7 +200,7 @@ def _load_forward_mode() -> None:
         warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated",
                                 category=DeprecationWarning)
         from torch.autograd.forward_ad import _maybe_load_decompositions
-        _maybe_load_decompositions()
+        _maybe_load_decompositions()  # type: ignore[no-untyped-call]
 
 
 def _finite(tensor: torch.Tensor, stage: str, what: str) -> torch.Tensor:
