@@ -5,13 +5,14 @@ The objective is the sum form of METHOD.md §1 over *all* parameters (weights an
     L(θ; w) = Σᵢ wᵢ ℓᵢ(θ) + (λ/2)‖θ‖²,    ℓᵢ = binary cross-entropy of the logit,
 
 with ``H`` its Hessian and ``I_f(i) = gᵢᵀ (H + δI)⁻¹ ∇f`` the predicted change of a target f when
-sample i is removed (``gᵢ = ∇ℓᵢ``, unweighted, unregularized). Per-sample gradients come from
-``torch.func`` (``vmap(grad)`` of a ``functional_call``) a chunk of rows at a time, so at most
-``chunk_size × P`` gradient entries exist at once; Hessian-vector products are forward-over-reverse
-(``jvp`` of ``grad``) over the same chunks. ``(H + δI)⁻¹ v`` is solved by ``influence.solver``:
-``exact`` (dense Hessian built from batched HVPs, symmetrized, PD-checked and Cholesky-factorized
-by :func:`workers.engine.influence.head.factorize`), ``cg`` or ``lissa``
-(:mod:`workers.engine.influence.ihvp`).
+sample i is removed (``gᵢ = ∇ℓᵢ``, unweighted, unregularized). Per-sample gradients are never
+formed on the influence paths: ``gᵢᵀv`` for a chunk of rows is one forward-mode product
+(``torch.func.jvp``) of its per-row loss vector, and ``Σ εᵢgᵢ`` one reverse pass (``vjp``);
+Hessian and Gauss-Newton products are batched over the same chunks (reverse over reverse).
+``(H + δI)⁻¹ v`` is solved by ``influence.solver``: ``exact`` (dense matrix, symmetrized,
+PD-checked and Cholesky-factorized by :func:`workers.engine.influence.head.factorize`), ``cg`` or
+``lissa`` (:mod:`workers.engine.influence.ihvp`), or ``ekfac`` (the Kronecker-factored
+approximation of :mod:`workers.engine.influence.kfac`).
 
 **Damping.** A network's Hessian need not be positive definite: the weights come from a
 stochastic optimizer, not the exact optimum of ``L``, and the residual term ``Σ (pᵢ − yᵢ)∇²zᵢ`` is
@@ -118,7 +119,7 @@ def check_memory(n: int, parameters: int, config: InfluenceConfig, width: int = 
         return
     advice = [f"lower influence.chunk_size (now {config.chunk_size})"]
     if resolve_solver(parameters, config) == "exact":
-        advice.append(f"use influence.solver 'cg' or 'lissa' (the dense Hessian of {parameters} "
+        advice.append(f"use influence.solver 'cg', 'lissa' or 'ekfac' (the dense Hessian of {parameters} "
                       f"parameters alone takes {3 * parameters**2 * 8 / GIB:.2f} GiB with workspaces)")
     advice.append("or raise influence.max_memory_gb")
     raise InputError(f"full-network influence needs an estimated {estimate / GIB:.2f} GiB of working "
@@ -237,7 +238,7 @@ class FullInfluence:
         if self.solver == "exact" and self.parameter_count > config.exact_max_parameters:
             raise InputError(f"influence.solver 'exact' builds a dense Hessian and allows at most "
                              f"influence.exact_max_parameters={config.exact_max_parameters} parameters; "
-                             f"the model has {self.parameter_count}: use solver 'cg' or 'auto'")
+                             f"the model has {self.parameter_count}: use solver 'cg', 'ekfac' or 'auto'")
         self._width = activation_width(network, features)
         check_memory(n, self.parameter_count, config, self._width,
                      ekfac_factor_entries(network) if self.solver == "ekfac" else 0)
