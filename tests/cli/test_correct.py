@@ -143,11 +143,11 @@ def test_network_methods_through_the_cli(adult_example: ExampleInfo, tmp_path: P
 
 
 def test_full_scope_influence_corrects_the_whole_network(adult_example: ExampleInfo, tmp_path: Path) -> None:
-    # The full-scope frontier (EK-FAC solves under solver auto) is exercised by the robustness test below.
+    # The full-scope frontier (CG solves) is exercised by the robustness test below.
     assert main(example_args(adult_example, tmp_path, "--objective", "demographic_parity",
                              "--scope", "full", "--no-robust-eval", "--no-frontier")) == 0
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["predicted"]["iterations"][0]["solver"]["solver"] == "ekfac"  # auto beyond 5 k parameters
+    assert report["predicted"]["iterations"][0]["solver"]["solver"] == "cg"
     assert report["frontier"] == [] and report["frontier_info"]["skipped"]
     original = load_file(str(adult_example.out_dir / "model.safetensors"))
     corrected = load_file(str(tmp_path / "model.safetensors"))
@@ -172,8 +172,7 @@ def test_full_scope_robustness_target_uses_an_input_space_attack(adult_example: 
     # the target is adaptive: the attack is re-crafted against the corrected network
     assert report["after"]["audit"]["robust_accuracy"] > report["before"]["audit"]["robust_accuracy"]
     assert report["after"]["eval"]["robust_accuracy"] > report["before"]["eval"]["robust_accuracy"]
-    # Full-scope frontier (EK-FAC under auto): soft points share one solve; robust accuracy
-    # moves monotonically along them.
+    # Full-scope frontier by CG: soft points share one solve; they move robust accuracy monotonically.
     soft = [p["eval"]["robust_accuracy"] for p in report["frontier"] if "reduction" in p]
     assert len(soft) == 4 and soft == sorted(soft) and soft[-1] > soft[0] + 0.1
 

@@ -259,8 +259,8 @@ class InfluenceConfig:
     ``cg_tolerance`` relative residual), ``lissa`` (stochastic Neumann series) or ``ekfac``
     (eigenvalue-corrected Kronecker-factored Gauss-Newton over the Linear and Conv2d layers, exact
     diagonal for other parameters: approximate, no pass over the data per solve; for networks too
-    large for CG); ``auto`` picks exact when small enough, else EK-FAC (set ``cg`` for exact
-    inverse products at a few hundred passes over the data per solve). The full Hessian of a
+    large for CG, by name only: its approximate steps overshoot); ``auto`` picks exact when small
+    enough, else CG. The full Hessian of a
     network need not be positive definite, and a trained ReLU network is rarely at an exact
     optimum: ``curvature`` is ``gauss_newton`` by default (Σ wᵢpᵢ(1−pᵢ)∇zᵢ∇zᵢᵀ + λI, positive
     definite by construction, the usual choice for network influence) or ``hessian`` (the exact
