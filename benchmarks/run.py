@@ -1,5 +1,7 @@
 """Run the benchmark: ``python -m benchmarks.run [--datasets adult bank] [--quick] [--tables ...]``.
 
+``--tables full_scope`` adds the full-network influence table (:mod:`benchmarks.full_scope`).
+
 For each dataset: build the shipped example (baseline MLP), time the default correction stage by
 stage, then measure every configuration of :data:`benchmarks.variants.VARIANTS` (of the chosen
 tables) on the eval split. Prints markdown tables and writes the full results as JSON under
@@ -25,6 +27,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
+from benchmarks import full_scope
 from benchmarks.baselines import BaselineOutcome, fairlearn_dp, logistic_regression, retrain_weighted
 from benchmarks.engine_runs import Example, correction_seconds, prepare_example, run_engine
 from benchmarks.table import (
@@ -44,6 +47,8 @@ __all__ = ["main", "run_dataset"]
 
 DATASETS: tuple[ExampleName, ...] = ("adult", "bank")
 RESULTS = Path(__file__).resolve().parent / "results"
+FULL_SCOPE = "full_scope"
+"""The table of benchmarks/full_scope.py, run only when named in ``--tables``."""
 Say = Callable[[str], None]
 
 
@@ -200,10 +205,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's, one per core); 1 keeps "
                              "timings stable when other processes share the cores")
-    parser.add_argument("--tables", nargs="+", choices=TABLES, default=list(TABLES),
+    parser.add_argument("--tables", nargs="+", choices=(*TABLES, FULL_SCOPE), default=list(TABLES),
                         help="which tables to measure: main (soft vs hard, retraining, Fairlearn), "
                              "methods (every unlearning method, hard vs soft), robustness "
-                             "(robustness objective); default all")
+                             "(robustness objective); default all of these; full_scope (scope "
+                             "full on Adult per MLP size and solver, with the dattri comparison: "
+                             "benchmarks/full_scope.py) only when named")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return parser
 
@@ -239,9 +246,23 @@ def _run(args: argparse.Namespace, work: Path, say: Say) -> dict[str, Any]:
                          "robustness": markdown_robustness(robustness_rows)}}
 
 
+def _full_scope(args: argparse.Namespace) -> int:
+    """The full_scope table (its own script; one process per measurement)."""
+    forwarded = ["--peer", "--seed", str(args.seed), "--out", str(args.out),
+                 "--threads", str(args.threads or 1)]
+    if args.work is not None:
+        forwarded += ["--work", str(args.work / "full_scope")]
+    return full_scope.main(forwarded)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark, print the markdown tables, write the JSON; returns the exit code."""
     args = _parser().parse_args(argv)
+    if FULL_SCOPE in args.tables:
+        code = _full_scope(args)
+        args.tables = [t for t in args.tables if t != FULL_SCOPE]
+        if code or not args.tables:
+            return code
     if args.threads is not None:
         torch.set_num_threads(max(1, args.threads))
     say: Say = (lambda _message: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))

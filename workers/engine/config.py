@@ -45,7 +45,7 @@ HessianMode = Literal["original", "reweighted"]
 NegativeWeightPolicy = Literal["clip", "reject"]
 InfeasiblePolicy = Literal["error", "best_effort"]
 Scope = Literal["last_layer", "full"]
-Solver = Literal["auto", "exact", "cg", "lissa"]
+Solver = Literal["auto", "exact", "cg", "lissa", "ekfac"]
 Curvature = Literal["gauss_newton", "hessian"]
 PolishPolicy = Literal["auto", "always", "never"]
 
@@ -256,12 +256,16 @@ class InfluenceConfig:
     ``scope='full'``: every parameter of the MLP, per-sample gradients by ``torch.func``;
     inverse-Hessian-vector products by ``solver``: ``exact`` (dense Hessian, for at most
     ``exact_max_parameters``), ``cg`` (conjugate gradient on Hessian-vector products, to
-    ``cg_tolerance`` relative residual) or ``lissa`` (stochastic Neumann series); ``auto`` picks
-    exact when small enough, else CG. The full Hessian of a network need not be positive
-    definite, and a trained ReLU network is rarely at an exact optimum: ``curvature`` is
-    ``gauss_newton`` by default (Σ wᵢpᵢ(1−pᵢ)∇zᵢ∇zᵢᵀ + λI, positive definite by construction, the
-    usual choice for network influence) or ``hessian`` (the exact Hessian, which may be indefinite).
-    ``damping`` shifts either (when it is 0, 1e-3 per unit of total sample weight is used).
+    ``cg_tolerance`` relative residual), ``lissa`` (stochastic Neumann series) or ``ekfac``
+    (eigenvalue-corrected Kronecker-factored Gauss-Newton over the Linear and Conv2d layers, exact
+    diagonal for other parameters: approximate, no pass over the data per solve; for networks too
+    large for CG, by name only: its approximate steps overshoot); ``auto`` picks exact when small
+    enough, else CG. The full Hessian of a
+    network need not be positive definite, and a trained ReLU network is rarely at an exact
+    optimum: ``curvature`` is ``gauss_newton`` by default (Σ wᵢpᵢ(1−pᵢ)∇zᵢ∇zᵢᵀ + λI, positive
+    definite by construction, the usual choice for network influence) or ``hessian`` (the exact
+    Hessian, which may be indefinite). ``damping`` shifts either (when it is 0, 1e-3 per unit of
+    total sample weight is used).
     ``max_memory_gb`` refuses a job whose estimated working memory is larger, before it starts.
 
     ``polish`` (head scope): influence assumes the head sits at the optimum of its regularized
@@ -298,6 +302,9 @@ class InfluenceConfig:
         _check_choice(self.scope, Scope, "influence.scope")
         _check_choice(self.solver, Solver, "influence.solver")
         _check_choice(self.curvature, Curvature, "influence.curvature")
+        _check(self.solver != "ekfac" or self.curvature == "gauss_newton",
+               "influence.solver 'ekfac' approximates the Gauss-Newton curvature: use influence.curvature "
+               "'gauss_newton' (the default), or solver 'cg' for the exact Hessian")
         _check_choice(self.polish, PolishPolicy, "influence.polish")
         for name in ("polish_max_log_loss_change", "polish_max_accuracy_change", "polish_max_target_change"):
             _finite(getattr(self, name), f"influence.{name}")

@@ -271,3 +271,35 @@ def test_a_span_basis_reproduces_its_columns_with_the_rank_of_their_span() -> No
     assert basis.shape == (N, 2) and coefficients.shape == (2, 4)
     np.testing.assert_allclose(basis @ coefficients, columns, rtol=0, atol=1e-12)
     assert span_basis(np.zeros((N, 3)))[0].shape == (N, 1)
+
+
+def test_ekfac_scores_rank_like_the_exact_ones(smooth: nn.Module, data: Data) -> None:
+    exact, _ = _influences(smooth, data, damping=0.0, curvature="gauss_newton")
+    ekfac, info = _influences(smooth, data, damping=0.0, curvature="gauss_newton", solver="ekfac")
+    assert info["solver"] == "ekfac" and info["relative_residual"] is None
+    # Measured Spearman 0.761, cosine 0.861 on this 57-parameter MLP (EK-FAC is block-diagonal
+    # per layer, so cross-layer curvature is lost); the margins leave room for other BLAS.
+    assert spearmanr(exact.numpy(), ekfac.numpy()).statistic >= 0.65
+    assert float(exact @ ekfac / (exact.norm() * ekfac.norm())) >= 0.75
+
+
+def test_influence_products_never_form_per_sample_gradients(
+        relu: nn.Sequential, data: Data, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = FullInfluence(relu, data[0], data[1], _ones(), _config(chunk_size=64))
+    reference = engine.per_sample_gradients(slice(0, N))
+
+    def refuse(*_args: object) -> object:
+        raise AssertionError("per-sample gradients were materialized")
+
+    monkeypatch.setattr(engine, "per_sample_gradients", refuse)
+    monkeypatch.setattr("workers.engine.influence.full.grad", refuse)
+    vector = torch.linspace(-1.0, 1.0, engine.parameter_count, dtype=torch.float64)
+    assert torch.allclose(engine.per_sample_dot(vector), reference @ vector, rtol=1e-10, atol=1e-12)
+    eps = torch.linspace(-1.0, 1.0, N, dtype=torch.float64).unsqueeze(1)
+    assert torch.allclose(engine.weighted_gradient_sums(eps), reference.T @ eps, rtol=1e-10, atol=1e-10)
+    # Without per-sample gradients nothing scales as rows × P: 1 M parameters on 30 k rows fits
+    # in well under the default cap with CG or EK-FAC (it was refused at 92 k parameters).
+    for solver in ("cg", "ekfac"):
+        config = _config(solver=solver, curvature="gauss_newton")
+        check_memory(30_000, 1_000_000, config, width=2_000, factor_entries=4_000_000)
+        assert estimate_memory_bytes(30_000, 1_000_000, config, width=2_000) < 2**31

@@ -3,7 +3,7 @@
 Targets are written as differentiable functions of the network's audit outputs (the same
 surrogates as the head scope: soft-rate gaps, mean log-loss, mean log-loss on the frozen
 adversarial inputs) and differentiated with autograd; influences and Newton steps use
-:class:`workers.engine.influence.full.FullInfluence` (exact / CG / LiSSA inverse-HVPs).
+:class:`workers.engine.influence.full.FullInfluence` (exact / CG / LiSSA / EK-FAC inverse-HVPs).
 """
 
 from __future__ import annotations
@@ -158,8 +158,10 @@ class FullScope:
         solution, info = self.engine.solve(rhs, "unlearn")
         self.engine.set_parameters(self.engine.flat_parameters() - solution)
         self.engine.set_weights(self.weights)
-        return [f"full Newton step solved by {info['solver']} (relative residual "
-                f"{info.get('relative_residual', 0.0):.1e}, damping {info['damping']:.3g})"]
+        residual = info.get("relative_residual")
+        accuracy = ("EK-FAC approximate curvature" if residual is None
+                    else f"relative residual {residual:.1e}")
+        return [f"full Newton step solved by {info['solver']} ({accuracy}, damping {info['damping']:.3g})"]
 
     def trial_models(self, deltas: list[np.ndarray], method: MethodConfig) -> list[HeadModel]:
         """The networks after a Newton step with each of ``deltas``, leaving the scope where it is.
