@@ -133,7 +133,7 @@ def head_pass(problem: HeadProblem, theta: torch.Tensor, weights: torch.Tensor, 
             if grad is not None:
                 grad += block.T @ (w * residual)
             if gram is not None:
-                gram.add(block, w * curvature)
+                gram.add(block, w * curvature, consume=True)
     value, reg_grad = problem.regularizer(theta)
     out = HeadPass()
     if objective:

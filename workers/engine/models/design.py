@@ -129,14 +129,20 @@ class GramAccumulator:
         self._full = torch.zeros(width, width, dtype=torch.float64, device=device)
         self._scratch = np.empty((0, width))
 
-    def add(self, block: torch.Tensor, scale: torch.Tensor) -> None:
-        """Add ``blockᵀ diag(scale) block``."""
+    def add(self, block: torch.Tensor, scale: torch.Tensor, consume: bool = False) -> None:
+        """Add ``blockᵀ diag(scale) block``; with ``consume`` the block's buffer may be
+        overwritten (it is the caller's last use of it), which saves a copy per chunk."""
         if bool((scale < 0).any()) or self._upper is None:
             self._full += block.T @ (scale.unsqueeze(1) * block)
             return
-        if self._scratch.shape[0] != block.shape[0]:
-            self._scratch = np.empty(block.shape)
-        rooted = np.multiply(block.numpy(), np.sqrt(scale.numpy())[:, None], out=self._scratch)
+        values = block.numpy()
+        if consume:
+            target = values
+        else:
+            if self._scratch.shape != values.shape:
+                self._scratch = np.empty(values.shape)
+            target = self._scratch
+        rooted = np.multiply(values, np.sqrt(scale.numpy())[:, None], out=target)
         self._upper = _syrk_update(self._upper, rooted)
 
     def result(self) -> torch.Tensor:
