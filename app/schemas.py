@@ -217,6 +217,9 @@ class JobPublic(BaseModel):
     attempts: int
     queue: str
     device: str | None = None
+    threads: int | None = Field(default=None, description=(
+        "Threads (torch intra-op, BLAS) of the work horse that ran the latest attempt "
+        "(SOFTUNLEARN_WORKER_THREADS)."))
     model_id: str
     train_dataset_id: str
     audit_dataset_id: str

@@ -4,7 +4,8 @@
 
 For each dataset: build the shipped example (baseline MLP), time the default correction stage by
 stage, then measure every configuration of :data:`benchmarks.variants.VARIANTS` (of the chosen
-tables) on the eval split. Prints markdown tables and writes the full results as JSON under
+tables) on the eval split. ``--tables throughput`` measures jobs/min of real workers
+(:mod:`benchmarks.throughput`). Prints markdown tables and writes the full results as JSON under
 ``benchmarks/results/``.
 """
 
@@ -40,6 +41,7 @@ from benchmarks.table import (
     markdown_timings,
     row_from_metrics,
 )
+from benchmarks.throughput import JOBS, run_throughput
 from benchmarks.variants import TABLES, Table, Variant, method_available, select
 from workers.engine.examples.builder import ExampleName
 
@@ -49,6 +51,9 @@ DATASETS: tuple[ExampleName, ...] = ("adult", "bank")
 RESULTS = Path(__file__).resolve().parent / "results"
 FULL_SCOPE = "full_scope"
 """The table of benchmarks/full_scope.py, run only when named in ``--tables``."""
+THROUGHPUT = "throughput"
+"""The table of :mod:`benchmarks.throughput` (not one of the engine tables of ``variants``)."""
+QUICK_THROUGHPUT_JOBS = 6
 Say = Callable[[str], None]
 
 
@@ -205,12 +210,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's, one per core); 1 keeps "
                              "timings stable when other processes share the cores")
-    parser.add_argument("--tables", nargs="+", choices=(*TABLES, FULL_SCOPE), default=list(TABLES),
+    parser.add_argument("--tables", nargs="+", choices=(*TABLES, FULL_SCOPE, THROUGHPUT),
+                        default=list(TABLES),
                         help="which tables to measure: main (soft vs hard, retraining, Fairlearn), "
                              "methods (every unlearning method, hard vs soft), robustness "
-                             "(robustness objective); default all of these; full_scope (scope "
+                             "(robustness objective); default these three. full_scope (scope "
                              "full on Adult per MLP size and solver, with the dattri comparison: "
-                             "benchmarks/full_scope.py) only when named")
+                             "benchmarks/full_scope.py) and throughput (jobs/min of 1 and 2 real "
+                             f"workers, {JOBS} Adult jobs each, {QUICK_THROUGHPUT_JOBS} with --quick; "
+                             "starts an API and workers, ≈ 10 min on 2 cores) only when named")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return parser
 
@@ -224,26 +232,30 @@ def _write(out: Path, payload: dict[str, Any]) -> Path:
 
 
 def _run(args: argparse.Namespace, work: Path, say: Say) -> dict[str, Any]:
-    variants = select(args.quick, cast(list[Table], args.tables))
+    engine_tables = [t for t in args.tables if t in TABLES]
+    variants = select(args.quick, cast(list[Table], engine_tables))
     started = time.perf_counter()
     machine = _machine()
     timings: dict[str, dict[str, float]] = {}
     rows: list[Row] = []
     facts: dict[str, Any] = {}
-    for name in cast(list[ExampleName], args.datasets):
+    for name in cast(list[ExampleName], args.datasets if engine_tables else []):
         dataset_timings, dataset_rows, facts[name] = run_dataset(name, variants, work, args.seed, say)
         timings |= dataset_timings
         rows += dataset_rows
+    throughput = (run_throughput(work / THROUGHPUT, QUICK_THROUGHPUT_JOBS if args.quick else JOBS,
+                                 seed=args.seed, say=say) if THROUGHPUT in args.tables else None)
     machine["load_average_at_end"] = list(os.getloadavg())
     main_rows, method_rows, robustness_rows = ([r for r in rows if r.table == table] for table in TABLES)
     return {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "quick": args.quick,
             "tables": args.tables, "seed": args.seed, "machine": machine,
             "wall_seconds": time.perf_counter() - started, "stage_timings": timings,
-            "datasets": facts, "rows": [r.to_dict() for r in rows],
+            "datasets": facts, "rows": [r.to_dict() for r in rows], "throughput": throughput,
             "markdown": {"timings": markdown_timings(timings), "results": markdown_results(main_rows),
                          "soft_vs_hard": markdown_soft_vs_hard(main_rows),
                          "methods": markdown_methods(method_rows),
-                         "robustness": markdown_robustness(robustness_rows)}}
+                         "robustness": markdown_robustness(robustness_rows),
+                         "throughput": throughput["markdown"] if throughput else ""}}
 
 
 def _full_scope(args: argparse.Namespace) -> int:
@@ -273,8 +285,9 @@ def main(argv: list[str] | None = None) -> int:
             payload = _run(args, Path(tmp), say)
     path = _write(args.out, payload)
     tables = payload["markdown"]
-    print("## Stage timings of the default correction (seconds, CPU)\n")
-    print(tables["timings"])
+    if payload["stage_timings"]:
+        print("## Stage timings of the default correction (seconds, CPU)\n")
+        print(tables["timings"])
     if "main" in args.tables:
         print("## Eval-split results (sorted by DP difference; ★ = accuracy/DP Pareto front)\n")
         print(tables["results"])
@@ -286,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     if "robustness" in args.tables:
         print("## Objective robustness (adaptive PGD L∞ ε = 0.05): schemes and methods\n")
         print(tables["robustness"])
+    if THROUGHPUT in args.tables:
+        print("## Throughput per machine (real API and workers, Adult default jobs)\n")
+        print(tables["throughput"])
     load = payload["machine"]
     print(f"total {payload['wall_seconds']:.0f} s; load average (1, 5, 15 min) at start "
           f"{_loads(load['load_average_at_start'])}, at end {_loads(load['load_average_at_end'])}; "

@@ -142,6 +142,8 @@ class JobRecord(BaseModel):
     cancel_requested: bool = False
     worker_pid: int | None = None
     device: str | None = None
+    threads: int | None = Field(
+        default=None, description="Intra-op threads of the work horse that ran the latest attempt.")
     request_hash: str
     enqueued_at: datetime | None = None
     timings: dict[str, float] = Field(default_factory=dict)

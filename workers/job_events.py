@@ -59,13 +59,14 @@ def in_job_context(function: Callable[[str, str], T]) -> Callable[[str, str], T]
 
 
 def started(record: JobRecord, device: str | None) -> None:
-    """The ``job_started`` line of an execution that claimed ``record``, and its queue wait."""
+    """The ``job_started`` line of an execution that claimed ``record`` (its device and threads),
+    and its queue wait."""
     logs.note(request_id=record.request_id)
     waited = record.enqueued_at or record.created_at
     wait_s = max((utcnow() - waited).total_seconds(), 0.0)
-    logs.event(log, logging.INFO, "job_started", "job started: attempt %d on %s from queue %s",
-               record.attempts, device, record.queue, attempt=record.attempts, device=device,
-               queue=record.queue, status="running")
+    logs.event(log, logging.INFO, "job_started", "job started: attempt %d on %s (%s threads) from queue %s",
+               record.attempts, device, record.threads, record.queue, attempt=record.attempts,
+               device=device, threads=record.threads, queue=record.queue, status="running")
     settings = get_settings()
     job_metrics.record_queue_wait(worker_redis(), settings.queue_prefix, record.queue, wait_s)
 

@@ -33,12 +33,13 @@ from workers.settings import ServiceSettings, get_settings
 if TYPE_CHECKING:
     from workers.engine.pipeline import CorrectionInputs
 
-__all__ = ["run_correction_job", "set_device"]
+__all__ = ["run_correction_job", "set_device", "set_threads"]
 
 log = logging.getLogger(__name__)
 PROGRESS_WRITE_INTERVAL_S = 0.5
 """Progress within a stage is written at most this often (a new stage is always written)."""
 _device: str | None = None
+_threads: int | None = None
 
 
 def set_device(device: str) -> None:
@@ -47,12 +48,29 @@ def set_device(device: str) -> None:
     _device = device
 
 
+def set_threads(threads: int) -> None:
+    """Fix the threads of jobs run by this process and its work horses (0: the libraries'
+    defaults); the worker calls it once at start, each horse applies it before its job."""
+    global _threads
+    _threads = threads
+
+
+def _horse_threads() -> int | None:
+    """Apply :func:`set_threads`'s count in this process; the intra-op threads torch now uses
+    (None where no worker set a count: a job run in-process keeps its caller's threads)."""
+    if _threads is None:
+        return None
+    from workers.threads import limit_threads
+
+    return limit_threads(_threads)
+
+
 class _Claim:
     """Moves a queued manifest to running, unless it is terminal, another execution holds its
     lease (``held``: see workers/lease.py) or cancellation was asked."""
 
-    def __init__(self, lease_s: float = 0.0) -> None:
-        self.claimed, self.held, self._lease_s = False, False, lease_s
+    def __init__(self, lease_s: float = 0.0, threads: int | None = None) -> None:
+        self.claimed, self.held, self._lease_s, self._threads = False, False, lease_s, threads
 
     def __call__(self, record: JobRecord) -> JobRecord | None:
         if record.terminal:
@@ -66,7 +84,7 @@ class _Claim:
         record.status, record.stage, record.progress, record.error = "running", "load", 0.0, None
         record.attempts += 1
         record.started_at = record.started_at or utcnow()
-        record.worker_pid, record.device = os.getpid(), _device
+        record.worker_pid, record.device, record.threads = os.getpid(), _device, self._threads
         self.claimed = True
         return record
 
@@ -211,8 +229,9 @@ def run_correction_job(tenant: str, job_id: str) -> dict[str, str]:
     from workers.engine.errors import CorrectionCanceled, EngineError
 
     settings = get_settings()
+    threads = _horse_threads()  # before any engine work of this horse
     records = Records(open_store(settings.store, endpoint_url=settings.s3_endpoint_url))
-    record, claimed = lease.claim(records, tenant, job_id, lambda: _Claim(settings.job_lease_s))
+    record, claimed = lease.claim(records, tenant, job_id, lambda: _Claim(settings.job_lease_s, threads))
     if not claimed:
         _notify(records, record)  # canceled at claim, or already finished: idempotent
         return {"job_id": job_id, "status": record.status}

@@ -54,7 +54,7 @@ FORMATS: tuple[LogFormat, ...] = ("json", "text")
 CONTEXT_FIELDS = ("request_id", "tenant", "job_id", "stage")
 """Fields taken from the context of the line."""
 EXTRA_FIELDS = ("duration_s", "status", "code", "method", "route", "queue", "attempt", "device",
-                "worker", "client_disconnected")
+                "threads", "worker", "client_disconnected")
 """Fields a caller may pass in ``extra`` (anything else passed is ignored by the formatters)."""
 MAX_REQUEST_ID = 128
 _REQUEST_ID = re.compile(rf"[\x21-\x7e]{{1,{MAX_REQUEST_ID}}}")

@@ -118,14 +118,17 @@ class ResilientWorker(Worker):
     """An RQ worker that sits Redis outages out instead of quitting (see the module docstring).
 
     ``on_horse_reaped(job, horse_pid)`` runs in the worker after each horse has exited, whatever
-    Redis does (used to release the job's lease in the store).
+    Redis does (used to release the job's lease in the store); ``before_fork()`` runs in the
+    worker before each horse is forked (used to import the engine once, on the first job).
     """
 
     def __init__(self, *args: Any, outage: OutageLog,
-                 on_horse_reaped: Callable[[Any, int], None] | None = None, **kwargs: Any) -> None:
+                 on_horse_reaped: Callable[[Any, int], None] | None = None,
+                 before_fork: Callable[[], None] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.outage = outage
         self.on_horse_reaped = on_horse_reaped
+        self.before_fork = before_fork
         self.redis_failure: BaseException | None = None
         """The Redis error that ended :meth:`work`, if one did."""
         self.loop_error: BaseException | None = None
@@ -216,6 +219,12 @@ class ResilientWorker(Worker):
     def execute_job(self, job: Any, queue: Any) -> None:
         """Fork a horse and monitor it; a Redis error escaping (after the horse ended) is noted."""
         self._noting(super().execute_job, job, queue)
+
+    def fork_work_horse(self, job: Any, queue: Any) -> None:
+        """RQ's fork, after the ``before_fork`` hook."""
+        if self.before_fork is not None:
+            self.before_fork()
+        super().fork_work_horse(job, queue)
 
     def _noting(self, call: Callable[..., T], *args: Any) -> T:
         try:

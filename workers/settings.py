@@ -66,6 +66,13 @@ class ServiceSettings(BaseSettings):
     """Queues a worker listens on; default ``gpu,cpu`` with CUDA, else ``cpu``."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Worker device; ``auto`` is CUDA when present, else CPU."""
+    worker_threads: int | None = Field(default=None, ge=0, le=1024)
+    """Threads of each work horse (torch, BLAS, OpenMP); unset: the CPUs the worker may use
+    (affinity, cgroup quota) divided by ``workers_per_host``; 0: the libraries' defaults (one per
+    core in every horse). ``softunlearn worker --threads`` overrides it."""
+    workers_per_host: int = Field(default=1, ge=1, le=1024)
+    """Workers sharing this host's CPUs (used only when ``worker_threads`` is unset);
+    ``softunlearn worker --workers-per-host`` overrides it."""
     job_timeout_s: int = Field(default=3600, gt=0)
     """RQ ``job_timeout``: a job running longer is killed and failed."""
     job_retries: int = Field(default=1, ge=0, le=10)

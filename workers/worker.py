@@ -1,13 +1,18 @@
 """``softunlearn worker``: an RQ worker on the service's queues, device chosen at start.
 
 The device is probed in a subprocess so the worker process never initializes CUDA itself (a
-CUDA context does not survive ``fork``); each forked work horse initializes it on its own. The
-engine is imported before forking, so horses start warm. A Redis outage does not stop it
-(workers/resilience.py): running jobs go on, and it takes jobs again when Redis is back.
+CUDA context does not survive ``fork``); each forked work horse initializes it on its own. A
+host with no GPU device node skips the probe. The worker listens without importing the engine
+(well under a second of CPU); it imports it once, before forking its first horse, so that every
+horse starts warm (importing torch and the engine in each horse would cost each job seconds of
+CPU). The threads of each horse are fixed before that import (workers/threads.py). A Redis outage
+does not stop it (workers/resilience.py): running jobs go on, and it takes jobs again when Redis
+is back.
 """
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import subprocess
@@ -19,7 +24,7 @@ from rq.serializers import JSONSerializer
 
 from models_store import open_store
 from models_store.records import Records
-from workers import jobs, lease, logs
+from workers import jobs, lease, logs, threads
 from workers.queue import SOCKET_TIMEOUT_S, WORKER_TTL_S, get_queue, parse_queue_kinds
 from workers.resilience import Backoff, OutageLog, ResilientWorker, supervise
 from workers.settings import ServiceSettings
@@ -28,12 +33,21 @@ __all__ = ["detect_device", "resolve_queues", "run_worker"]
 
 log = logging.getLogger(__name__)
 _PROBE = "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')"
+_GPU_NODES = ("/dev/nvidia*", "/dev/dxg", "/dev/kfd", "/proc/driver/nvidia")
+"""Device nodes of the NVIDIA, WSL and ROCm drivers: without one, torch sees no CUDA device."""
+
+
+def _gpu_node_present() -> bool:
+    return any(glob.glob(pattern) for pattern in _GPU_NODES)
 
 
 def detect_device(setting: str) -> str:
-    """``cpu`` or ``cuda``: the setting when explicit, else what a fresh process sees."""
+    """``cpu`` or ``cuda``: the setting when explicit, else what a fresh process sees (``cpu``
+    at once on a host without a GPU device node)."""
     if setting != "auto":
         return setting
+    if not _gpu_node_present():
+        return "cpu"
     env = {**os.environ, "PYTORCH_NVML_BASED_CUDA_CHECK": "1"}
     try:
         probe = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True,
@@ -56,7 +70,8 @@ def resolve_queues(requested: str | None, device: str) -> list[str]:
 
 
 def _preload_engine() -> None:
-    import workers.engine.pipeline  # noqa: F401  (warm import before forking horses)
+    """Import the engine in the worker (once; later calls find it imported) so horses fork warm."""
+    import workers.engine.pipeline  # noqa: F401
 
 
 def _releaser(settings: ServiceSettings) -> Any:
@@ -80,7 +95,9 @@ def run_worker(settings: ServiceSettings, queues: str | None = None, burst: bool
     device = detect_device(settings.device)
     jobs.set_device(device)
     kinds = resolve_queues(queues or settings.worker_queues, device)
-    _preload_engine()
+    horse_threads = threads.resolve_threads(settings.worker_threads, settings.workers_per_host)
+    threads.export_thread_env(horse_threads)  # before torch/numpy load in this process or a horse
+    jobs.set_threads(horse_threads)
     connection = Redis.from_url(settings.redis_url, socket_connect_timeout=SOCKET_TIMEOUT_S)
     outage = OutageLog(Backoff(settings.worker_redis_retry_min_s, settings.worker_redis_retry_max_s))
     release = _releaser(settings)
@@ -95,11 +112,13 @@ def run_worker(settings: ServiceSettings, queues: str | None = None, burst: bool
             worker_ttl=WORKER_TTL_S,
             outage=outage,
             on_horse_reaped=release,
+            before_fork=_preload_engine,
         )
 
     first = make_worker(name)
-    logs.event(log, logging.INFO, "worker_started", "softunlearn worker %s: device=%s, queues=%s",
-               first.name, device, ", ".join(settings.queue_name(k) for k in kinds), device=device,
-               worker=first.name, queue=",".join(kinds))
+    logs.event(log, logging.INFO, "worker_started",
+               "softunlearn worker %s: device=%s, threads per job=%s, queues=%s", first.name, device,
+               horse_threads or "unlimited", ", ".join(settings.queue_name(k) for k in kinds),
+               device=device, threads=horse_threads, worker=first.name, queue=",".join(kinds))
     return supervise(first, make_worker, connection, outage,
                      lambda worker: worker.work(burst=burst, logging_level="INFO"))

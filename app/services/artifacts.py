@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import anyio
 
+from app import memory
 from app.errors import ApiError
 from app.services.uploads import Upload, read_multipart
 from models_store import ArtifactRecord, Records, StagedObject
@@ -169,18 +170,21 @@ def _dataset_format(head: bytes) -> Literal["parquet", "csv", "safetensors"]:
 
 def _inspect_dataset(path: Path, schema_raw: Any, limits: DatasetLimits) -> dict[str, Any]:
     """Schema check, the caps from the file's metadata, then the engine's validation a chunk at a
-    time (runs in a worker thread)."""
+    time (runs in a worker thread; the memory it used is given back after, app/memory.py)."""
     try:
         schema = parse_schema(schema_raw)
     except InputError as exc:
         raise _invalid("schema", str(exc).removeprefix("schema: ")) from exc
+    memory.use_system_pool()
     try:
-        found = scan_dataset(path, schema, "file", limits)
+        found = scan_dataset(path, schema, "file", limits, chunk_bytes=memory.SCAN_CHUNK_BYTES)
     except DatasetTooLarge as exc:
         raise ApiError(413, exc.code, f"file: {exc}",
                        errors=[{"field": "file", "message": str(exc)}]) from exc
     except InputError as exc:
         raise _invalid("file", str(exc), "invalid_dataset") from exc
+    finally:
+        memory.give_back()
     groups = {c: v[:MAX_GROUPS_SHOWN] for c, v in found.groups.items()}
     return {"dataset_schema": schema.to_dict(), "columns": found.columns, "n_rows": found.n_rows,
             "feature_names": found.feature_names, "groups": groups}

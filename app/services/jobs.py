@@ -164,8 +164,9 @@ def job_public(record: JobRecord) -> JobPublic:
         error=JobErrorPublic(code=record.error.code, message=redact_paths(record.error.message))
         if record.error else None,
         cancel_requested=record.cancel_requested, attempts=record.attempts, queue=record.queue,
-        device=record.device, model_id=request["model_id"], train_dataset_id=request["train_dataset_id"],
-        audit_dataset_id=request["audit_dataset_id"], eval_dataset_id=request.get("eval_dataset_id"),
+        device=record.device, threads=record.threads, model_id=request["model_id"],
+        train_dataset_id=request["train_dataset_id"], audit_dataset_id=request["audit_dataset_id"],
+        eval_dataset_id=request.get("eval_dataset_id"),
         spec=record.spec, created_at=record.created_at, updated_at=record.updated_at,
         started_at=record.started_at, finished_at=record.finished_at, links=links,
         handoffs={name: HandoffPublic.model_validate(h.model_dump()) for name, h in record.handoffs.items()},

@@ -2,7 +2,8 @@
 
 They need only the thin client (``pip install softunlearn``: httpx, pydantic, tenacity; no torch).
 Every request retries connection errors, 429 and 502/503/504 (honouring ``Retry-After``) and
-never another 4xx; a 4xx is exit 2 with the service's message.
+never another 4xx; a 4xx is exit 2 with the service's message. The client (httpx, pydantic,
+rich) is imported when a command runs, not for ``--help`` or an argument error.
 """
 
 from __future__ import annotations
@@ -12,10 +13,8 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import httpx
-
-from app.client import ApiProblem, RetryPolicy, SoftUnlearnClient
 from workers.cli.arguments import add_column_arguments, add_input_files
 from workers.cli.exit_codes import (
     EXIT_BAD_INPUT,
@@ -26,8 +25,10 @@ from workers.cli.exit_codes import (
     EXIT_TARGET_MISSED,
 )
 from workers.cli.gates import gate_argument
-from workers.cli.progress_output import Output
-from workers.cli.submission import InputProblem, fetch_and_gate, read_inputs, submit, wait_and_fetch
+
+if TYPE_CHECKING:
+    from app.client import SoftUnlearnClient
+    from workers.cli.progress_output import Output
 
 __all__ = ["register"]
 
@@ -55,6 +56,9 @@ exit codes:
 
 
 def _client(args: argparse.Namespace, output: Output) -> SoftUnlearnClient:
+    from app.client import RetryPolicy, SoftUnlearnClient
+    from workers.cli.submission import InputProblem
+
     url = args.url or os.environ.get(URL_ENV)
     if not url:
         raise InputProblem(f"name the service with --url or {URL_ENV}")
@@ -75,6 +79,12 @@ def _run(handler: Callable[[SoftUnlearnClient, argparse.Namespace, Output], int]
     """Wrap a command: make its client and map every failure onto an exit code and a message."""
 
     def run(args: argparse.Namespace) -> int:
+        import httpx
+
+        from app.client import ApiProblem
+        from workers.cli.progress_output import Output
+        from workers.cli.submission import InputProblem
+
         output = Output(json_lines=args.json or not sys.stdout.isatty())
         try:
             with _client(args, output) as client:
@@ -95,6 +105,8 @@ def _run(handler: Callable[[SoftUnlearnClient, argparse.Namespace, Output], int]
 
 
 def _submit(client: SoftUnlearnClient, args: argparse.Namespace, output: Output) -> int:
+    from workers.cli.submission import read_inputs, submit
+
     return submit(client, read_inputs(args), args, output)
 
 
@@ -118,6 +130,8 @@ def _download(client: SoftUnlearnClient, args: argparse.Namespace, output: Outpu
         return output.error(f"job {args.job_id} {job['status']}, it has no outputs"
                             + (f": {error.get('code')}: {error.get('message')}" if error else ""),
                             EXIT_JOB_ENDED, job_id=args.job_id, status=job["status"])
+    from workers.cli.submission import fetch_and_gate
+
     return fetch_and_gate(client, job, args.gate, args.out, output)
 
 
@@ -128,6 +142,8 @@ def _cancel(client: SoftUnlearnClient, args: argparse.Namespace, output: Output)
 
 
 def _wait_existing(client: SoftUnlearnClient, args: argparse.Namespace, output: Output) -> int:
+    from workers.cli.submission import wait_and_fetch
+
     return wait_and_fetch(client, args.job_id, args, output)
 
 

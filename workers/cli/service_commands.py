@@ -7,6 +7,7 @@ Imports are lazy: ``softunlearn serve`` never imports torch.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,11 +44,17 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_worker_command(args: argparse.Namespace) -> int:
-    """Run an RQ worker on the service's queues."""
+    """Run an RQ worker on the service's queues (``--threads``/``--workers-per-host`` over
+    ``SOFTUNLEARN_WORKER_THREADS``/``SOFTUNLEARN_WORKERS_PER_HOST``)."""
     from workers.worker import run_worker
 
+    settings = _settings(args)
+    if args.threads is not None:
+        settings.worker_threads = args.threads
+    if args.workers_per_host is not None:
+        settings.workers_per_host = args.workers_per_host
     try:
-        return run_worker(_settings(args), queues=args.queues, burst=args.burst, name=args.name)
+        return run_worker(settings, queues=args.queues, burst=args.burst, name=args.name)
     except ValueError as exc:
         print(f"error: {exc}")
         return 2
@@ -79,6 +86,20 @@ def run_demo_command(args: argparse.Namespace) -> int:
     return run_demo(out=args.out, seed=args.seed)
 
 
+def _count(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 def _log_format_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-format", choices=("json", "text"), default=None,
                         help="log lines as JSON objects or human text (default: SOFTUNLEARN_LOG_FORMAT, "
@@ -101,6 +122,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         help="comma-separated subset of gpu,cpu (default: gpu,cpu with CUDA, else cpu)")
     worker.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     worker.add_argument("--name", default=None, help="worker name (default: generated)")
+    worker.add_argument("--threads", type=_count(0), default=None,
+                        help="threads (torch, BLAS, OpenMP) of each job; 0: one per core in every job "
+                        "(default: SOFTUNLEARN_WORKER_THREADS, else the CPUs this worker may use divided "
+                        "by --workers-per-host)")
+    worker.add_argument("--workers-per-host", type=_count(1), default=None,
+                        help="workers sharing this host's CPUs, for the default --threads (default: "
+                        "SOFTUNLEARN_WORKERS_PER_HOST, else 1)")
     _log_format_option(worker)
     worker.set_defaults(handler=run_worker_command)
 

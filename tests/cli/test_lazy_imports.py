@@ -1,0 +1,62 @@
+"""The CLI answers ``--help`` and bad input, and a worker starts listening, without the heavy
+libraries: each case runs in a fresh interpreter that reports what it imported."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.app.support import ROOT, worker_env
+from workers.settings import ServiceSettings
+
+HEAVY = ("torch", "scipy", "pandas", "matplotlib", "jinja2", "sklearn")
+CLIENT = ("httpx", "rich")
+_REPORT = """
+import json, runpy, sys
+sys.argv = ["softunlearn", *json.loads(sys.argv[1])]
+code = None
+try:
+    runpy.run_module("workers.cli.main", run_name="__main__")
+except SystemExit as exc:
+    code = exc.code
+print(json.dumps({"code": code, "modules": sorted(m for m in sys.modules if "." not in m)}), file=sys.stderr)
+"""
+
+
+def imported(args: list[str]) -> tuple[int | None, set[str]]:
+    """The exit code of ``softunlearn ARGS`` and the top-level modules it imported."""
+    done = subprocess.run([sys.executable, "-c", _REPORT, json.dumps(args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    report = json.loads(done.stderr.strip().splitlines()[-1])
+    return report["code"], set(report["modules"])
+
+
+@pytest.mark.parametrize(("args", "code"), [
+    (["--help"], 0),
+    (["correct", "--help"], 0),
+    (["submit", "--help"], 0),
+    (["worker", "--help"], 0),
+    (["correct"], 2),
+    (["correct", "--model", "absent.safetensors", "--arch", "absent.json", "--train", "absent.parquet",
+      "--audit", "absent.parquet", "--out", "out"], 2),
+    (["worker", "--threads", "-1"], 2),
+])
+def test_help_and_bad_input_import_no_heavy_library(args: list[str], code: int) -> None:
+    exit_code, modules = imported(args)
+    assert exit_code == code
+    assert modules.isdisjoint(HEAVY + CLIENT), sorted(modules & set(HEAVY + CLIENT))
+
+
+def test_a_worker_listens_without_the_engine(settings: ServiceSettings) -> None:
+    """A burst worker on an empty queue registers, listens and stops: the engine never loads."""
+    probe = ("import sys; from workers.worker import run_worker; from workers.settings import get_settings; "
+             "code = run_worker(get_settings(), burst=True); "
+             f"print(code, sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, env=worker_env(settings, SOFTUNLEARN_LOG_FORMAT="text"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Listening on" in done.stderr
+    assert done.stdout.strip() == "0 []"
