@@ -26,8 +26,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from models_store.errors import InvalidKey, NotFound, TooLarge
+from models_store.errors import InvalidKey, NotFound
 from models_store.keys import KEY_PATTERN
+from models_store.staging import StagingFile
 
 __all__ = ["LocalStagedObject", "LocalStore", "owner_alive", "owner_token"]
 
@@ -84,46 +85,12 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class LocalStagedObject:
+class LocalStagedObject(StagingFile):
     """A streamed write into ``root/.tmp`` with a byte cap and a running SHA-256."""
 
     def __init__(self, store: LocalStore, max_bytes: int | None) -> None:
+        super().__init__(store.tmp_dir / store.staging_name("stage"), max_bytes)
         self._store = store
-        self._max = max_bytes
-        self._path = store.tmp_dir / store.staging_name("stage")
-        self._handle: BinaryIO = open(self._path, "xb")  # noqa: SIM115 (closed by commit/discard)
-        self._hash = hashlib.sha256()
-        self._size = 0
-        self.committed = False
-
-    @property
-    def size(self) -> int:
-        """Bytes written so far."""
-        return self._size
-
-    @property
-    def sha256(self) -> str:
-        """Hex SHA-256 of the bytes written so far."""
-        return self._hash.hexdigest()
-
-    @property
-    def path(self) -> Path:
-        """The staging file (flushed on every access)."""
-        self._handle.flush()
-        return self._path
-
-    def write(self, data: bytes) -> None:
-        """Append ``data``.
-
-        Raises:
-            TooLarge: the cap would be exceeded; the staged bytes are discarded.
-        """
-        if self._max is not None and self._size + len(data) > self._max:
-            self.discard()
-            raise TooLarge(self._max)
-        self._handle.write(data)
-        self._hash.update(data)
-        self._size += len(data)
 
     def sync(self) -> None:
         """Flush and fsync the staged bytes."""
@@ -139,16 +106,6 @@ class LocalStagedObject:
         os.replace(self._path, target)
         _fsync_dir(target.parent)
         self.committed = True
-
-    def discard(self) -> None:
-        """Close and delete the staging file (idempotent; also when closing fails, e.g. disk full)."""
-        try:
-            if not self._handle.closed:
-                self._handle.close()
-        except OSError:
-            pass  # the buffered bytes could not be flushed: they are being thrown away anyway
-        finally:
-            self._path.unlink(missing_ok=True)
 
 
 class LocalStore:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import random
 import shutil
 import tempfile
@@ -32,15 +31,16 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
-from models_store.errors import InvalidKey, NotFound, StoreUnavailable, TooLarge
+from models_store.errors import InvalidKey, NotFound, StoreUnavailable
 from models_store.keys import KEY_PATTERN
 from models_store.local import owner_alive, owner_token
 from models_store.s3.location import S3Location, client_for, error_code, translate
+from models_store.staging import StagingFile
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -76,46 +76,12 @@ def _backoff(attempt: int) -> None:
     time.sleep(random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** attempt)))
 
 
-class S3StagedObject:
+class S3StagedObject(StagingFile):
     """A streamed write into a local staging file, uploaded to the bucket by :meth:`commit`."""
 
     def __init__(self, store: S3Store, max_bytes: int | None) -> None:
+        super().__init__(store.staging_dir / store.staging_name("stage"), max_bytes)
         self._store = store
-        self._max = max_bytes
-        self._path = store.staging_dir / store.staging_name("stage")
-        self._handle: BinaryIO = open(self._path, "xb")  # noqa: SIM115 (closed by commit/discard)
-        self._hash = hashlib.sha256()
-        self._size = 0
-        self.committed = False
-
-    @property
-    def size(self) -> int:
-        """Bytes written so far."""
-        return self._size
-
-    @property
-    def sha256(self) -> str:
-        """Hex SHA-256 of the bytes written so far."""
-        return self._hash.hexdigest()
-
-    @property
-    def path(self) -> Path:
-        """The local staging file (flushed on every access)."""
-        self._handle.flush()
-        return self._path
-
-    def write(self, data: bytes) -> None:
-        """Append ``data``.
-
-        Raises:
-            TooLarge: the cap would be exceeded; the staged bytes are discarded.
-        """
-        if self._max is not None and self._size + len(data) > self._max:
-            self.discard()
-            raise TooLarge(self._max)
-        self._handle.write(data)
-        self._hash.update(data)
-        self._size += len(data)
 
     def commit(self, key: str) -> None:
         """Upload the staged bytes to ``key`` (multipart when large); atomic at the key."""
@@ -123,16 +89,6 @@ class S3StagedObject:
         self._store.upload(self._path, key)
         self.committed = True
         self.discard()
-
-    def discard(self) -> None:
-        """Close and delete the staging file (idempotent)."""
-        try:
-            if not self._handle.closed:
-                self._handle.close()
-        except OSError:
-            pass  # the buffered bytes could not be flushed: they are being thrown away anyway
-        finally:
-            self._path.unlink(missing_ok=True)
 
 
 class S3Store:
