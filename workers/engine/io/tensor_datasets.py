@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors import safe_open
 from safetensors.numpy import load_file
 
 from workers.engine.errors import DatasetError, InputError
@@ -126,6 +127,29 @@ def _features(x: np.ndarray, dtype: np.dtype, path: Path) -> np.ndarray:
     return out
 
 
+_DIRECT_DTYPES = {"F16": "<f2", "F32": "<f4", "F64": "<f8"}
+"""Feature dtypes read straight from the file into their array (bfloat16 has no numpy dtype)."""
+
+
+def _read_arrays(path: Path, tensors: dict[str, TensorInfo]) -> dict[str, np.ndarray]:
+    """Every tensor of the file; ``x`` read straight into one array (no file-sized buffer
+    beside it, which ``safetensors.numpy.load_file`` holds while it copies)."""
+    info = tensors[FEATURES_TENSOR]
+    if info.dtype not in _DIRECT_DTYPES:
+        return load_file(str(path))
+    with safe_open(str(path), framework="numpy") as handle:
+        arrays: dict[str, np.ndarray] = {name: handle.get_tensor(name) for name in handle.keys()  # noqa: SIM118
+                                         if name != FEATURES_TENSOR}
+    x = np.empty(info.shape, dtype=np.dtype(_DIRECT_DTYPES[info.dtype]))
+    with open(path, "rb") as raw:
+        header_size = int.from_bytes(raw.read(8), "little")
+        raw.seek(8 + header_size + info.begin)
+        if raw.readinto(memoryview(x).cast("B")) != info.end - info.begin:
+            raise DatasetError(f"{path.name}: tensor {FEATURES_TENSOR!r} is cut short")
+    arrays[FEATURES_TENSOR] = x.astype(x.dtype.newbyteorder("="), copy=False)
+    return arrays
+
+
 def read_tensor_dataset(path: str | Path, label: str, sensitive: tuple[str, ...], features: list[str] | None,
                         reference: str | None, dtype: np.dtype | None = None) -> dict[str, Any]:
     """The validated arrays of a tensor dataset: ``features`` (in ``dtype``, default float64;
@@ -139,7 +163,7 @@ def read_tensor_dataset(path: str | Path, label: str, sensitive: tuple[str, ...]
     path = Path(path)
     tensors, described = _header(path)
     names = _feature_names(path, tensors[FEATURES_TENSOR], described)
-    arrays = load_file(str(path))
+    arrays = _read_arrays(path, tensors)
     x = arrays[FEATURES_TENSOR]
     n = x.shape[0]
     if n == 0:
