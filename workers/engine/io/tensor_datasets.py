@@ -144,7 +144,7 @@ def _read_arrays(path: Path, tensors: dict[str, TensorInfo]) -> dict[str, np.nda
     with open(path, "rb") as raw:
         header_size = int.from_bytes(raw.read(8), "little")
         raw.seek(8 + header_size + info.begin)
-        if raw.readinto(memoryview(x).cast("B")) != info.end - info.begin:
+        if raw.readinto(x.data.cast("B")) != info.end - info.begin:
             raise DatasetError(f"{path.name}: tensor {FEATURES_TENSOR!r} is cut short")
     arrays[FEATURES_TENSOR] = x.astype(x.dtype.newbyteorder("="), copy=False)
     return arrays
