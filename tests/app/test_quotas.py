@@ -44,8 +44,17 @@ def _assert_429(response: Any, code: str) -> None:
     assert int(response.headers["Retry-After"]) >= 1
 
 
+def _fresh_minute(needed_s: float = 15.0) -> None:
+    """Wait for the next minute when less than ``needed_s`` of this one is left: the limits are
+    fixed one-minute windows, and a test whose requests straddle a boundary sees the count reset."""
+    left = 60.0 - time.time() % 60.0
+    if left < needed_s:
+        time.sleep(left + 0.05)
+
+
 def test_failed_auth_is_limited_per_address_even_for_a_valid_key_afterwards(tmp_path: Path) -> None:
     with limited_client(tmp_path, rate_failed_auth_per_min=5) as client:
+        _fresh_minute()
         wrong = {"Authorization": "Bearer wrong-key-0123456789"}
         statuses = [client.get("/v1/jobs", headers=wrong).status_code for _ in range(8)]
         assert statuses[:5] == [401] * 5 and statuses[5:] == [429] * 3, statuses
@@ -69,6 +78,7 @@ def test_request_rate_is_per_tenant(tmp_path: Path) -> None:
 
 def test_uploads_per_minute(tmp_path: Path) -> None:
     with limited_client(tmp_path, rate_uploads_per_min=3) as client:
+        _fresh_minute()
         statuses = [_upload_csv(client).status_code for _ in range(3)]
         assert statuses == [201] * 3
         _assert_429(_upload_csv(client), "upload_rate_limited")
