@@ -28,7 +28,7 @@ from typing import BinaryIO
 
 from models_store.errors import InvalidKey, NotFound
 from models_store.keys import KEY_PATTERN
-from models_store.staging import StagingFile
+from models_store.staging import StagingFile, discard_unless_committed
 
 __all__ = ["LocalStagedObject", "LocalStore", "owner_alive", "owner_token"]
 
@@ -149,15 +149,9 @@ class LocalStore:
             raise InvalidKey(f"key {key[:80]!r} escapes the store")
         return path
 
-    @contextlib.contextmanager
-    def stage(self, max_bytes: int | None = None) -> Iterator[LocalStagedObject]:
+    def stage(self, max_bytes: int | None = None) -> contextlib.AbstractContextManager[LocalStagedObject]:
         """Start a streamed write; discarded on exit unless committed."""
-        staged = LocalStagedObject(self, max_bytes)
-        try:
-            yield staged
-        finally:
-            if not staged.committed:
-                staged.discard()
+        return discard_unless_committed(LocalStagedObject(self, max_bytes))
 
     def put_bytes(self, key: str, data: bytes) -> None:
         """Write ``data`` at ``key`` atomically."""

@@ -6,13 +6,15 @@ published); they differ only in how :meth:`StagingFile.commit` publishes them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from models_store.errors import TooLarge
 
-__all__ = ["StagingFile"]
+__all__ = ["StagingFile", "discard_unless_committed"]
 
 
 class StagingFile:
@@ -68,3 +70,16 @@ class StagingFile:
             pass  # the buffered bytes could not be flushed: they are being thrown away anyway
         finally:
             self._path.unlink(missing_ok=True)
+
+
+Staged = TypeVar("Staged", bound=StagingFile)
+
+
+@contextlib.contextmanager
+def discard_unless_committed(staged: Staged) -> Iterator[Staged]:
+    """Yield ``staged``; on exit, discard it unless it was committed."""
+    try:
+        yield staged
+    finally:
+        if not staged.committed:
+            staged.discard()

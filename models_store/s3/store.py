@@ -40,7 +40,7 @@ from models_store.errors import InvalidKey, NotFound, StoreUnavailable
 from models_store.keys import KEY_PATTERN
 from models_store.local import owner_alive, owner_token
 from models_store.s3.location import S3Location, client_for, error_code, translate
-from models_store.staging import StagingFile
+from models_store.staging import StagingFile, discard_unless_committed
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -162,15 +162,9 @@ class S3Store:
 
     # -- the Store protocol ------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def stage(self, max_bytes: int | None = None) -> Iterator[S3StagedObject]:
+    def stage(self, max_bytes: int | None = None) -> contextlib.AbstractContextManager[S3StagedObject]:
         """Start a streamed write; discarded on exit unless committed."""
-        staged = S3StagedObject(self, max_bytes)
-        try:
-            yield staged
-        finally:
-            if not staged.committed:
-                staged.discard()
+        return discard_unless_committed(S3StagedObject(self, max_bytes))
 
     def put_bytes(self, key: str, data: bytes) -> None:
         """Write ``data`` at ``key`` (one PUT: atomic)."""
