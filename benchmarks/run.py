@@ -1,6 +1,8 @@
 """Run the benchmark: ``python -m benchmarks.run [--datasets adult bank] [--quick] [--tables ...]``.
 
-``--tables full_scope`` adds the full-network influence table (:mod:`benchmarks.full_scope`).
+``--tables full_scope`` adds the full-network influence table (:mod:`benchmarks.full_scope`);
+``--tables linear_head_scale`` the 100 k and 1 M × 512 logistic-head runs with their Gram lower
+bound (:mod:`benchmarks.linear_head_scale`: ≈ 2.3 GB of data in /tmp, a few minutes).
 
 For each dataset: build the shipped example (baseline MLP), time the default correction stage by
 stage, then measure every configuration of :data:`benchmarks.variants.VARIANTS` (of the chosen
@@ -28,7 +30,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from benchmarks import full_scope
+from benchmarks import full_scope, linear_head_scale
 from benchmarks.baselines import BaselineOutcome, fairlearn_dp, logistic_regression, retrain_weighted
 from benchmarks.engine_runs import Example, correction_seconds, prepare_example, run_engine
 from benchmarks.table import (
@@ -51,6 +53,8 @@ DATASETS: tuple[ExampleName, ...] = ("adult", "bank")
 RESULTS = Path(__file__).resolve().parent / "results"
 FULL_SCOPE = "full_scope"
 """The table of benchmarks/full_scope.py, run only when named in ``--tables``."""
+LINEAR_HEAD_SCALE = "linear_head_scale"
+"""The table of :mod:`benchmarks.linear_head_scale`, run only when named in ``--tables``."""
 THROUGHPUT = "throughput"
 """The table of :mod:`benchmarks.throughput` (not one of the engine tables of ``variants``)."""
 QUICK_THROUGHPUT_JOBS = 6
@@ -210,13 +214,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's, one per core); 1 keeps "
                              "timings stable when other processes share the cores")
-    parser.add_argument("--tables", nargs="+", choices=(*TABLES, FULL_SCOPE, THROUGHPUT),
+    parser.add_argument("--tables", nargs="+", choices=(*TABLES, FULL_SCOPE, LINEAR_HEAD_SCALE, THROUGHPUT),
                         default=list(TABLES),
                         help="which tables to measure: main (soft vs hard, retraining, Fairlearn), "
                              "methods (every unlearning method, hard vs soft), robustness "
                              "(robustness objective); default these three. full_scope (scope "
                              "full on Adult per MLP size and solver, with the dattri comparison: "
-                             "benchmarks/full_scope.py) and throughput (jobs/min of 1 and 2 real "
+                             "benchmarks/full_scope.py), linear_head_scale (100 k and 1 M × 512 "
+                             "logistic heads against the Gram lower bound) and throughput (jobs/min "
+                             "of 1 and 2 real "
                              f"workers, {JOBS} Adult jobs each, {QUICK_THROUGHPUT_JOBS} with --quick; "
                              "starts an API and workers, ≈ 10 min on 2 cores) only when named")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -267,14 +273,30 @@ def _full_scope(args: argparse.Namespace) -> int:
     return full_scope.main(forwarded)
 
 
+def _separate_tables(args: argparse.Namespace) -> int:
+    """Run the tables that are scripts of their own (one process per measurement); drop them
+    from ``args.tables``. Returns the first non-zero exit code, else 0."""
+    scripts: dict[str, Callable[[], int]] = {
+        FULL_SCOPE: lambda: _full_scope(args),
+        LINEAR_HEAD_SCALE: lambda: linear_head_scale.main(["--threads", str(args.threads or 1),
+                                                           "--out", str(args.out)]),
+    }
+    for name, script in scripts.items():
+        if name in args.tables:
+            args.tables = [t for t in args.tables if t != name]
+            code = script()
+            if code:
+                return code
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark, print the markdown tables, write the JSON; returns the exit code."""
     args = _parser().parse_args(argv)
-    if FULL_SCOPE in args.tables:
-        code = _full_scope(args)
-        args.tables = [t for t in args.tables if t != FULL_SCOPE]
-        if code or not args.tables:
-            return code
+    separate = {FULL_SCOPE, LINEAR_HEAD_SCALE} & set(args.tables)
+    code = _separate_tables(args)
+    if code or (separate and not args.tables):
+        return code
     if args.threads is not None:
         torch.set_num_threads(max(1, args.threads))
     say: Say = (lambda _message: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))

@@ -243,8 +243,8 @@ def small_step_path(example: Example, seed: int, start: Point, step: float = SMA
             continue
         scope.prepare()
         _, utility_grad = scope.utility()
-        a = (1.0 if value >= 0 else -1.0) * scope.influences(grad)
-        b = scope.influences(utility_grad)
+        target_influence, b = scope.influences([grad, utility_grad])
+        a = (1.0 if value >= 0 else -1.0) * target_influence
         solved = solve_weights(a, b, request, spec.weighting, 0.0, (scope.weights - 1).cpu().numpy())
         snapshot = scope.snapshot()
         scope.step(solved.eps, spec.method)

@@ -101,7 +101,7 @@ def _add_correct(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                         metavar="'SPLIT.METRIC<=VALUE'",
                         help="fail (exit 3) unless this holds on the report; repeatable (see below)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch (small models on a busy "
+    parser.add_argument("--threads", type=int, help="CPU threads for torch and BLAS (small models on a busy "
                         "machine run fastest with 1)")
     parser.add_argument("--memory-budget", metavar="SIZE",
                         help="refuse (exit 2) a job estimated to need more, e.g. 8GiB (default "
@@ -236,9 +236,9 @@ def _correct(args: argparse.Namespace) -> int:
     from workers.reporting.outputs import write_outputs
 
     if args.threads:
-        import torch
+        from workers.threads import limit_threads
 
-        torch.set_num_threads(max(1, args.threads))
+        limit_threads(max(1, args.threads))
     pick_device(args.device)
     schema = schema_from_args(args)
     args.sensitive = args.sensitive or schema.sensitive[0]

@@ -348,6 +348,10 @@ def _fractions(values: Any, name: str, low_open: float, high: float, high_closed
     return tuple(sorted(set(out)))
 
 
+DEFAULT_ROBUST_SAMPLE_ROWS = 2000
+"""Rows per split that robust accuracy is measured on by default (a ±2 pp interval at worst)."""
+
+
 @dataclass(frozen=True)
 class FrontierConfig:
     """The trade-off frontier the report shows next to the chosen correction.
@@ -378,6 +382,13 @@ class EvaluationConfig:
     ``min_changed_predictions``: fewer changed eval (else audit) predictions get a
     ``few_predictions_changed`` warning. ``frontier``: the grid of the report's trade-off
     frontier (:class:`FrontierConfig`).
+
+    ``robust_sample_rows``: robust accuracy (and its interval) is measured on a seeded sample of
+    this many rows of each split, stratified by sensitive group, the same rows for every model
+    scored (before, after, each frontier point); null, or a split with no more rows: every row.
+    ``robust_early_stop``: the adaptive FGSM/PGD attack stops on a row as soon as the row is
+    misclassified (it counts as broken either way; only the rows still standing cost further
+    steps). The frozen set, crafted once against the input model, always takes every step.
     """
 
     robustness: bool = True
@@ -387,8 +398,14 @@ class EvaluationConfig:
     min_group_rows: int = 30
     min_changed_predictions: int = 20
     frontier: FrontierConfig = field(default_factory=FrontierConfig)
+    robust_sample_rows: int | None = DEFAULT_ROBUST_SAMPLE_ROWS
+    robust_early_stop: bool = True
 
     def __post_init__(self) -> None:
+        rows = self.robust_sample_rows
+        whole = isinstance(rows, int) and not isinstance(rows, bool)
+        _check(rows is None or (whole and 1 <= rows <= 100_000_000),
+               "evaluation.robust_sample_rows must be null or a whole number in [1, 100000000]")
         _check(100 <= self.n_boot <= 100_000, "evaluation.n_boot must be in [100, 100000]")
         _finite(self.ci_level, "evaluation.ci_level")
         _check(0.5 <= self.ci_level < 1, "evaluation.ci_level must be in [0.5, 1)")

@@ -24,11 +24,13 @@ from workers.engine.evaluation.metrics import (
 )
 from workers.engine.evaluation.provenance import new_report_id, provenance, tool_version
 from workers.engine.evaluation.report import build_report
+from workers.engine.evaluation.robust_sample import draw_robust_sample
 from workers.engine.evaluation.verdict import assess
 from workers.engine.influence.scopes import CorrectionScope, HeadScope
 from workers.engine.io.datasets import Dataset
 from workers.engine.io.identity import checkpoint_metadata
 from workers.engine.io.inputs import CorrectionInputs, load_inputs
+from workers.engine.models.design import blas_threads_like_torch
 from workers.engine.models.head_model import HeadModel, pick_device
 from workers.engine.models.reference import check_reference_logits
 from workers.engine.objectives.targets import AuditTargets, acceptance_attack
@@ -107,8 +109,12 @@ def _setup(inputs: CorrectionInputs, spec: CorrectionSpec, device: torch.device)
     sensitive = spec.objective.sensitive_attribute or next(iter(inputs.train.sensitive))
     model.keep_design(inputs.audit.features)
     targets = AuditTargets.prepare(model, inputs.audit, spec, sensitive)
-    contexts = {name: SplitContext.prepare(model, data, sensitive, spec.objective.privileged_group,
-                                           _attacks(spec))
+    attacks = _attacks(spec)
+    contexts = {name: SplitContext.prepare(
+                    model, data, sensitive, spec.objective.privileged_group, attacks,
+                    draw_robust_sample(data.sensitive[sensitive], spec.evaluation.robust_sample_rows,
+                                       spec.seed, name) if attacks else None,
+                    spec.evaluation.robust_early_stop)
                 for name, data in _splits(inputs).items()}
     return _Setup(model, _make_scope(model, inputs, targets, spec), targets, sensitive, contexts, notes)
 
@@ -174,6 +180,13 @@ def run_correction(inputs: CorrectionInputs, spec: CorrectionSpec,
         device: ``cpu``/``cuda``; default CUDA when available.
         job_id: the service's job id, recorded in the report's provenance (None: a CLI run).
     """
+    with blas_threads_like_torch():
+        return _run_correction(inputs, spec, progress, should_cancel, device, job_id)
+
+
+def _run_correction(inputs: CorrectionInputs, spec: CorrectionSpec, progress: ProgressCallback | None,
+                    should_cancel: Callable[[], bool] | None, device: str | None,
+                    job_id: str | None) -> CorrectionResult:
     torch.manual_seed(spec.seed)
     report_id = new_report_id()
     clock = StageClock(progress, should_cancel)

@@ -126,7 +126,10 @@ def _confidence_info(report: Mapping[str, Any], split: str) -> dict[str, Any] | 
     cis = _confidence(report, split)
     if not cis:
         return None
-    return {key: cis.get(key) for key in ("level", "n_boot", "method", "seed", "predictions_changed")}
+    info = {key: cis.get(key) for key in ("level", "n_boot", "method", "seed", "predictions_changed")}
+    entry = next(iter((report["after"][split].get("robustness") or {}).values()), None)
+    info["robust_sample"] = entry if isinstance(entry, Mapping) and entry.get("sampled") else None
+    return info
 
 
 def _split_view(report: Mapping[str, Any], split: str) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from workers.engine.influence.head import (
 from workers.engine.io.datasets import load_dataset, parse_schema
 from workers.engine.models.design import DEFAULT_CHUNK, Design
 from workers.engine.objectives.surrogates import GroupGap, MeanLogLoss
-from workers.engine.unlearning.head_steps import apply_step
+from workers.engine.unlearning.head_steps import apply_step, newton_trials
 
 
 def _with_bias(x: np.ndarray) -> torch.Tensor:
@@ -203,3 +203,35 @@ def test_hessian_is_accumulated_in_chunks_exactly() -> None:
     dense = full.T @ ((p * (1 - p)).unsqueeze(1) * full)
     dense += torch.diag(problem.l2_reg * chunked.reg_mask)
     assert torch.allclose(hessian(chunked, theta, weights), dense, atol=1e-10)
+
+
+def _logistic(n: int = 700, d: int = 5, seed: int = 3, chunk_size: int = 64,
+              ) -> tuple[HeadProblem, torch.Tensor]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d))
+    y = (x @ rng.normal(size=d) + rng.logistic(size=n) > 0).astype(np.float64)
+    problem = HeadProblem(_design(x, chunk_size), torch.from_numpy(y), l2_reg=1.0)
+    return problem, _fit(problem, torch.ones(n, dtype=torch.float64))
+
+
+def test_one_pass_serves_every_trial_step_and_every_influence() -> None:
+    """The frontier's batched Newton steps and the paired influences equal their one-at-a-time
+    forms, in fewer passes (chunks of 64 rows, so a pass is many chunks)."""
+    problem, theta = _logistic()
+    weights = torch.ones(problem.n, dtype=torch.float64)
+    rng = np.random.default_rng(8)
+    deltas = [rng.normal(scale=0.2, size=problem.n) for _ in range(5)]
+    factor = factorize(hessian(problem, theta, weights), "test")
+    method = MethodConfig(name="newton")
+    passes = problem.passes
+    batched = newton_trials(problem, theta, weights, deltas, factor)
+    assert problem.passes == passes + 1
+    for delta, trial in zip(deltas, batched, strict=True):
+        single = apply_step(problem, theta, weights, delta, factor, method).theta
+        torch.testing.assert_close(trial, single, rtol=1e-12, atol=1e-14)
+    directions = torch.from_numpy(rng.normal(size=(problem.width, 2)))
+    both = influences(problem, theta, directions)
+    assert both.shape == (problem.n, 2)
+    for column in range(2):
+        torch.testing.assert_close(both[:, column], influences(problem, theta, directions[:, column]),
+                                   rtol=1e-12, atol=1e-14)

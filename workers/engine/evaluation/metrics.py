@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from workers.engine.config import AttackConfig
+from workers.engine.evaluation.robust_sample import RobustSample
 from workers.engine.io.datasets import Dataset
 from workers.engine.models.head_model import HeadModel
 from workers.engine.objectives.attacks import attack_inputs, reflect_linear
@@ -104,45 +105,67 @@ def attack_label(config: AttackConfig) -> str:
 
 @dataclass
 class SplitContext:
-    """One split prepared once: data, sensitive groups and the attacks crafted against the
-    original model (the frozen sets: inputs for FGSM/PGD, the original head for reflection)."""
+    """One split prepared once: data, sensitive groups, the rows robust accuracy is measured on
+    and the attacks crafted against the original model on them (the frozen sets: inputs for
+    FGSM/PGD, the original head for reflection)."""
 
     data: Dataset
     groups: np.ndarray
     privileged: str | None
     attacks: list[AttackConfig]
+    robust: RobustSample
+    early_stop: bool = False
+    """Whether FGSM/PGD stop on a row once it is misclassified (``evaluation.robust_early_stop``)."""
     frozen: dict[str, np.ndarray | torch.Tensor] = field(default_factory=dict)
     gaps: dict[str, tuple[torch.Tensor, GroupGap | None]] = field(default_factory=dict)
     """Surrogate gaps per metric with the design they were built on (reused by head variants)."""
 
     @classmethod
     def prepare(cls, model: HeadModel, data: Dataset, sensitive: str, privileged: str | None,
-                attacks: list[AttackConfig]) -> SplitContext:
-        """Craft each attack against the original ``model``."""
-        context = cls(data, data.sensitive[sensitive], privileged, attacks)
+                attacks: list[AttackConfig], robust: RobustSample | None = None,
+                early_stop: bool = False) -> SplitContext:
+        """Craft each attack against the original ``model`` on the ``robust`` rows (every row
+        when None), with all its steps."""
+        groups = data.sensitive[sensitive]
+        robust = robust or RobustSample(None, data.n, 0)
+        context = cls(data, groups, privileged, attacks, robust, early_stop)
         model.keep_design(data.features)
         for config in attacks:
             if config.kind == "reflect_linear":
                 context.frozen[attack_label(config)] = model.theta()
             else:
-                context.frozen[attack_label(config)] = attack_inputs(model, data.features, data.labels,
-                                                                     config)
+                # The frozen set takes every step: stopped early, its points would sit just
+                # across the input model's boundary and say little of any other model.
+                context.frozen[attack_label(config)] = attack_inputs(
+                    model, context.robust_features, context.robust_labels, config)
         return context
+
+    @property
+    def robust_features(self) -> np.ndarray:
+        """The inputs of the rows robust accuracy is measured on."""
+        return self.robust.take(self.data.features)
+
+    @property
+    def robust_labels(self) -> np.ndarray:
+        """The labels of the rows robust accuracy is measured on."""
+        return self.robust.take(self.data.labels)
 
 
 def _robust_accuracy(model: HeadModel, design: torch.Tensor, context: SplitContext,
                      config: AttackConfig) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """Robust accuracy against the frozen and the adaptive attack; per-row adaptive and frozen
-    correctness."""
-    labels = context.data.labels
+    """Robust accuracy against the frozen and the adaptive attack on the context's robust rows;
+    per-row adaptive and frozen correctness there."""
+    labels = context.robust_labels
     frozen = context.frozen[attack_label(config)]
     theta = model.theta()
     if isinstance(frozen, torch.Tensor):
-        frozen_pred = (reflect_linear(design, frozen, config.kappa) @ theta).cpu().numpy() >= 0
-        adaptive_pred = (reflect_linear(design, theta, config.kappa) @ theta).cpu().numpy() >= 0
+        rows = design if context.robust.rows is None else design[torch.from_numpy(context.robust.rows)
+                                                                 .to(design.device)]
+        frozen_pred = (reflect_linear(rows, frozen, config.kappa) @ theta).cpu().numpy() >= 0
+        adaptive_pred = (reflect_linear(rows, theta, config.kappa) @ theta).cpu().numpy() >= 0
     else:
         frozen_pred = model.logits(frozen).cpu().numpy() >= 0
-        adversarial = attack_inputs(model, context.data.features, labels, config)
+        adversarial = attack_inputs(model, context.robust_features, labels, config, context.early_stop)
         adaptive_pred = model.logits(adversarial).cpu().numpy() >= 0
     adaptive_correct = adaptive_pred == (labels == 1)
     frozen_correct = frozen_pred == (labels == 1)
@@ -151,6 +174,8 @@ def _robust_accuracy(model: HeadModel, design: torch.Tensor, context: SplitConte
                    "steps": config.steps, "kappa": config.kappa},
         "frozen": float(frozen_correct.mean()),
         "adaptive": float(adaptive_correct.mean()),
+        **context.robust.describe(),
+        "early_stopping": context.early_stop and config.kind != "reflect_linear",
     }
     return summary, adaptive_correct, frozen_correct
 
@@ -174,7 +199,7 @@ def _surrogates(theta: torch.Tensor, design: torch.Tensor, context: SplitContext
     out: dict[str, float | None] = {}
     for metric in ("demographic_parity", "equal_opportunity", "equalized_odds"):
         gap = _gap(metric, design, context)
-        out[metric] = None if gap is None else gap.evaluate(theta)[0]
+        out[metric] = None if gap is None else gap.value(theta)
     return out
 
 
@@ -185,8 +210,10 @@ class SplitEvaluation:
 
     metrics: dict[str, Any]
     proba: np.ndarray
+    robust_rows: np.ndarray | None = None
+    """The rows ``robust_correct`` and ``frozen_correct`` are of (None: every row)."""
     robust_correct: dict[str, np.ndarray] = field(default_factory=dict)
-    """Adaptive correctness per row, by attack label."""
+    """Adaptive correctness per robust row, by attack label."""
     frozen_correct: dict[str, np.ndarray] = field(default_factory=dict)
     """Correctness per row under the attack crafted against the input model, by attack label."""
 
@@ -197,7 +224,7 @@ def evaluate_split(model: HeadModel, context: SplitContext) -> SplitEvaluation:
     proba = torch.sigmoid(model.head_logits(context.data.features)).cpu().numpy()
     metrics = classification_metrics(proba, context.data.labels, context.groups)
     metrics["surrogates"] = _surrogates(model.theta(), design, context)
-    evaluation = SplitEvaluation(metrics, proba)
+    evaluation = SplitEvaluation(metrics, proba, context.robust.rows)
     if context.attacks:
         robustness = {}
         for config in context.attacks:

@@ -194,6 +194,7 @@ def format_summary(report: dict[str, Any]) -> str:
             change = new - old if isinstance(old, float) and isinstance(new, float) else None
             lines.append(f"  {key:<32}{_plain(old):>10}{_plain(new):>10}{_plain(change):>10}   "
                          + _change_interval(report["confidence"].get(split, {}).get(key)))
+        lines.extend(_robust_sample_line(report["after"][split]))
     predicted = report["predicted"]
     lines.append(f"\npredicted/realized audit target change: {_plain(predicted['target_change'])} / "
                  f"{_plain(predicted['realized_target_change'])}; utility change: "
@@ -203,6 +204,15 @@ def format_summary(report: dict[str, Any]) -> str:
                  f"{report['provenance']['report_id']}")
     lines.extend(f"note: {note}" for note in report["notes"])
     return "\n".join(lines)
+
+
+def _robust_sample_line(metrics: dict[str, Any]) -> list[str]:
+    """Which rows the split's robust accuracy is of, when a sample."""
+    entry = next(iter(metrics.get("robustness", {}).values()), None)
+    if not entry or not entry.get("sampled"):
+        return []
+    return [f"  (robust accuracy on a seeded sample of {entry['rows']} of {entry['split_rows']} rows, "
+            "stratified by group; evaluation.robust_sample_rows)"]
 
 
 def _change_interval(interval: dict[str, Any] | None) -> str:

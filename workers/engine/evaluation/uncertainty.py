@@ -56,6 +56,24 @@ class SplitPredictions:
     proba: np.ndarray
     robust_correct: np.ndarray | None = None
     frozen_correct: np.ndarray | None = None
+    robust_rows: np.ndarray | None = None
+    """The rows (indices into the split) ``robust_correct``/``frozen_correct`` are of: the robust
+    sample (``evaluation.robust_sample_rows``); None for every row."""
+
+
+def _robust_rows(before: SplitPredictions, after: SplitPredictions, n: int) -> np.ndarray | None:
+    """The robust rows both models were attacked on (they must be the same: the change is paired)."""
+    rows = before.robust_rows
+    other = after.robust_rows
+    if rows is None or other is None:
+        if (rows is None) != (other is None):
+            raise ValueError("before and after must be attacked on the same robust rows")
+        return None
+    if not np.array_equal(rows, other):
+        raise ValueError("before and after must be attacked on the same robust rows")
+    if rows.ndim != 1 or (rows.size and (rows.min() < 0 or rows.max() >= n)):
+        raise ValueError(f"robust_rows must be indices into the {n} rows")
+    return rows
 
 
 def _validate(labels: np.ndarray, groups: np.ndarray, before: SplitPredictions, after: SplitPredictions,
@@ -63,12 +81,16 @@ def _validate(labels: np.ndarray, groups: np.ndarray, before: SplitPredictions, 
     n = labels.shape[0]
     if n == 0:
         raise ValueError("paired_bootstrap needs at least one row")
-    arrays = {"groups": groups, "before.proba": before.proba, "after.proba": after.proba,
-              "before.robust_correct": before.robust_correct, "after.robust_correct": after.robust_correct,
-              "before.frozen_correct": before.frozen_correct, "after.frozen_correct": after.frozen_correct}
-    for name, values in arrays.items():
-        if values is not None and values.shape != (n,):
-            raise ValueError(f"{name} has shape {values.shape}, expected ({n},) like labels")
+    rows = _robust_rows(before, after, n)
+    robust_n = n if rows is None else rows.shape[0]
+    arrays = {"groups": (groups, n), "before.proba": (before.proba, n), "after.proba": (after.proba, n),
+              "before.robust_correct": (before.robust_correct, robust_n),
+              "after.robust_correct": (after.robust_correct, robust_n),
+              "before.frozen_correct": (before.frozen_correct, robust_n),
+              "after.frozen_correct": (after.frozen_correct, robust_n)}
+    for name, (values, size) in arrays.items():
+        if values is not None and values.shape != (size,):
+            raise ValueError(f"{name} has shape {values.shape}, expected ({size},)")
     if not np.isin(labels, (0, 1)).all():
         raise ValueError("labels must be 0 or 1")
     if not 0 < config.level < 1:
@@ -78,11 +100,16 @@ def _validate(labels: np.ndarray, groups: np.ndarray, before: SplitPredictions, 
 
 
 def _model_columns(labels: np.ndarray, prediction: SplitPredictions) -> np.ndarray:
+    """Per-row columns of one model; the robust ones are zero unless measured on every row (a
+    robust sample is resampled on its own, :func:`_robust_replications`)."""
     selected = (prediction.proba >= 0.5).astype(np.float64)
     clipped = np.clip(prediction.proba, LOG_EPS, 1 - LOG_EPS)
     loss = -(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped))
-    robust = np.zeros_like(labels) if prediction.robust_correct is None else prediction.robust_correct
-    frozen = np.zeros_like(labels) if prediction.frozen_correct is None else prediction.frozen_correct
+    on_every_row = prediction.robust_rows is None
+    robust = prediction.robust_correct if on_every_row and prediction.robust_correct is not None \
+        else np.zeros_like(labels)
+    frozen = prediction.frozen_correct if on_every_row and prediction.frozen_correct is not None \
+        else np.zeros_like(labels)
     return np.column_stack([(selected == labels), loss, selected, selected * labels,
                             selected * (1 - labels), robust, frozen]).astype(np.float64)
 
@@ -106,6 +133,27 @@ def _group_sums(labels: np.ndarray, codes: np.ndarray, n_groups: int, columns: n
     """(n_boot, n_groups, k) per-group sums; the last column is the group's positives."""
     table = np.column_stack([columns, labels])
     return np.stack([_resampled_sums(table[codes == g], n_boot, rng) for g in range(n_groups)], axis=1)
+
+
+def _robust_replications(codes: np.ndarray, before: SplitPredictions, after: SplitPredictions,
+                         config: BootstrapConfig) -> list[dict[str, np.ndarray]]:
+    """Robust accuracies of each model per replication, resampling the robust sample's rows
+    within their groups (an independent stream of the same seed)."""
+    rows = before.robust_rows
+    assert rows is not None
+    sample_codes = codes[rows]
+    outcomes = [p.robust_correct if p.robust_correct is not None else np.zeros(rows.shape[0])
+                for p in (before, after)]
+    frozen = [p.frozen_correct if p.frozen_correct is not None else np.zeros(rows.shape[0])
+              for p in (before, after)]
+    columns = np.column_stack([*outcomes, *frozen]).astype(np.float64)
+    rng = np.random.default_rng([config.seed % 2**63, 1])
+    sums = np.zeros((config.n_boot, columns.shape[1]))
+    for group in np.unique(sample_codes):
+        sums += _resampled_sums(columns[sample_codes == group], config.n_boot, rng)
+    sums /= max(rows.shape[0], 1)
+    return [{"robust_accuracy": sums[:, model], "robust_accuracy_frozen": sums[:, 2 + model]}
+            for model in (0, 1)]
 
 
 def _rate(hits: np.ndarray, totals: np.ndarray) -> np.ndarray:
@@ -177,6 +225,9 @@ def paired_bootstrap(labels: np.ndarray, groups: np.ndarray, before: SplitPredic
     rng = np.random.default_rng(config.seed)
     sums = _group_sums(labels, codes, names.size, columns, config.n_boot, rng)
     reps = [_replicate_metrics(sums, sizes, model) for model in (0, 1)]
+    if before.robust_rows is not None:
+        for own, on_sample in zip(reps, _robust_replications(codes, before, after, config), strict=True):
+            own.update(on_sample)
     points = [_point_estimates(labels, groups, p) for p in (before, after)]
     robust = before.robust_correct is not None and after.robust_correct is not None
     frozen = before.frozen_correct is not None and after.frozen_correct is not None
@@ -184,6 +235,9 @@ def paired_bootstrap(labels: np.ndarray, groups: np.ndarray, before: SplitPredic
                 *(("robust_accuracy_frozen",) if frozen else ()))
     out: dict[str, Any] = {name: _summarise(points[0][name], points[1][name], reps[0][name], reps[1][name],
                                             config.level) for name in reported}
+    if robust or frozen:
+        rows = before.robust_rows
+        out["robust_rows"] = labels.shape[0] if rows is None else int(rows.shape[0])
     out.update({"n_boot": config.n_boot, "level": config.level, "seed": config.seed, "method": METHOD,
                 "predictions_changed": int(((before.proba >= 0.5) != (after.proba >= 0.5)).sum())})
     return out

@@ -67,7 +67,8 @@ class Verdict:
 def _predictions(evaluation: SplitEvaluation, robust_label: str | None) -> SplitPredictions:
     robust = evaluation.robust_correct.get(robust_label) if robust_label else None
     frozen = evaluation.frozen_correct.get(robust_label) if robust_label else None
-    return SplitPredictions(proba=evaluation.proba, robust_correct=robust, frozen_correct=frozen)
+    return SplitPredictions(proba=evaluation.proba, robust_correct=robust, frozen_correct=frozen,
+                            robust_rows=evaluation.robust_rows if robust is not None else None)
 
 
 def _confidence(spec: CorrectionSpec, splits: dict[str, Dataset], sensitive: str,

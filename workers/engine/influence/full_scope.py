@@ -141,11 +141,13 @@ class FullScope:
         return {"solver": self.engine.solver, "parameters": self.engine.parameter_count,
                 "damping": self.engine.damping}
 
-    def influences(self, gradient: torch.Tensor) -> np.ndarray:
-        """gᵢᵀ (H + δI)⁻¹ ∇f for every training sample."""
-        direction, _ = self.engine.solve(gradient, "influence")
-        values: np.ndarray = self.engine.per_sample_dot(direction, "influence").cpu().numpy()
-        return values
+    def influences(self, gradients: list[torch.Tensor]) -> list[np.ndarray]:
+        """gᵢᵀ (H + δI)⁻¹ ∇f for every training sample, for each ∇f of ``gradients``."""
+        out = []
+        for gradient in gradients:
+            direction, _ = self.engine.solve(gradient, "influence")
+            out.append(self.engine.per_sample_dot(direction, "influence").cpu().numpy())
+        return out
 
     def step(self, delta: np.ndarray, method: MethodConfig) -> list[str]:
         """Influence Newton step θ' = θ − H⁻¹ Σ εᵢgᵢ over all parameters (H of the current

@@ -30,6 +30,7 @@ __all__ = [
     "HessianFactor",
     "factorize",
     "fit_head",
+    "gradients",
     "head_pass",
     "hessian_factor",
     "influences",
@@ -199,8 +200,10 @@ class HessianFactor:
         return self.max_eigenvalue / self.min_eigenvalue
 
     def solve(self, vector: torch.Tensor, stage: str) -> torch.Tensor:
-        """``H⁻¹ v`` by two triangular solves; NaN/Inf are reported with the stage."""
-        solution = torch.cholesky_solve(vector.reshape(-1, 1), self.cholesky).reshape(-1)
+        """``H⁻¹ v`` (``v`` a vector, or a matrix of column vectors) by two triangular solves;
+        NaN/Inf are reported with the stage."""
+        columns = vector.reshape(vector.shape[0], -1)
+        solution = torch.cholesky_solve(columns, self.cholesky).reshape(vector.shape)
         return _check_finite(solution, stage, "the inverse-Hessian-vector product")
 
     def describe(self) -> dict[str, float]:
@@ -242,17 +245,36 @@ def factorize(matrix: torch.Tensor, stage: str) -> HessianFactor:
 def influences(problem: HeadProblem, theta: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
     """``gᵢᵀ v`` for every training row, with ``v = H⁻¹∇f`` already solved: (pᵢ − yᵢ)(φᵢᵀ v).
 
-    One pass: each block gives both its logits and its projection on ``v``.
+    ``direction`` is one vector (an n-vector comes back) or an [m, k] matrix of k of them (an
+    [n, k] matrix comes back). One pass: each block gives its logits and every projection.
     """
     problem.passes += 1
-    both = torch.stack([theta, direction], dim=1)
+    columns = direction.reshape(direction.shape[0], -1)
+    both = torch.cat([theta.unsqueeze(1), columns], dim=1)
     parts = []
     for rows in problem.chunks():
         products = problem.design.block(rows) @ both
         residual = _row_terms(problem, products[:, 0], problem.labels[rows])[1]
-        parts.append(residual * products[:, 1])
-    values = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64, device=theta.device)
-    return _check_finite(values, "influence", "per-sample influences")
+        parts.append(residual.unsqueeze(1) * products[:, 1:])
+    values = torch.cat(parts) if parts else \
+        torch.zeros(0, columns.shape[1], dtype=torch.float64, device=theta.device)
+    values = _check_finite(values, "influence", "per-sample influences")
+    return values.reshape(-1) if direction.dim() == 1 else values
+
+
+def gradients(problem: HeadProblem, theta: torch.Tensor, weights: torch.Tensor,
+              changes: list[torch.Tensor]) -> torch.Tensor:
+    """∇L(θ; w + εₖ) for each weight change εₖ of ``changes``, as an [m, k] matrix, in one pass
+    (the frontier's Newton steps: one weighting per point). The [chunk, k] weights are formed
+    per chunk, so nothing n × k is held besides the changes themselves."""
+    problem.passes += 1
+    total = torch.zeros(problem.width, len(changes), dtype=torch.float64, device=theta.device)
+    for rows in problem.chunks():
+        block = problem.design.block(rows)
+        residual = _row_terms(problem, block @ theta, problem.labels[rows])[1]
+        chunk_weights = weights[rows].unsqueeze(1) + torch.stack([change[rows] for change in changes], dim=1)
+        total += block.T @ (chunk_weights * residual.unsqueeze(1))
+    return total + problem.regularizer(theta)[1].unsqueeze(1)
 
 
 def weighted_gradient_sum(problem: HeadProblem, theta: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:

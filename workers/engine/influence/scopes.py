@@ -24,7 +24,7 @@ from workers.engine.influence.head import (
 from workers.engine.models.head_model import HeadModel
 from workers.engine.objectives.surrogates import MeanLogLoss, Objective
 from workers.engine.objectives.targets import AuditTargets
-from workers.engine.unlearning.head_steps import apply_step
+from workers.engine.unlearning.head_steps import apply_step, newton_trials
 
 __all__ = ["CorrectionScope", "HeadScope"]
 
@@ -47,8 +47,8 @@ class CorrectionScope(Protocol):
     def prepare(self) -> dict[str, Any]:
         """Factorize (or set up solves with) the Hessian at the current point; diagnostics."""
 
-    def influences(self, gradient: torch.Tensor) -> np.ndarray:
-        """gᵢᵀ H⁻¹ ∇f for every training sample, for ∇f = ``gradient``."""
+    def influences(self, gradients: list[torch.Tensor]) -> list[np.ndarray]:
+        """gᵢᵀ H⁻¹ ∇f for every training sample, for each ∇f of ``gradients``."""
 
     def step(self, delta: np.ndarray, method: MethodConfig) -> list[str]:
         """Apply the weight change ``delta`` with a Newton step or refit; notes."""
@@ -100,7 +100,7 @@ class HeadScope:
                                      cfg.polish_max_steps, "polish")
             report.update(fit.to_dict())
         self.polished_theta = polished
-        effect = {"log_loss": [self._utility.evaluate(start)[0], self._utility.evaluate(polished)[0]],
+        effect = {"log_loss": [self._utility.value(start), self._utility.value(polished)],
                   "accuracy": [self._audit_accuracy(start), self._audit_accuracy(polished)],
                   "target": [self._target_value(start), self._target_value(polished)]}
         report["audit"] = {f"{key}_{when}": pair[i] for key, pair in effect.items()
@@ -127,8 +127,8 @@ class HeadScope:
 
     def _target_value(self, theta: torch.Tensor) -> float:
         if self.targets.adaptive:
-            return self.targets.for_model(self.model.with_theta(theta))[0].evaluate(theta)[0]
-        return self._target.evaluate(theta)[0]
+            return self.targets.for_model(self.model.with_theta(theta))[0].value(theta)
+        return self._target.value(theta)
 
     def _polish_exceeds(self, effect: dict[str, list[float]]) -> list[str]:
         cfg = self.config
@@ -163,11 +163,11 @@ class HeadScope:
     def _require_factor(self) -> HessianFactor:
         return self._factor if self._factor is not None else self._compute_factor()
 
-    def influences(self, gradient: torch.Tensor) -> np.ndarray:
-        """Closed-form influences (pᵢ − yᵢ) φᵢᵀ H⁻¹ ∇f."""
-        direction = self._require_factor().solve(gradient, "influence")
-        values: np.ndarray = influences(self.problem, self.theta, direction).cpu().numpy()
-        return values
+    def influences(self, gradients: list[torch.Tensor]) -> list[np.ndarray]:
+        """Closed-form influences (pᵢ − yᵢ) φᵢᵀ H⁻¹ ∇f, one pass over the rows for them all."""
+        directions = self._require_factor().solve(torch.stack(gradients, dim=1), "influence")
+        values: np.ndarray = influences(self.problem, self.theta, directions).cpu().numpy()
+        return [np.ascontiguousarray(values[:, column]) for column in range(len(gradients))]
 
     def step(self, delta: np.ndarray, method: MethodConfig) -> list[str]:
         """Newton step or exact weighted refit of the head."""
@@ -183,8 +183,12 @@ class HeadScope:
     def trial_models(self, deltas: list[np.ndarray], method: MethodConfig) -> list[HeadModel]:
         """The heads after a step with each of ``deltas``; one factorized Hessian serves them all."""
         factor = self._require_factor()
-        return [self.model.with_theta(apply_step(self.problem, self.theta, self.weights, delta, factor,
-                                                 method).theta) for delta in deltas]
+        if method.name == "newton" and method.hessian == "original" and deltas:
+            thetas = newton_trials(self.problem, self.theta, self.weights, deltas, factor)
+        else:
+            thetas = [apply_step(self.problem, self.theta, self.weights, delta, factor, method).theta
+                      for delta in deltas]
+        return [self.model.with_theta(theta) for theta in thetas]
 
     def snapshot(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Copies of the head and the weights."""

@@ -7,8 +7,10 @@ memory is ``n·h·itemsize`` for the matrix plus O(chunk·h + h²) for the work,
 float64 copy (8.2 GB at 1 M × 512, against 2 GB for the float32 φ).
 
 The Gram matrix ``Φᵀ diag(c) Φ`` is the dominant cost of the head scope (n·(h+1)²/2
-multiply-adds); on the CPU it is a symmetric rank-k update (BLAS ``dsyrk``), which does half the
-work of the general product and runs at the machine's GEMM rate.
+multiply-adds); on the CPU it is a symmetric rank-k update: numpy's matmul sends ``Bᵀ B`` to
+BLAS ``syrk`` (half the work of the general product) and mirrors the triangle. That measured
+1.4× faster on 8192 × 513 blocks than scipy's ``dsyrk`` on the transposed (Fortran) view,
+which this module used before.
 """
 
 from __future__ import annotations
@@ -37,18 +39,6 @@ def blas_threads_like_torch() -> AbstractContextManager[Any]:
 
     limits: AbstractContextManager[Any] = threadpool_limits(limits=torch.get_num_threads(), user_api="blas")
     return limits
-
-
-def _syrk_update(gram: np.ndarray, block: np.ndarray) -> np.ndarray:
-    """``gram += blockᵀ block`` (upper triangle only) in place, by BLAS ``dsyrk``.
-
-    ``gram`` is Fortran-ordered; ``block`` C-ordered, so ``block.T`` is the Fortran view dsyrk
-    wants with ``trans=0`` (A·Aᵀ with A = blockᵀ) and no copy is made.
-    """
-    from scipy.linalg.blas import dsyrk
-
-    updated: np.ndarray = dsyrk(1.0, block.T, beta=1.0, c=gram, trans=0, lower=0, overwrite_c=1)
-    return updated
 
 
 @dataclass(frozen=True)
@@ -118,21 +108,20 @@ class Design:
 
 
 class GramAccumulator:
-    """``Σ_chunks Bᵀ diag(c) B`` for float64 blocks B, by ``dsyrk`` on the CPU and a matrix
-    product on CUDA; rows with a negative coefficient (negative effective weights) go through
-    the general product, which is exact for any sign."""
+    """``Σ_chunks Bᵀ diag(c) B`` for float64 blocks B, as ``(√c B)ᵀ(√c B)`` by BLAS ``syrk`` on
+    the CPU and a matrix product on CUDA; rows with a negative coefficient (negative effective
+    weights) go through the general product, which is exact for any sign."""
 
     def __init__(self, width: int, device: torch.device) -> None:
         self.device = device
-        self._cpu = device.type == "cpu"
-        self._upper = np.zeros((width, width), order="F") if self._cpu else None
+        self._symmetric = np.zeros((width, width)) if device.type == "cpu" else None
         self._full = torch.zeros(width, width, dtype=torch.float64, device=device)
         self._scratch = np.empty((0, width))
 
     def add(self, block: torch.Tensor, scale: torch.Tensor, consume: bool = False) -> None:
         """Add ``blockᵀ diag(scale) block``; with ``consume`` the block's buffer may be
         overwritten (it is the caller's last use of it), which saves a copy per chunk."""
-        if bool((scale < 0).any()) or self._upper is None:
+        if bool((scale < 0).any()) or self._symmetric is None:
             self._full += block.T @ (scale.unsqueeze(1) * block)
             return
         values = block.numpy()
@@ -143,12 +132,11 @@ class GramAccumulator:
                 self._scratch = np.empty(values.shape)
             target = self._scratch
         rooted = np.multiply(values, np.sqrt(scale.numpy())[:, None], out=target)
-        self._upper = _syrk_update(self._upper, rooted)
+        self._symmetric += rooted.T @ rooted  # numpy sends Aᵀ A to BLAS syrk
 
     def result(self) -> torch.Tensor:
         """The accumulated symmetric matrix (float64, on the device)."""
         total = self._full
-        if self._upper is not None:
-            upper = torch.from_numpy(np.triu(self._upper))
-            total = total + upper + torch.triu(upper, diagonal=1).T
+        if self._symmetric is not None:
+            total = total + torch.from_numpy(self._symmetric)
         return 0.5 * (total + total.T)

@@ -54,10 +54,15 @@ def _ascent_direction(grad: torch.Tensor, config: AttackConfig) -> torch.Tensor:
     return unit
 
 
+def _step_size(config: AttackConfig) -> tuple[int, float]:
+    if config.kind == "fgsm":
+        return 1, config.epsilon
+    return config.steps, config.step_size or 2.5 * config.epsilon / config.steps
+
+
 def _attack_batch(model: HeadModel, inputs: torch.Tensor, labels: torch.Tensor,
                   config: AttackConfig) -> torch.Tensor:
-    steps = 1 if config.kind == "fgsm" else config.steps
-    step_size = config.epsilon if config.kind == "fgsm" else config.step_size or 2.5 * config.epsilon / steps
+    steps, step_size = _step_size(config)
     delta = torch.zeros_like(inputs)
     for _ in range(steps):
         delta.requires_grad_(True)
@@ -68,13 +73,51 @@ def _attack_batch(model: HeadModel, inputs: torch.Tensor, labels: torch.Tensor,
     return (inputs + delta).detach()
 
 
+def _attack_batch_early_stopped(model: HeadModel, inputs: torch.Tensor, labels: torch.Tensor,
+                                config: AttackConfig) -> torch.Tensor:
+    """The attack of :func:`_attack_batch`, leaving each row where it is first misclassified.
+
+    A row's step depends only on that row (the network is in eval mode), so a row still
+    correctly classified takes exactly the full attack's step: every row the full attack breaks
+    is broken here too, and so is a row the full attack passes misclassified and then leaves.
+    The rows still standing are kept compact, so a step costs what they cost.
+    """
+    steps, step_size = _step_size(config)
+    delta = torch.zeros_like(inputs)
+    standing = torch.arange(inputs.shape[0], device=inputs.device)
+    points, target, row_delta = inputs, labels, torch.zeros_like(inputs)
+    for _ in range(steps):
+        row_delta.requires_grad_(True)
+        logits = model.network(points + row_delta).reshape(-1)
+        loss = F.binary_cross_entropy_with_logits(logits, target, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, row_delta)
+        moved = _project(row_delta.detach() + step_size * _ascent_direction(grad, config), config)
+        correct = (logits.detach() >= 0) == (target >= 0.5)
+        if not bool(correct.all()):
+            broken = ~correct
+            delta[standing[broken]] = row_delta.detach()[broken]
+            standing, points, moved = standing[correct], points[correct], moved[correct]
+            target = target[correct]
+            if standing.numel() == 0:
+                return (inputs + delta).detach()
+        row_delta = moved
+    delta[standing] = row_delta.detach()
+    return (inputs + delta).detach()
+
+
 def attack_inputs(model: HeadModel, features: np.ndarray, labels: np.ndarray,
-                  config: AttackConfig) -> np.ndarray:
-    """FGSM/PGD adversarial inputs against ``model`` (the network in its own dtype)."""
+                  config: AttackConfig, early_stop: bool = False) -> np.ndarray:
+    """FGSM/PGD adversarial inputs against ``model`` (the network in its own dtype).
+
+    ``early_stop``: leave each row at the first point where it is misclassified (for robust
+    accuracy: at least the full attack's rows are broken, in fewer steps); off for robustness
+    targets, whose adversarial log-loss needs the attack's full steps.
+    """
+    attack = _attack_batch_early_stopped if early_stop else _attack_batch
     outputs = []
     for start in range(0, features.shape[0], ATTACK_BATCH):
         inputs = torch.from_numpy(features[start : start + ATTACK_BATCH]).to(model.device, model.dtype)
         target = torch.from_numpy(labels[start : start + ATTACK_BATCH]).to(model.device, model.dtype)
         with torch.enable_grad():
-            outputs.append(_attack_batch(model, inputs, target, config).to("cpu", torch.float64))
+            outputs.append(attack(model, inputs, target, config).to("cpu", torch.float64))
     return torch.cat(outputs).numpy() if outputs else features.copy()

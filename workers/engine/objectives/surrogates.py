@@ -37,6 +37,9 @@ class Objective(Protocol):
     def evaluate(self, theta: torch.Tensor) -> tuple[float, torch.Tensor]:
         """Signed value and gradient at ``theta``."""
 
+    def value(self, theta: torch.Tensor) -> float:
+        """The value of :meth:`evaluate` alone (no gradient product)."""
+
 
 @dataclass
 class MeanLogLoss:
@@ -53,6 +56,10 @@ class MeanLogLoss:
         value = float(F.binary_cross_entropy_with_logits(logits, self.labels))
         grad = self.design.T @ (torch.sigmoid(logits) - self.labels) / self.labels.shape[0]
         return value, grad
+
+    def value(self, theta: torch.Tensor) -> float:
+        """Mean log-loss alone."""
+        return float(F.binary_cross_entropy_with_logits(self.design @ theta, self.labels))
 
 
 def group_masks(groups: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
@@ -78,13 +85,21 @@ class _Gap:
         p = torch.sigmoid(phi @ theta)
         return float(p.mean()), phi.T @ (p * (1 - p)) / phi.shape[0]
 
+    def _ends(self, means: dict[str, float]) -> tuple[str, str]:
+        """The two groups the gap is between: privileged and the rest, else the extremes."""
+        if self.privileged is not None:
+            return self.privileged, _REST
+        return max(means, key=means.__getitem__), min(means, key=means.__getitem__)
+
     def evaluate(self, theta: torch.Tensor) -> tuple[float, torch.Tensor]:
         stats = {name: self._mean_and_grad(theta, phi) for name, phi in self.groups.items()}
-        if self.privileged is not None:
-            return stats[self.privileged][0] - stats[_REST][0], stats[self.privileged][1] - stats[_REST][1]
-        top = max(stats, key=lambda name: stats[name][0])
-        bottom = min(stats, key=lambda name: stats[name][0])
+        top, bottom = self._ends({name: stat[0] for name, stat in stats.items()})
         return stats[top][0] - stats[bottom][0], stats[top][1] - stats[bottom][1]
+
+    def value(self, theta: torch.Tensor) -> float:
+        means = {name: float(torch.sigmoid(phi @ theta).mean()) for name, phi in self.groups.items()}
+        top, bottom = self._ends(means)
+        return means[top] - means[bottom]
 
 
 _REST = "\x00rest"
@@ -156,3 +171,9 @@ class GroupGap:
             value += sign * part
             grad = grad + sign * part_grad
         return value, grad
+
+    def value(self, theta: torch.Tensor) -> float:
+        """The gap of :meth:`evaluate` alone."""
+        if len(self.gaps) == 1:
+            return self.gaps[0].value(theta)
+        return sum(abs(gap.value(theta)) for gap in self.gaps)

@@ -25,10 +25,11 @@ from workers.engine.influence.head import (
     factorize,
     fit_head,
     gradient,
+    gradients,
     hessian,
 )
 
-__all__ = ["StepResult", "apply_step", "effective_weights"]
+__all__ = ["StepResult", "apply_step", "effective_weights", "newton_trials"]
 
 
 @dataclass
@@ -87,3 +88,12 @@ def apply_step(problem: HeadProblem, theta: torch.Tensor, weights: torch.Tensor,
         notes.append(f"weighted refit stopped after {report.steps} Newton steps with gradient norm "
                      f"{report.gradient_norm_after:.3e}")
     return StepResult(fitted, new_weights, fit=report, notes=notes)
+
+
+def newton_trials(problem: HeadProblem, theta: torch.Tensor, weights: torch.Tensor, deltas: list[np.ndarray],
+                  factor: HessianFactor) -> list[torch.Tensor]:
+    """The heads :func:`apply_step` with method ``newton`` (``hessian='original'``) gives for
+    each of ``deltas``, from one pass over the rows for all their gradients and one solve."""
+    changes = [torch.from_numpy(delta).to(weights) for delta in deltas]
+    steps = factor.solve(gradients(problem, theta, weights, changes), "unlearn")
+    return [theta - steps[:, column] for column in range(len(deltas))]

@@ -70,9 +70,9 @@ def measure(model: HeadModel, targets: AuditTargets) -> Measurement:
     key = HARD_METRIC.get(targets.spec.objective.metric)
     robust = targets.robust_correct(model, shared)
     return Measurement(
-        target=objective.evaluate(theta)[0],
+        target=objective.value(theta),
         hard=None if key is None else metrics[key],
-        utility=utility.evaluate(theta)[0],
+        utility=utility.value(theta),
         accuracy=float(metrics["accuracy"]),
         robust_accuracy=None if robust is None else float(robust.mean()),
         robust_correct=robust,
@@ -166,7 +166,8 @@ def influence_at(scope: CorrectionScope, value: float) -> StartInfluence:
     solver = scope.prepare()
     utility_grad = scope.utility()[1]
     sign = 1.0 if value >= 0 else -1.0
-    return StartInfluence(sign * scope.influences(scope.target()[1]), scope.influences(utility_grad), solver)
+    target, utility = scope.influences([scope.target()[1], utility_grad])
+    return StartInfluence(sign * target, utility, solver)
 
 
 def _solve(scope: CorrectionScope, spec: CorrectionSpec, clock: StageClock, state: Tracking,
