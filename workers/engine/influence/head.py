@@ -126,7 +126,7 @@ def head_pass(problem: HeadProblem, theta: torch.Tensor, weights: torch.Tensor, 
     gram = GramAccumulator(problem.width, theta.device) if hessian else None
     with blas_threads_like_torch() if hessian else nullcontext():
         for rows in problem.chunks():
-            block = problem.design.block(rows)
+            block = problem.design.chunk_block(rows)
             loss, residual, curvature = _row_terms(problem, block @ theta, problem.labels[rows])
             w = weights[rows]
             if objective:
@@ -253,7 +253,7 @@ def influences(problem: HeadProblem, theta: torch.Tensor, direction: torch.Tenso
     both = torch.cat([theta.unsqueeze(1), columns], dim=1)
     parts = []
     for rows in problem.chunks():
-        products = problem.design.block(rows) @ both
+        products = problem.design.chunk_block(rows) @ both
         residual = _row_terms(problem, products[:, 0], problem.labels[rows])[1]
         parts.append(residual.unsqueeze(1) * products[:, 1:])
     values = torch.cat(parts) if parts else \
@@ -270,7 +270,7 @@ def gradients(problem: HeadProblem, theta: torch.Tensor, weights: torch.Tensor,
     problem.passes += 1
     total = torch.zeros(problem.width, len(changes), dtype=torch.float64, device=theta.device)
     for rows in problem.chunks():
-        block = problem.design.block(rows)
+        block = problem.design.chunk_block(rows)
         residual = _row_terms(problem, block @ theta, problem.labels[rows])[1]
         chunk_weights = weights[rows].unsqueeze(1) + torch.stack([change[rows] for change in changes], dim=1)
         total += block.T @ (chunk_weights * residual.unsqueeze(1))
@@ -282,7 +282,7 @@ def weighted_gradient_sum(problem: HeadProblem, theta: torch.Tensor, eps: torch.
     problem.passes += 1
     total = torch.zeros_like(theta)
     for rows in problem.chunks():
-        block = problem.design.block(rows)
+        block = problem.design.chunk_block(rows)
         residual = _row_terms(problem, block @ theta, problem.labels[rows])[1]
         total += block.T @ (eps[rows] * residual)
     return total
