@@ -60,27 +60,15 @@ def _step_size(config: AttackConfig) -> tuple[int, float]:
     return config.steps, config.step_size or 2.5 * config.epsilon / config.steps
 
 
-def _attack_batch(model: HeadModel, inputs: torch.Tensor, labels: torch.Tensor,
-                  config: AttackConfig) -> torch.Tensor:
-    steps, step_size = _step_size(config)
-    delta = torch.zeros_like(inputs)
-    for _ in range(steps):
-        delta.requires_grad_(True)
-        logits = model.network(inputs + delta).reshape(-1)
-        loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="sum")
-        (grad,) = torch.autograd.grad(loss, delta)
-        delta = _project(delta.detach() + step_size * _ascent_direction(grad, config), config)
-    return (inputs + delta).detach()
-
-
-def _attack_batch_early_stopped(model: HeadModel, inputs: torch.Tensor, labels: torch.Tensor,
-                                config: AttackConfig) -> torch.Tensor:
-    """The attack of :func:`_attack_batch`, leaving each row where it is first misclassified.
+def _attack_batch(model: HeadModel, inputs: torch.Tensor, labels: torch.Tensor, config: AttackConfig,
+                  early_stop: bool) -> torch.Tensor:
+    """FGSM/PGD from the clean point; with ``early_stop`` each row is left where it is first
+    misclassified.
 
     A row's step depends only on that row (the network is in eval mode), so a row still
     correctly classified takes exactly the full attack's step: every row the full attack breaks
-    is broken here too, and so is a row the full attack passes misclassified and then leaves.
-    The rows still standing are kept compact, so a step costs what they cost.
+    is broken early-stopped too, and so is a row the full attack passes misclassified and then
+    leaves. The rows still standing are kept compact, so a step costs what they cost.
     """
     steps, step_size = _step_size(config)
     delta = torch.zeros_like(inputs)
@@ -93,7 +81,7 @@ def _attack_batch_early_stopped(model: HeadModel, inputs: torch.Tensor, labels: 
         (grad,) = torch.autograd.grad(loss, row_delta)
         moved = _project(row_delta.detach() + step_size * _ascent_direction(grad, config), config)
         correct = (logits.detach() >= 0) == (target >= 0.5)
-        if not bool(correct.all()):
+        if early_stop and not bool(correct.all()):
             broken = ~correct
             delta[standing[broken]] = row_delta.detach()[broken]
             standing, points, moved = standing[correct], points[correct], moved[correct]
@@ -113,11 +101,10 @@ def attack_inputs(model: HeadModel, features: np.ndarray, labels: np.ndarray,
     accuracy: at least the full attack's rows are broken, in fewer steps); off for robustness
     targets, whose adversarial log-loss needs the attack's full steps.
     """
-    attack = _attack_batch_early_stopped if early_stop else _attack_batch
     outputs = []
     for start in range(0, features.shape[0], ATTACK_BATCH):
         inputs = torch.from_numpy(features[start : start + ATTACK_BATCH]).to(model.device, model.dtype)
         target = torch.from_numpy(labels[start : start + ATTACK_BATCH]).to(model.device, model.dtype)
         with torch.enable_grad():
-            outputs.append(attack(model, inputs, target, config).to("cpu", torch.float64))
+            outputs.append(_attack_batch(model, inputs, target, config, early_stop).to("cpu", torch.float64))
     return torch.cat(outputs).numpy() if outputs else features.copy()
