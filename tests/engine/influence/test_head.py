@@ -22,7 +22,7 @@ from workers.engine.influence.head import (
 from workers.engine.io.datasets import load_dataset, parse_schema
 from workers.engine.models.design import DEFAULT_CHUNK, Design
 from workers.engine.objectives.surrogates import GroupGap, MeanLogLoss
-from workers.engine.unlearning.head_steps import apply_step, newton_trials
+from workers.engine.unlearning.head_steps import apply_step, trial_thetas
 
 
 def _with_bias(x: np.ndarray) -> torch.Tensor:
@@ -224,7 +224,7 @@ def test_one_pass_serves_every_trial_step_and_every_influence() -> None:
     factor = factorize(hessian(problem, theta, weights), "test")
     method = MethodConfig(name="newton")
     passes = problem.passes
-    batched = newton_trials(problem, theta, weights, deltas, factor)
+    batched = trial_thetas(problem, theta, weights, deltas, factor, method)
     assert problem.passes == passes + 1
     for delta, trial in zip(deltas, batched, strict=True):
         single = apply_step(problem, theta, weights, delta, factor, method).theta

@@ -11,6 +11,7 @@ reports such a rate as null, next to the group's positive and negative counts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -140,12 +141,12 @@ class SplitContext:
                     model, context.robust_features, context.robust_labels, config)
         return context
 
-    @property
+    @cached_property
     def robust_features(self) -> np.ndarray:
         """The inputs of the rows robust accuracy is measured on."""
         return self.robust.take(self.data.features)
 
-    @property
+    @cached_property
     def robust_labels(self) -> np.ndarray:
         """The labels of the rows robust accuracy is measured on."""
         return self.robust.take(self.data.labels)

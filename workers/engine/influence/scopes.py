@@ -24,7 +24,7 @@ from workers.engine.influence.head import (
 from workers.engine.models.head_model import HeadModel
 from workers.engine.objectives.surrogates import MeanLogLoss, Objective
 from workers.engine.objectives.targets import AuditTargets
-from workers.engine.unlearning.head_steps import apply_step, newton_trials
+from workers.engine.unlearning.head_steps import apply_step, trial_thetas
 
 __all__ = ["CorrectionScope", "HeadScope"]
 
@@ -182,12 +182,7 @@ class HeadScope:
 
     def trial_models(self, deltas: list[np.ndarray], method: MethodConfig) -> list[HeadModel]:
         """The heads after a step with each of ``deltas``; one factorized Hessian serves them all."""
-        factor = self._require_factor()
-        if method.name == "newton" and method.hessian == "original" and deltas:
-            thetas = newton_trials(self.problem, self.theta, self.weights, deltas, factor)
-        else:
-            thetas = [apply_step(self.problem, self.theta, self.weights, delta, factor, method).theta
-                      for delta in deltas]
+        thetas = trial_thetas(self.problem, self.theta, self.weights, deltas, self._require_factor(), method)
         return [self.model.with_theta(theta) for theta in thetas]
 
     def snapshot(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,7 +29,7 @@ from workers.engine.influence.head import (
     hessian,
 )
 
-__all__ = ["StepResult", "apply_step", "effective_weights", "newton_trials"]
+__all__ = ["StepResult", "apply_step", "effective_weights", "trial_thetas"]
 
 
 @dataclass
@@ -90,10 +90,16 @@ def apply_step(problem: HeadProblem, theta: torch.Tensor, weights: torch.Tensor,
     return StepResult(fitted, new_weights, fit=report, notes=notes)
 
 
-def newton_trials(problem: HeadProblem, theta: torch.Tensor, weights: torch.Tensor, deltas: list[np.ndarray],
-                  factor: HessianFactor) -> list[torch.Tensor]:
-    """The heads :func:`apply_step` with method ``newton`` (``hessian='original'``) gives for
-    each of ``deltas``, from one pass over the rows for all their gradients and one solve."""
+def trial_thetas(problem: HeadProblem, theta: torch.Tensor, weights: torch.Tensor, deltas: list[np.ndarray],
+                 factor: HessianFactor, method: MethodConfig) -> list[torch.Tensor]:
+    """The heads :func:`apply_step` gives for each of ``deltas``, leaving ``theta`` as it is.
+
+    Newton steps on the original Hessian are linear in ε once ``factor`` is known: their
+    gradients come from one pass over the rows and one solve serves them all. Other methods
+    take their steps one by one.
+    """
+    if method.name != "newton" or method.hessian != "original" or not deltas:
+        return [apply_step(problem, theta, weights, delta, factor, method).theta for delta in deltas]
     changes = [torch.from_numpy(delta).to(weights) for delta in deltas]
     steps = factor.solve(gradients(problem, theta, weights, changes), "unlearn")
     return [theta - steps[:, column] for column in range(len(deltas))]
