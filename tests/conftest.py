@@ -5,6 +5,7 @@ server."""
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from tests.s3_support import S3Server
 from workers.engine.examples.builder import build_example
 from workers.engine.examples.common import ExampleInfo
 from workers.settings import ServiceSettings
+from workers.threads import limit_threads
 
 
 @pytest.fixture(scope="session")
@@ -79,3 +81,14 @@ def client(settings: ServiceSettings) -> Iterator[TestClient]:
     """A TestClient on a new app (no background reconciler: tests reconcile on read)."""
     with TestClient(create_app(settings, reconcile=False)) as test_client:
         yield test_client
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, hold every test process and the workers it starts to one CPU thread:
+    the processes already share the cores, and each pool would otherwise start one thread per
+    core and spend small tests' time on hand-offs. Only the runtime limits are set, not the
+    OpenMP variables: torch loaded with ``OMP_NUM_THREADS=1`` rounds its reductions differently
+    in the last bit, and the tests compare CLI and service reports exactly."""
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        os.environ.setdefault("SOFTUNLEARN_WORKER_THREADS", "1")
+        limit_threads(1)
