@@ -197,10 +197,11 @@ def _gap(metric: str, design: torch.Tensor, context: SplitContext) -> GroupGap |
 
 def _surrogates(theta: torch.Tensor, design: torch.Tensor, context: SplitContext,
                 ) -> dict[str, float | None]:
+    logits = design @ theta
     out: dict[str, float | None] = {}
     for metric in ("demographic_parity", "equal_opportunity", "equalized_odds"):
         gap = _gap(metric, design, context)
-        out[metric] = None if gap is None else gap.value(theta)
+        out[metric] = None if gap is None else gap.value_at(logits)
     return out
 
 

@@ -79,6 +79,8 @@ class _Gap:
 
     groups: dict[str, torch.Tensor]
     privileged: str | None
+    rows: dict[str, torch.Tensor]
+    """Each group's row numbers in the split (for :meth:`value_at`)."""
 
     @staticmethod
     def _mean_and_grad(theta: torch.Tensor, phi: torch.Tensor) -> tuple[float, torch.Tensor]:
@@ -101,6 +103,12 @@ class _Gap:
         top, bottom = self._ends(means)
         return means[top] - means[bottom]
 
+    def value_at(self, logits: torch.Tensor) -> float:
+        """:meth:`value` from the split's logits Φθ, computed once for every gap."""
+        means = {name: float(torch.sigmoid(logits[rows]).mean()) for name, rows in self.rows.items()}
+        top, bottom = self._ends(means)
+        return means[top] - means[bottom]
+
 
 _REST = "\x00rest"
 """The key of the non-privileged rows, when a privileged group is named (never a group label:
@@ -115,13 +123,14 @@ def _conditioned(design: torch.Tensor, groups: np.ndarray, keep: np.ndarray, pri
         raise DatasetError(f"{split}: {what} needs at least two groups with rows; found {sorted(present)}")
     if privileged is not None and privileged not in present:
         raise DatasetError(f"{split}: privileged group {privileged!r} has no rows for {what}")
-    def rows(selected: np.ndarray) -> torch.Tensor:
-        return design[torch.from_numpy(selected).to(design.device)]
-
     if privileged is not None:
         chosen = groups == privileged
-        return _Gap({privileged: rows(keep & chosen), _REST: rows(keep & ~chosen)}, privileged)
-    return _Gap({str(value): rows(keep & (groups == value)) for value in sorted(present)}, None)
+        selections = {privileged: keep & chosen, _REST: keep & ~chosen}
+    else:
+        selections = {str(value): keep & (groups == value) for value in sorted(present)}
+    rows = {name: torch.from_numpy(np.flatnonzero(selected)).to(design.device)
+            for name, selected in selections.items()}
+    return _Gap({name: design[index] for name, index in rows.items()}, privileged, rows)
 
 
 @dataclass
@@ -177,3 +186,9 @@ class GroupGap:
         if len(self.gaps) == 1:
             return self.gaps[0].value(theta)
         return sum(abs(gap.value(theta)) for gap in self.gaps)
+
+    def value_at(self, logits: torch.Tensor) -> float:
+        """:meth:`value` from the split's logits Φθ (one product shared by every metric)."""
+        if len(self.gaps) == 1:
+            return self.gaps[0].value_at(logits)
+        return sum(abs(gap.value_at(logits)) for gap in self.gaps)
