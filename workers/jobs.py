@@ -31,6 +31,7 @@ from workers.redact import redact_paths
 from workers.settings import ServiceSettings, get_settings
 
 if TYPE_CHECKING:
+    from workers.engine.config import CorrectionSpec
     from workers.engine.pipeline import CorrectionInputs
 
 __all__ = ["run_correction_job", "set_device", "set_threads"]
@@ -129,12 +130,13 @@ def _artifact(records: Records, tenant: str, kind: str, artifact_id: str | None)
     return found
 
 
-def _load(records: Records, record: JobRecord, stack: ExitStack) -> CorrectionInputs:
+def _load(records: Records, record: JobRecord, stack: ExitStack, spec: CorrectionSpec,
+          device: str) -> CorrectionInputs:
     from workers.engine.errors import InputError
     from workers.engine.io.architecture import parse_arch
     from workers.engine.io.datasets import parse_schema
     from workers.engine.io.memory_plan import default_memory_budget
-    from workers.engine.pipeline import load_inputs
+    from workers.engine.pipeline import load_inputs, train_embedding
 
     request = record.request
     model = _artifact(records, record.tenant, "models", request["model_id"])
@@ -151,7 +153,8 @@ def _load(records: Records, record: JobRecord, stack: ExitStack) -> CorrectionIn
     model_path = stack.enter_context(records.store.local_path(records.data_key(model)))
     return load_inputs(model_path, parse_arch(model.architecture), dataset("train_dataset_id"),
                        dataset("audit_dataset_id"), dataset("eval_dataset_id"),
-                       record.spec["objective"].get("sensitive_attribute"), default_memory_budget())
+                       spec.objective.sensitive_attribute, default_memory_budget(),
+                       train_embedding(spec, device))
 
 
 def _pick_device(settings: ServiceSettings) -> str:
@@ -172,10 +175,10 @@ def _execute(records: Records, record: JobRecord, settings: ServiceSettings) -> 
 
     progress = _Progress(records, record, settings.debug_stage_delay_s)
     with ExitStack() as stack:
-        inputs = _load(records, record, stack)
-        result = run_correction(inputs, spec_from_dict(record.spec), progress=progress,
-                                should_cancel=progress.should_cancel, device=_pick_device(settings),
-                                job_id=record.id)
+        spec, device = spec_from_dict(record.spec), _pick_device(settings)
+        inputs = _load(records, record, stack, spec, device)
+        result = run_correction(inputs, spec, progress=progress, should_cancel=progress.should_cancel,
+                                device=device, job_id=record.id)
     if progress.should_cancel():
         from workers.engine.errors import CorrectionCanceled
 

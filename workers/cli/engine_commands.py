@@ -232,7 +232,7 @@ def _correct(args: argparse.Namespace) -> int:
     from workers.engine.io.architecture import load_arch
     from workers.engine.io.memory_plan import default_memory_budget, parse_bytes
     from workers.engine.models.head_model import pick_device
-    from workers.engine.pipeline import load_inputs, run_correction
+    from workers.engine.pipeline import load_inputs, run_correction, train_embedding
     from workers.reporting.outputs import write_outputs
 
     if args.threads:
@@ -247,7 +247,8 @@ def _correct(args: argparse.Namespace) -> int:
     arch = load_arch(args.arch)
     budget = parse_bytes(args.memory_budget) if args.memory_budget else default_memory_budget()
     inputs = load_inputs(args.model, arch, (args.train, schema), (args.audit, schema),
-                         (args.eval, schema) if args.eval else None, sensitive, budget)
+                         (args.eval, schema) if args.eval else None, sensitive, budget,
+                         train_embedding(spec, args.device))
     result = run_correction(inputs, spec, progress=_progress(args.quiet), device=args.device)
     gates_passed = apply_gates(result.report, args.gate)
     paths = write_outputs(result, args.out)

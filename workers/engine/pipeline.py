@@ -27,9 +27,11 @@ from workers.engine.evaluation.report import build_report
 from workers.engine.evaluation.robust_sample import draw_robust_sample
 from workers.engine.evaluation.verdict import assess
 from workers.engine.influence.scopes import CorrectionScope, HeadScope
+from workers.engine.io.architecture import ArchSpec
 from workers.engine.io.datasets import Dataset
+from workers.engine.io.feature_matrix import RowTransform
 from workers.engine.io.identity import checkpoint_metadata
-from workers.engine.io.inputs import CorrectionInputs, load_inputs
+from workers.engine.io.inputs import CorrectionInputs, TrainEmbedding, load_inputs
 from workers.engine.models.design import blas_threads_like_torch
 from workers.engine.models.head_model import HeadModel, pick_device
 from workers.engine.models.reference import check_reference_logits
@@ -52,6 +54,7 @@ __all__ = [
     "ProgressCallback",
     "load_inputs",
     "run_correction",
+    "train_embedding",
 ]
 
 @dataclass
@@ -88,13 +91,42 @@ def _attacks(spec: CorrectionSpec) -> list[AttackConfig]:
     return attacks
 
 
+def train_embedding(spec: CorrectionSpec, device: str | None = None) -> TrainEmbedding | None:
+    """How :func:`load_inputs` should read the training rows for ``spec``: through the model's
+    extractor (on ``device``), so that only φ(x) is held, when the job never needs the inputs
+    again — head scope with a head method; None otherwise. Logistic regression has no extractor
+    and reads its inputs (they are φ)."""
+    if spec.influence.scope != "last_layer" or spec.method.name not in HEAD_METHODS:
+        return None
+    chosen = pick_device(device)
+
+    def embedding(arch: ArchSpec, state: dict[str, torch.Tensor]) -> RowTransform | None:
+        if arch.head_index == 0:
+            return None
+        return HeadModel.from_state(arch, state, chosen).embedding()
+    return embedding
+
+
+def _needs_inputs(spec: CorrectionSpec) -> str | None:
+    """What in ``spec`` needs the training inputs themselves, if anything."""
+    if spec.influence.scope == "full":
+        return "influence.scope 'full'"
+    if spec.method.name not in HEAD_METHODS:
+        return f"method {spec.method.name!r}"
+    return None
+
+
 def _make_scope(model: HeadModel, inputs: CorrectionInputs, targets: AuditTargets,
                 spec: CorrectionSpec) -> CorrectionScope:
+    needs = _needs_inputs(spec)
+    if inputs.train.embedded and needs is not None:
+        raise ValueError(f"{needs} needs the training inputs, but they were read as head features "
+                         "(load_inputs with embed_train=train_embedding(spec) for this spec)")
     if spec.influence.scope == "full":
         from workers.engine.influence.full_scope import FullScope
 
         return FullScope(model, inputs.train.features, inputs.train.labels, targets, spec)
-    return HeadScope(model, inputs.train.features, inputs.train.labels, targets, spec)
+    return HeadScope(model, inputs.train.features, inputs.train.labels, targets, spec, inputs.train.embedded)
 
 
 def _setup(inputs: CorrectionInputs, spec: CorrectionSpec, device: torch.device) -> _Setup:
@@ -103,9 +135,13 @@ def _setup(inputs: CorrectionInputs, spec: CorrectionSpec, device: torch.device)
     except ValueError as exc:
         raise InputError(str(exc)) from exc
     model = HeadModel.from_state(inputs.arch, inputs.state, device)
+    splits = [data for data in (inputs.train, inputs.audit, inputs.eval) if data is not None]
+    # Splits that hold their inputs go first: a mismatch there can name the activation that
+    # would match, which rows read as head features cannot.
+    agreeing = {data.name for data in sorted(splits, key=lambda data: data.embedded)
+                if check_reference_logits(model, data) is not None}
     notes = [f"{data.name}: the rebuilt model reproduces the reference logits in column "
-             f"{data.reference_column!r}" for data in (inputs.train, inputs.audit, inputs.eval)
-             if data is not None and check_reference_logits(model, data) is not None]
+             f"{data.reference_column!r}" for data in splits if data.name in agreeing]
     sensitive = spec.objective.sensitive_attribute or next(iter(inputs.train.sensitive))
     model.keep_design(inputs.audit.features)
     targets = AuditTargets.prepare(model, inputs.audit, spec, sensitive)

@@ -34,6 +34,11 @@ def test_a_million_rows_of_512_float32_features_fit_in_4_gb() -> None:
     with_extractor = estimate_memory(splits, 512, has_extractor=True, itemsize=4)
     assert with_extractor.parts["train"] - estimate.parts["train"] == 1_000_000 * 512 * 4
     assert estimate_memory(splits, 512, False, 8).parts["train"] > estimate.parts["train"] + 2e9
+    # read through the extractor (1 M × 512 → 512 → 1 head job): φ only, the inputs never held
+    embedded = estimate_memory(splits, 512, has_extractor=True, itemsize=4, embedded_train=True)
+    assert embedded.parts["train"] == estimate.parts["train"] and embedded.total < 4e9
+    narrower = estimate_memory(splits, 128, has_extractor=True, itemsize=4, embedded_train=True)
+    assert estimate.parts["train"] - narrower.parts["train"] == 1_000_000 * (512 - 128) * 4
 
 
 def test_over_the_budget_the_message_has_the_numbers() -> None:

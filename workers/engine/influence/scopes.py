@@ -71,12 +71,12 @@ class HeadScope:
     """The logistic head of the model, extractor frozen."""
 
     def __init__(self, model: HeadModel, train_features: np.ndarray, train_labels: np.ndarray,
-                 targets: AuditTargets, spec: CorrectionSpec) -> None:
+                 targets: AuditTargets, spec: CorrectionSpec, train_embedded: bool = False) -> None:
         cfg = spec.influence
         device = model.device
         self.model = model
         self.config = cfg
-        self.problem = HeadProblem(model.head_design(train_features, cfg.chunk_size),
+        self.problem = HeadProblem(model.head_design(train_features, cfg.chunk_size, train_embedded),
                                    torch.from_numpy(train_labels).to(device, torch.float64),
                                    cfg.l2_reg, cfg.damping)
         self.theta = model.theta()

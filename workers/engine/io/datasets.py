@@ -17,7 +17,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from workers.engine.errors import DatasetError
-from workers.engine.io.feature_matrix import feature_dtype, read_csv_features, read_parquet_features
+from workers.engine.io.feature_matrix import (
+    RowTransform,
+    feature_dtype,
+    read_csv_features,
+    read_parquet_features,
+)
 from workers.engine.io.json_input import load_json
 from workers.engine.io.tensor_datasets import is_tensor_dataset, read_tensor_dataset, tensor_columns
 
@@ -77,6 +82,9 @@ class Dataset:
     reference_logits: np.ndarray | None = None
     """The user's model's logits per row (schema ``reference_logits``), float64."""
     reference_column: str | None = None
+    embedded: bool = False
+    """``features`` hold the head features φ(x) of the model's extractor, computed while the
+    file was read (:class:`~workers.engine.io.feature_matrix.RowTransform`), not the inputs."""
 
     @property
     def n(self) -> int:
@@ -231,16 +239,18 @@ def _read_others(path: Path, columns: list[str]) -> pd.DataFrame:
     return pd.read_csv(path, usecols=columns, low_memory=False)
 
 
-def _read_features(path: Path, names: list[str], dtype: np.dtype, name: str) -> np.ndarray:
+def _read_features(path: Path, names: list[str], dtype: np.dtype, name: str,
+                   transform: RowTransform | None) -> np.ndarray:
     if _is_parquet(path):
-        return read_parquet_features(path, names, dtype, name)
-    return read_csv_features(path, names, dtype, name)
+        return read_parquet_features(path, names, dtype, name, transform)
+    return read_csv_features(path, names, dtype, name, transform)
 
 
 def load_dataset(path: str | Path, schema: DatasetSchema, name: str = "dataset",
-                 dtype: np.dtype | type | None = None) -> Dataset:
+                 dtype: np.dtype | type | None = None, transform: RowTransform | None = None) -> Dataset:
     """Read and validate a dataset; the features go straight into one ``dtype`` array
-    (:func:`~workers.engine.io.feature_matrix.feature_dtype`; default float64).
+    (:func:`~workers.engine.io.feature_matrix.feature_dtype`; default float64), or with
+    ``transform`` the transformed rows, each batch transformed as it is read (``embedded``).
 
     Raises:
         DatasetError: what is wrong and how to fix it.
@@ -248,7 +258,7 @@ def load_dataset(path: str | Path, schema: DatasetSchema, name: str = "dataset",
     path = Path(path)
     wanted = feature_dtype(dtype)
     if path.is_file() and is_tensor_dataset(path):
-        return _load_tensor_dataset(path, schema, name, wanted)
+        return _load_tensor_dataset(path, schema, name, wanted, transform)
     features = resolve_features(read_columns(path), schema)
     if not features:
         raise DatasetError(f"{name}: no feature columns left after the label and sensitive ones")
@@ -258,7 +268,7 @@ def load_dataset(path: str | Path, schema: DatasetSchema, name: str = "dataset",
         frame = _read_others(path, others)
         if len(frame) == 0:
             raise DatasetError(f"{name}: the file has no rows")
-        matrix = _read_features(path, features, wanted, name)
+        matrix = _read_features(path, features, wanted, name, transform)
     except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError, pa.ArrowException) as exc:
         if isinstance(exc, DatasetError):
             raise
@@ -278,16 +288,19 @@ def load_dataset(path: str | Path, schema: DatasetSchema, name: str = "dataset",
         sensitive={col: _groups(frame[col], name) for col in schema.sensitive},
         reference_logits=reference,
         reference_column=schema.reference_logits,
+        embedded=transform is not None,
     )
 
 
-def _load_tensor_dataset(path: Path, schema: DatasetSchema, name: str, dtype: np.dtype) -> Dataset:
+def _load_tensor_dataset(path: Path, schema: DatasetSchema, name: str, dtype: np.dtype,
+                         transform: RowTransform | None) -> Dataset:
     features = resolve_features(tensor_columns(path), schema)
     arrays = read_tensor_dataset(path, schema.label, schema.sensitive, features, schema.reference_logits,
-                                 dtype)
+                                 dtype, transform)
     return Dataset(name=name, feature_names=arrays["feature_names"], features=arrays["features"],
                    labels=arrays["labels"], sensitive=arrays["sensitive"],
-                   reference_logits=arrays["reference_logits"], reference_column=schema.reference_logits)
+                   reference_logits=arrays["reference_logits"], reference_column=schema.reference_logits,
+                   embedded=transform is not None)
 
 
 def check_groups_present(reference: Dataset, other: Dataset, column: str) -> None:

@@ -6,12 +6,17 @@ once, in the dtype the model computes in (float32 for a float32 checkpoint: 2 GB
 where a pandas round trip and a float64 copy held 4 such copies). CSV goes through pandas in
 chunks of rows and is stacked once at the end (two copies at the peak, documented in
 SERVICE.md's memory model). Finiteness is checked batch by batch.
+
+With a :class:`RowTransform` (the model's extractor, for a head-scope job that never needs the
+inputs again) each batch is transformed as it is read and only the transformed rows are kept:
+the inputs are never held whole.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -20,10 +25,31 @@ import pyarrow.parquet as pq
 
 from workers.engine.errors import DatasetError
 
-__all__ = ["BATCH_ROWS", "check_finite_rows", "feature_dtype", "read_csv_features", "read_parquet_features"]
+__all__ = ["BATCH_ROWS", "RowTransform", "check_finite_rows", "feature_dtype", "read_csv_features",
+           "read_parquet_features", "transform_rows"]
 
 BATCH_ROWS = 65_536
 """Rows per record batch or CSV chunk (at 512 float64 columns, 268 MB of decoded values)."""
+
+
+class RowTransform(Protocol):
+    """Maps a block of rows (inputs, in the model's dtype) to the rows that are kept."""
+
+    @property
+    def width(self) -> int:
+        """Columns of a transformed row."""
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        """The transformed rows of ``block`` (same number of rows, ``width`` columns)."""
+
+
+def transform_rows(values: np.ndarray, transform: RowTransform) -> np.ndarray:
+    """``transform`` applied block by block to rows already read (CSV, and tensor dtypes that
+    are not read in blocks): the inputs are held whole while this runs, but not afterwards."""
+    out = np.empty((values.shape[0], transform.width), dtype=values.dtype)
+    for start in range(0, values.shape[0], BATCH_ROWS):
+        out[start:start + BATCH_ROWS] = transform(values[start:start + BATCH_ROWS])
+    return out
 
 
 def feature_dtype(dtype: np.dtype | type | None) -> np.dtype:
@@ -63,8 +89,10 @@ def _refuse_non_numeric(bad: list[str], dataset: str) -> None:
                            "(e.g. one-hot) or leave them out with schema.features")
 
 
-def read_parquet_features(path: Path, names: list[str], dtype: np.dtype, dataset: str) -> np.ndarray:
-    """The ``names`` columns of a Parquet file as one C-contiguous [n, len(names)] array.
+def read_parquet_features(path: Path, names: list[str], dtype: np.dtype, dataset: str,
+                          transform: RowTransform | None = None) -> np.ndarray:
+    """The ``names`` columns of a Parquet file as one C-contiguous [n, len(names)] array, or
+    with ``transform`` the [n, transform.width] array of the transformed batches.
 
     Raises:
         DatasetError: a column is not numeric, or holds NaN/Inf/null.
@@ -73,11 +101,12 @@ def read_parquet_features(path: Path, names: list[str], dtype: np.dtype, dataset
     schema = handle.schema_arrow
     _refuse_non_numeric([c for c in names if not _numeric(schema.field(c))], dataset)
     rows = handle.metadata.num_rows
-    out = np.empty((rows, len(names)), dtype=dtype)
+    out = np.empty((rows, len(names) if transform is None else transform.width), dtype=dtype)
+    scratch = None if transform is None else np.empty((min(rows, BATCH_ROWS), len(names)), dtype=dtype)
     start = 0
     for batch in handle.iter_batches(batch_size=BATCH_ROWS, columns=names, use_threads=False):
         stop = start + batch.num_rows
-        block = out[start:stop]
+        block = out[start:stop] if scratch is None else scratch[:batch.num_rows]
         for j, name in enumerate(names):
             column = batch.column(name)
             if column.null_count:
@@ -85,14 +114,18 @@ def read_parquet_features(path: Path, names: list[str], dtype: np.dtype, dataset
                                    "those rows")
             block[:, j] = column.to_numpy(zero_copy_only=False)
         check_finite_rows(block, names, dataset)
+        if transform is not None:
+            out[start:stop] = transform(block)
         start = stop
     if start != rows:
         raise DatasetError(f"{dataset}: the Parquet footer promises {rows} rows but {start} were read")
     return out
 
 
-def read_csv_features(path: Path, names: list[str], dtype: np.dtype, dataset: str) -> np.ndarray:
-    """The ``names`` columns of a CSV file as one [n, len(names)] array, read in row chunks.
+def read_csv_features(path: Path, names: list[str], dtype: np.dtype, dataset: str,
+                      transform: RowTransform | None = None) -> np.ndarray:
+    """The ``names`` columns of a CSV file as one [n, len(names)] array, read in row chunks
+    (with ``transform``: each chunk transformed as it is read).
 
     Raises:
         DatasetError: a column is not numeric, or holds NaN/Inf/empty cells.
@@ -105,7 +138,7 @@ def read_csv_features(path: Path, names: list[str], dtype: np.dtype, dataset: st
                             dataset)
         values = chunk[names].to_numpy(dtype=dtype, na_value=np.nan)
         check_finite_rows(values, names, dataset)
-        parts.append(values)
+        parts.append(values if transform is None else transform(values))
     if not parts:
-        return np.empty((0, len(names)), dtype=dtype)
+        return np.empty((0, len(names) if transform is None else transform.width), dtype=dtype)
     return parts[0] if len(parts) == 1 else np.concatenate(parts)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +24,16 @@ from workers.engine.io.datasets import (
     read_columns,
     resolve_features,
 )
+from workers.engine.io.feature_matrix import RowTransform
 from workers.engine.io.identity import recorded_feature_names
 from workers.engine.io.memory_plan import SplitShape, check_memory, estimate_memory
 from workers.engine.io.tensor_datasets import is_tensor_dataset
 
-__all__ = ["CorrectionInputs", "load_inputs", "model_feature_dtype"]
+__all__ = ["CorrectionInputs", "TrainEmbedding", "load_inputs", "model_feature_dtype"]
+
+TrainEmbedding = Callable[[ArchSpec, dict[str, torch.Tensor]], RowTransform | None]
+"""Given the architecture and the checkpoint, what the training rows are read through (the
+model's extractor, for a job that never needs the inputs again), or None for the inputs."""
 
 
 @dataclass
@@ -66,26 +72,49 @@ def _with_sensitive_features(path: Path, columns: list[str], schema: DatasetSche
     )
 
 
-def _check_width(data: Dataset, arch: ArchSpec) -> Dataset:
+def _check_row_shape(name: str, shape: tuple[int, ...], arch: ArchSpec) -> None:
     """The model's input shape must be the data's row shape."""
     if arch.image_shape is not None:
-        if data.features.ndim != 4 or tuple(data.features.shape[1:]) != arch.image_shape:
-            what = (f"images of shape {list(data.features.shape[1:])}" if data.features.ndim == 4
-                    else f"{data.features.shape[1]} feature columns")
-            shape = ", ".join(map(str, arch.image_shape))
-            raise DatasetError(f"{data.name}: the {arch.family} takes [n, {shape}] "
+        if len(shape) != 3 or shape != arch.image_shape:
+            what = f"images of shape {list(shape)}" if len(shape) == 3 else f"{shape[0]} feature columns"
+            expected = ", ".join(map(str, arch.image_shape))
+            raise DatasetError(f"{name}: the {arch.family} takes [n, {expected}] "
                                f"images (architecture.input_shape) but the data has {what}; write x as a "
                                "[n, C, H, W] tensor dataset (safetensors) of that shape, or fix input_shape")
-        return data
-    if data.features.ndim != 2:
-        raise DatasetError(f"{data.name}: the features are images of shape {list(data.features.shape[1:])}; "
+        return
+    if len(shape) != 1:
+        raise DatasetError(f"{name}: the features are images of shape {list(shape)}; "
                            f"a {arch.family} takes [n, {arch.in_features}] features: flatten x to "
                            "[n, C·H·W], use a cnn or resnet architecture, or export embeddings for a "
                            "linear_head")
-    if data.features.shape[1] != arch.in_features:
-        raise DatasetError(f"{data.name}: the model takes {arch.in_features} input features but the data "
-                           f"has {data.features.shape[1]}; name the feature columns (schema 'features')")
+    if shape[0] != arch.in_features:
+        raise DatasetError(f"{name}: the model takes {arch.in_features} input features but the data "
+                           f"has {shape[0]}; name the feature columns (schema 'features')")
+
+
+def _check_width(data: Dataset, arch: ArchSpec) -> Dataset:
+    """The model's input shape must be the data's row shape (rows read through the extractor
+    were checked block by block before it ran: :class:`_ShapeChecked`)."""
+    if not data.embedded:
+        _check_row_shape(data.name, tuple(data.features.shape[1:]), arch)
     return data
+
+
+@dataclass(frozen=True)
+class _ShapeChecked:
+    """A row transform that first checks each block's row shape against the model's input."""
+
+    transform: RowTransform
+    arch: ArchSpec
+    name: str
+
+    @property
+    def width(self) -> int:
+        return self.transform.width
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        _check_row_shape(self.name, tuple(block.shape[1:]), self.arch)
+        return self.transform(block)
 
 
 def _by_recorded_names(path: Path, columns: list[str], schema: DatasetSchema, recorded: tuple[str, ...],
@@ -130,7 +159,7 @@ def model_feature_dtype(state: dict[str, torch.Tensor]) -> np.dtype:
 
 
 def _check_memory(arch: ArchSpec, dtype: np.dtype, splits: list[tuple[str, Path, DatasetSchema]],
-                  budget: int | None) -> None:
+                  budget: int | None, embedded_train: bool) -> None:
     """Refuse, from the files' headers alone, a job that cannot fit ``budget`` bytes."""
     if budget is None:
         return
@@ -138,17 +167,20 @@ def _check_memory(arch: ArchSpec, dtype: np.dtype, splits: list[tuple[str, Path,
                            max_dataset_decoded_bytes=1 << 62)
     shapes = [SplitShape(role, measure_dataset(path, schema, limits).rows, arch.flat_features,
                          len(schema.sensitive)) for role, path, schema in splits]
-    check_memory(estimate_memory(shapes, arch.head_in_features, bool(arch.head_index), dtype.itemsize),
-                 budget)
+    check_memory(estimate_memory(shapes, arch.head_in_features, bool(arch.head_index), dtype.itemsize,
+                                 embedded_train=embedded_train), budget)
 
 
 def load_inputs(model_path: Path, arch: ArchSpec, train: tuple[Path, DatasetSchema],
                 audit: tuple[Path, DatasetSchema], eval: tuple[Path, DatasetSchema] | None,
-                sensitive_attribute: str | None, memory_budget: int | None = None) -> CorrectionInputs:
+                sensitive_attribute: str | None, memory_budget: int | None = None,
+                embed_train: TrainEmbedding | None = None) -> CorrectionInputs:
     """Load and cross-check the checkpoint and datasets of a job.
 
     ``memory_budget`` (bytes; None: no check) refuses, before any dataset is read, a job whose
-    estimated peak (:mod:`~workers.engine.io.memory_plan`) exceeds it.
+    estimated peak (:mod:`~workers.engine.io.memory_plan`) exceeds it. ``embed_train``: the
+    training rows are read through the transform it gives for this checkpoint (when it gives
+    one), batch by batch, so that only the transformed rows are held (``train.embedded``).
 
     Raises:
         InputError: (and its CheckpointError/DatasetError subclasses) naming what to change;
@@ -161,14 +193,17 @@ def load_inputs(model_path: Path, arch: ArchSpec, train: tuple[Path, DatasetSche
     loaded: dict[str, Dataset] = {}
     resolved = [(role, Path(pair[0]), _resolve_schema(Path(pair[0]), pair[1], arch, recorded, notes))
                 for role, pair in (("train", train), ("audit", audit), ("eval", eval)) if pair is not None]
-    _check_memory(arch, dtype, resolved, memory_budget)
+    embedding = embed_train(arch, checkpoint.state) if embed_train is not None else None
+    transform = None if embedding is None else _ShapeChecked(embedding, arch, "train")
+    _check_memory(arch, dtype, resolved, memory_budget, transform is not None)
     # The files' digests are computed on a thread beside the reads (hashlib and file reads let go
     # of the GIL): at 1 M × 512 float32 hashing alone is ≈ 1.8 s of the read phase.
     hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dataset-sha256")
     try:
         digests = {role: hashing.submit(file_sha256, path) for role, path, _ in resolved}
         for role, path, schema in resolved:
-            loaded[role] = _check_width(load_dataset(path, schema, role, dtype), arch)
+            loaded[role] = _check_width(load_dataset(path, schema, role, dtype,
+                                                     transform if role == "train" else None), arch)
         hashes = {role: digest.result() for role, digest in digests.items()}
     finally:
         hashing.shutdown(wait=False, cancel_futures=True)

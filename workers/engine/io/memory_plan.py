@@ -4,7 +4,8 @@ The model (bytes per row; ``s`` is the feature itemsize — 4 for a float32 chec
 float64 — ``d`` the input width, ``h`` the head width, ``k`` the sensitive columns):
 
 * train: ``d·s`` for the features, plus ``h·s`` for the head features φ(x) when the model has
-  an extractor (logistic regression uses the features themselves), plus ``PER_ROW_VECTORS`` ×
+  an extractor (logistic regression uses the features themselves) — only ``h·s`` when the rows
+  are embedded while they are read (a head-scope job with a head method), plus ``PER_ROW_VECTORS`` ×
   8 for the float64 per-row vectors (labels, weights, influences, weight changes), plus
   ``GROUP_BYTES`` × k for the group labels;
 * audit and eval: ``d·s`` for the features, ``(h+1)·8`` for their float64 design (kept for
@@ -70,13 +71,15 @@ class MemoryBudgetExceeded(InputError):
 
 
 def estimate_memory(splits: list[SplitShape], head_width: int, has_extractor: bool, itemsize: int,
-                    attacks: int = 0, chunk_size: int = 8192) -> MemoryEstimate:
+                    attacks: int = 0, chunk_size: int = 8192, embedded_train: bool = False) -> MemoryEstimate:
     """The estimated peak memory of a head-scope job (the module docstring's model)."""
     m = head_width + 1
     parts: dict[str, int] = {}
     for split in splits:
         per_row = split.width * itemsize + PER_ROW_VECTORS * 8 + GROUP_BYTES * split.sensitive
-        if split.role == "train":
+        if split.role == "train" and embedded_train:
+            per_row += (head_width - split.width) * itemsize
+        elif split.role == "train":
             per_row += head_width * itemsize if has_extractor else 0
         else:
             per_row += m * 8 + attacks * split.width * 8

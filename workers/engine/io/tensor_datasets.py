@@ -22,7 +22,7 @@ from safetensors import safe_open
 from safetensors.numpy import load_file
 
 from workers.engine.errors import DatasetError, InputError
-from workers.engine.io.feature_matrix import BATCH_ROWS
+from workers.engine.io.feature_matrix import BATCH_ROWS, RowTransform, transform_rows
 from workers.engine.io.json_input import load_json
 from workers.engine.io.safetensors_header import (
     ALLOWED_DTYPES,
@@ -131,15 +131,19 @@ _DIRECT_DTYPES = {"F16": "<f2", "F32": "<f4", "F64": "<f8"}
 """Feature dtypes read straight from the file into their array (bfloat16 has no numpy dtype)."""
 
 
-def _read_arrays(path: Path, tensors: dict[str, TensorInfo]) -> dict[str, np.ndarray]:
-    """Every tensor of the file; ``x`` read straight into one array (no file-sized buffer
-    beside it, which ``safetensors.numpy.load_file`` holds while it copies)."""
+def _read_arrays(path: Path, tensors: dict[str, TensorInfo], with_features: bool = True,
+                 ) -> dict[str, np.ndarray]:
+    """Every tensor of the file (``x`` only ``with_features``); ``x`` read straight into one
+    array (no file-sized buffer beside it, which ``safetensors.numpy.load_file`` holds while it
+    copies)."""
     info = tensors[FEATURES_TENSOR]
     if info.dtype not in _DIRECT_DTYPES:
         return load_file(str(path))
     with safe_open(str(path), framework="numpy") as handle:
         arrays: dict[str, np.ndarray] = {name: handle.get_tensor(name) for name in handle.keys()  # noqa: SIM118
                                          if name != FEATURES_TENSOR}
+    if not with_features:
+        return arrays
     x = np.empty(info.shape, dtype=np.dtype(_DIRECT_DTYPES[info.dtype]))
     with open(path, "rb") as raw:
         header_size = int.from_bytes(raw.read(8), "little")
@@ -150,30 +154,71 @@ def _read_arrays(path: Path, tensors: dict[str, TensorInfo]) -> dict[str, np.nda
     return arrays
 
 
+def _streamed_features(path: Path, info: TensorInfo, columns: list[int] | None, dtype: np.dtype,
+                       transform: RowTransform) -> np.ndarray:
+    """``transform`` of ``x``'s rows (``columns`` of them, in that order), read from the file
+    block by block: only one block of the inputs is ever held."""
+    stored = np.dtype(_DIRECT_DTYPES[info.dtype])
+    rows, row_shape = info.shape[0], tuple(info.shape[1:])
+    out = np.empty((rows, transform.width), dtype=dtype)
+    scratch = np.empty((min(rows, BATCH_ROWS), *row_shape), dtype=stored)
+    with open(path, "rb") as raw:
+        header_size = int.from_bytes(raw.read(8), "little")
+        raw.seek(8 + header_size + info.begin)
+        for start in range(0, rows, BATCH_ROWS):
+            block = scratch[:min(BATCH_ROWS, rows - start)]
+            if raw.readinto(block.data.cast("B")) != block.nbytes:
+                raise DatasetError(f"{path.name}: tensor {FEATURES_TENSOR!r} is cut short")
+            values = block.astype(stored.newbyteorder("="), copy=False)
+            values = (values if columns is None else values[:, columns]).astype(dtype, copy=False)
+            if not np.isfinite(values).all():
+                raise DatasetError(f"{path.name}: NaN or Inf in tensor {FEATURES_TENSOR!r}; impute or drop "
+                                   "those rows")
+            out[start:start + block.shape[0]] = transform(values)
+    return out
+
+
+def _selected_columns(path: Path, names: list[str], features: list[str] | None, two_d: bool,
+                      ) -> tuple[list[int] | None, list[str]]:
+    """The positions of ``features`` among ``x``'s columns (None: all, as stored) and the names."""
+    if features is None or not two_d or list(features) == names:
+        return None, names
+    missing = [c for c in features if c not in names]
+    if missing:
+        raise DatasetError(f"{path.name}: feature(s) {missing[:10]} are not among x's feature_names")
+    return [names.index(c) for c in features], list(features)
+
+
 def read_tensor_dataset(path: str | Path, label: str, sensitive: tuple[str, ...], features: list[str] | None,
-                        reference: str | None, dtype: np.dtype | None = None) -> dict[str, Any]:
+                        reference: str | None, dtype: np.dtype | None = None,
+                        transform: RowTransform | None = None) -> dict[str, Any]:
     """The validated arrays of a tensor dataset: ``features`` (in ``dtype``, default float64;
     the named columns of a 2-D ``x`` in that order, else all of ``x``; no copy when ``x`` is
-    stored in that dtype already), ``feature_names``, ``labels``, ``sensitive``,
-    ``reference_logits``.
+    stored in that dtype already; with ``transform``, the transformed rows, ``x`` read block
+    by block), ``feature_names``, ``labels``, ``sensitive``, ``reference_logits``.
 
     Raises:
         DatasetError: what is wrong and how to fix it.
     """
     path = Path(path)
+    wanted = np.dtype(np.float64) if dtype is None else dtype
     tensors, described = _header(path)
-    names = _feature_names(path, tensors[FEATURES_TENSOR], described)
-    arrays = _read_arrays(path, tensors)
-    x = arrays[FEATURES_TENSOR]
-    n = x.shape[0]
+    info = tensors[FEATURES_TENSOR]
+    names = _feature_names(path, info, described)
+    streamed = transform is not None and info.dtype in _DIRECT_DTYPES
+    arrays = _read_arrays(path, tensors, with_features=not streamed)
+    n = info.shape[0]
     if n == 0:
         raise DatasetError(f"{path.name}: the file has no rows")
-    if features is not None and len(x.shape) == 2 and list(features) != names:
-        missing = [c for c in features if c not in names]
-        if missing:
-            raise DatasetError(f"{path.name}: feature(s) {missing[:10]} are not among x's feature_names")
-        x = x[:, [names.index(c) for c in features]]
-        names = list(features)
+    columns, names = _selected_columns(path, names, features, len(info.shape) == 2)
+    if streamed:
+        assert transform is not None
+        matrix = _streamed_features(path, info, columns, wanted, transform)
+    else:
+        x = arrays[FEATURES_TENSOR]
+        matrix = _features(x if columns is None else x[:, columns], wanted, path)
+        if transform is not None:
+            matrix = transform_rows(matrix, transform)
     y = _vector(arrays, label, n, path)
     y = _finite(y, f"label tensor {label!r}", path)
     if not np.isin(y, (0.0, 1.0)).all():
@@ -181,7 +226,7 @@ def read_tensor_dataset(path: str | Path, label: str, sensitive: tuple[str, ...]
     ref = None if reference is None else _finite(_vector(arrays, reference, n, path), f"tensor {reference!r}",
                                                  path)
     return {
-        "features": _features(x, np.dtype(np.float64) if dtype is None else dtype, path),
+        "features": matrix,
         "feature_names": tuple(names),
         "labels": y,
         "sensitive": {a: _groups(_vector(arrays, a, n, path), a, described, path) for a in sensitive},

@@ -106,13 +106,15 @@ class HeadModel:
             embedded: torch.Tensor = self.extractor(inputs.to(self.device, self.dtype))
             return embedded.to(torch.float64)
 
-    def head_design(self, features: np.ndarray, chunk_size: int = DEFAULT_CHUNK) -> Design:
+    def head_design(self, features: np.ndarray, chunk_size: int = DEFAULT_CHUNK, embedded: bool = False,
+                    ) -> Design:
         """Φ = [φ(x), 1] of a feature array, φ stored once in the checkpoint dtype.
 
-        For logistic regression φ(x) = x and the design wraps the feature array itself (no copy
-        on the CPU); otherwise φ is computed batch by batch into one preallocated n × h tensor.
+        For logistic regression φ(x) = x, and for rows already ``embedded`` (read through
+        :meth:`embedding`) the features are φ: the design wraps the array itself (no copy on the
+        CPU); otherwise φ is computed batch by batch into one preallocated n × h tensor.
         """
-        if len(self.extractor) == 0:
+        if len(self.extractor) == 0 or embedded:
             stored = torch.as_tensor(features, device=self.device).reshape(features.shape[0], -1)
             return Design(stored, chunk_size)
         rows, width = features.shape[0], self.arch.head_in_features
@@ -123,6 +125,23 @@ class HeadModel:
                                         dtype=self.dtype)
                 stored[start : start + batch.shape[0]] = self.extractor(batch).reshape(batch.shape[0], width)
         return Design(stored, chunk_size)
+
+    def embedding(self) -> ExtractorEmbedding:
+        """The extractor as a :class:`~workers.engine.io.feature_matrix.RowTransform`: the rows
+        it gives are bit for bit the φ(x) of :meth:`head_design` (same batches, same layers)."""
+        return ExtractorEmbedding(self)
+
+    def logits_of_embedded(self, embedded: np.ndarray) -> torch.Tensor:
+        """The network's logits (float64) of rows given as their head features φ(x): the head
+        layer alone, as the network applies it."""
+        head = self.network[self.arch.head_index]
+        outputs = []
+        with torch.no_grad():
+            for start in range(0, embedded.shape[0], EXTRACT_BATCH):
+                batch = torch.as_tensor(embedded[start : start + EXTRACT_BATCH], device=self.device,
+                                        dtype=self.dtype)
+                outputs.append(head(batch).reshape(-1).to(torch.float64))
+        return torch.cat(outputs) if outputs else torch.zeros(0, dtype=torch.float64)
 
     def design(self, features: np.ndarray) -> torch.Tensor:
         """Design matrix Φ = [φ(x), 1] as one dense float64 tensor (audit and eval splits); the
@@ -167,3 +186,27 @@ class HeadModel:
                 batch = torch.as_tensor(rows, device=self.device, dtype=self.dtype)
                 outputs.append(self.network(batch).reshape(-1).to(torch.float64))
         return torch.cat(outputs) if outputs else torch.zeros(0, dtype=torch.float64)
+
+
+@dataclass(frozen=True)
+class ExtractorEmbedding:
+    """φ(x) of a block of input rows, on the model's device, returned to the CPU in the
+    checkpoint dtype (:meth:`HeadModel.embedding`)."""
+
+    model: HeadModel
+
+    @property
+    def width(self) -> int:
+        """The head's width h."""
+        return self.model.arch.head_in_features
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        """φ of ``block``'s rows, in batches of ``EXTRACT_BATCH`` as :meth:`HeadModel.head_design`."""
+        extractor, out = self.model.extractor, np.empty((block.shape[0], self.width), dtype=block.dtype)
+        with torch.no_grad():
+            for start in range(0, block.shape[0], EXTRACT_BATCH):
+                batch = torch.as_tensor(block[start : start + EXTRACT_BATCH], device=self.model.device,
+                                        dtype=self.model.dtype)
+                out[start : start + batch.shape[0]] = (extractor(batch).reshape(batch.shape[0], -1)
+                                                       .to("cpu").numpy())
+        return out

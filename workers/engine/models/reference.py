@@ -61,13 +61,14 @@ def check_reference_logits(model: HeadModel, data: Dataset) -> dict[str, float] 
     if data.reference_logits is None:
         return None
     reference = data.reference_logits
-    rebuilt = model.logits(data.features).cpu().numpy()
+    rebuilt = (model.logits_of_embedded(data.features) if data.embedded else model.logits(data.features)
+               ).cpu().numpy()
     difference = np.abs(rebuilt - reference)
     off = _beyond(rebuilt, reference)
     if not off.any():
         return {"rows": float(reference.shape[0]), "max_abs_difference": float(difference.max())}
     worst = int(np.argmax(difference))
-    matching = _matching_activation(model, data)
+    matching = None if data.embedded else _matching_activation(model, data)
     hint = (f"the logits match activation {matching!r}, but the architecture says "
             f"{model.arch.activation!r}: pass the architecture the model was built with"
             if matching is not None else
