@@ -195,9 +195,9 @@ def _gap(metric: str, design: torch.Tensor, context: SplitContext) -> GroupGap |
     return gap
 
 
-def _surrogates(theta: torch.Tensor, design: torch.Tensor, context: SplitContext,
+def _surrogates(logits: torch.Tensor, design: torch.Tensor, context: SplitContext,
                 ) -> dict[str, float | None]:
-    logits = design @ theta
+    """The split's gap surrogates from its head logits Φθ."""
     out: dict[str, float | None] = {}
     for metric in ("demographic_parity", "equal_opportunity", "equalized_odds"):
         gap = _gap(metric, design, context)
@@ -223,9 +223,12 @@ class SplitEvaluation:
 def evaluate_split(model: HeadModel, context: SplitContext) -> SplitEvaluation:
     """Every before/after number for one model on one split."""
     design = model.design(context.data.features)
-    proba = torch.sigmoid(model.head_logits(context.data.features)).cpu().numpy()
+    products = design @ model.theta()
+    # For a kept split the head logits are this very product (HeadModel.head_logits).
+    logits = products if model.keeps(context.data.features) else model.head_logits(context.data.features)
+    proba = torch.sigmoid(logits).cpu().numpy()
     metrics = classification_metrics(proba, context.data.labels, context.groups)
-    metrics["surrogates"] = _surrogates(model.theta(), design, context)
+    metrics["surrogates"] = _surrogates(products, design, context)
     evaluation = SplitEvaluation(metrics, proba, context.robust.rows)
     if context.attacks:
         robustness = {}

@@ -157,6 +157,10 @@ class HeadModel:
             self.designs.append((features, kept))
         return kept
 
+    def keeps(self, features: np.ndarray) -> bool:
+        """Whether ``features`` is a split kept by :meth:`keep_design`."""
+        return self._kept(features) is not None
+
     def _kept(self, features: np.ndarray) -> torch.Tensor | None:
         return next((design for array, design in self.designs if array is features), None)
 
