@@ -96,7 +96,7 @@ def train_embedding(spec: CorrectionSpec, device: str | None = None) -> TrainEmb
     extractor (on ``device``), so that only φ(x) is held, when the job never needs the inputs
     again — head scope with a head method; None otherwise. Logistic regression has no extractor
     and reads its inputs (they are φ)."""
-    if spec.influence.scope != "last_layer" or spec.method.name not in HEAD_METHODS:
+    if _needs_inputs(spec) is not None:
         return None
     chosen = pick_device(device)
 

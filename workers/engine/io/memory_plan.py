@@ -76,13 +76,13 @@ def estimate_memory(splits: list[SplitShape], head_width: int, has_extractor: bo
     m = head_width + 1
     parts: dict[str, int] = {}
     for split in splits:
-        per_row = split.width * itemsize + PER_ROW_VECTORS * 8 + GROUP_BYTES * split.sensitive
-        if split.role == "train" and embedded_train:
-            per_row += (head_width - split.width) * itemsize
-        elif split.role == "train":
-            per_row += head_width * itemsize if has_extractor else 0
-        else:
+        embedded = split.role == "train" and embedded_train
+        held = head_width if embedded else split.width  # rows embedded on read hold φ, not the inputs
+        per_row = held * itemsize + PER_ROW_VECTORS * 8 + GROUP_BYTES * split.sensitive
+        if split.role != "train":
             per_row += m * 8 + attacks * split.width * 8
+        elif has_extractor and not embedded:
+            per_row += head_width * itemsize
         parts[split.role] = split.rows * per_row
     parts["fixed"] = BASE_BYTES + 4 * chunk_size * m * 8 + 4 * m * m * 8
     return MemoryEstimate(parts)

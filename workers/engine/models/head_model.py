@@ -7,6 +7,7 @@ are handled in float64 as one vector θ = [w; b]; the design matrix Φ = [φ(x),
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -117,14 +118,21 @@ class HeadModel:
         if len(self.extractor) == 0 or embedded:
             stored = torch.as_tensor(features, device=self.device).reshape(features.shape[0], -1)
             return Design(stored, chunk_size)
-        rows, width = features.shape[0], self.arch.head_in_features
-        stored = torch.empty(rows, width, dtype=self.dtype, device=self.device)
-        with torch.no_grad():
-            for start in range(0, rows, EXTRACT_BATCH):
-                batch = torch.as_tensor(features[start : start + EXTRACT_BATCH], device=self.device,
-                                        dtype=self.dtype)
-                stored[start : start + batch.shape[0]] = self.extractor(batch).reshape(batch.shape[0], width)
+        stored = torch.empty(features.shape[0], self.arch.head_in_features, dtype=self.dtype,
+                             device=self.device)
+        for start, embedded_rows in self.batches(features, self.extractor):
+            stored[start : start + embedded_rows.shape[0]] = embedded_rows
         return Design(stored, chunk_size)
+
+    def batches(self, rows: np.ndarray, layers: nn.Module) -> Iterator[tuple[int, torch.Tensor]]:
+        """``(start, layers(batch))`` for every ``EXTRACT_BATCH`` rows, in the checkpoint dtype on
+        the device, without gradients, flattened to one row each: the one batching every φ(x) and
+        logit of the model is computed with (so that they agree bit for bit)."""
+        for start in range(0, rows.shape[0], EXTRACT_BATCH):
+            batch = torch.as_tensor(rows[start : start + EXTRACT_BATCH], device=self.device, dtype=self.dtype)
+            with torch.no_grad():  # per batch: grad mode is not left off in the caller between yields
+                out = layers(batch)
+            yield start, out.reshape(batch.shape[0], -1)
 
     def embedding(self) -> ExtractorEmbedding:
         """The extractor as a :class:`~workers.engine.io.feature_matrix.RowTransform`: the rows
@@ -134,14 +142,7 @@ class HeadModel:
     def logits_of_embedded(self, embedded: np.ndarray) -> torch.Tensor:
         """The network's logits (float64) of rows given as their head features φ(x): the head
         layer alone, as the network applies it."""
-        head = self.network[self.arch.head_index]
-        outputs = []
-        with torch.no_grad():
-            for start in range(0, embedded.shape[0], EXTRACT_BATCH):
-                batch = torch.as_tensor(embedded[start : start + EXTRACT_BATCH], device=self.device,
-                                        dtype=self.dtype)
-                outputs.append(head(batch).reshape(-1).to(torch.float64))
-        return torch.cat(outputs) if outputs else torch.zeros(0, dtype=torch.float64)
+        return self._flat_logits(embedded, self.network[self.arch.head_index])
 
     def design(self, features: np.ndarray) -> torch.Tensor:
         """Design matrix Φ = [φ(x), 1] as one dense float64 tensor (audit and eval splits); the
@@ -183,12 +184,10 @@ class HeadModel:
 
     def logits(self, features: np.ndarray) -> torch.Tensor:
         """Logits of the actual network (checkpoint dtype), as float64."""
-        outputs = []
-        with torch.no_grad():
-            for start in range(0, features.shape[0], EXTRACT_BATCH):
-                rows = features[start : start + EXTRACT_BATCH]
-                batch = torch.as_tensor(rows, device=self.device, dtype=self.dtype)
-                outputs.append(self.network(batch).reshape(-1).to(torch.float64))
+        return self._flat_logits(features, self.network)
+
+    def _flat_logits(self, rows: np.ndarray, layers: nn.Module) -> torch.Tensor:
+        outputs = [out.reshape(-1).to(torch.float64) for _, out in self.batches(rows, layers)]
         return torch.cat(outputs) if outputs else torch.zeros(0, dtype=torch.float64)
 
 
@@ -206,11 +205,7 @@ class ExtractorEmbedding:
 
     def __call__(self, block: np.ndarray) -> np.ndarray:
         """φ of ``block``'s rows, in batches of ``EXTRACT_BATCH`` as :meth:`HeadModel.head_design`."""
-        extractor, out = self.model.extractor, np.empty((block.shape[0], self.width), dtype=block.dtype)
-        with torch.no_grad():
-            for start in range(0, block.shape[0], EXTRACT_BATCH):
-                batch = torch.as_tensor(block[start : start + EXTRACT_BATCH], device=self.model.device,
-                                        dtype=self.model.dtype)
-                out[start : start + batch.shape[0]] = (extractor(batch).reshape(batch.shape[0], -1)
-                                                       .to("cpu").numpy())
+        out = np.empty((block.shape[0], self.width), dtype=block.dtype)
+        for start, embedded_rows in self.model.batches(block, self.model.extractor):
+            out[start : start + embedded_rows.shape[0]] = embedded_rows.cpu().numpy()
         return out
