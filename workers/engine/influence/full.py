@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -43,6 +44,7 @@ from workers.engine.errors import IllConditionedError, InputError, NonFiniteErro
 from workers.engine.influence.head import HessianFactor, factorize
 from workers.engine.influence.ihvp import conjugate_gradient, lissa, top_eigenvalue
 from workers.engine.influence.kfac import EKFACFactor, build_ekfac, ekfac_factor_entries
+from workers.engine.influence.sketch import RowSketch, draw_sketch_rows, sketch_row_count
 
 __all__ = [
     "DEFAULT_DAMPING_PER_WEIGHT",
@@ -94,7 +96,9 @@ def estimate_memory_bytes(n: int, parameters: int, config: InfluenceConfig, widt
     are never formed on the influence paths, so nothing scales as rows × P — except for the exact
     solver, whose dense Gauss-Newton matrix is accumulated from a chunk's per-sample logit
     gradients and which also holds the dense P × P matrix with its eigenvalue and Cholesky
-    workspaces. ``factor_entries`` counts EK-FAC's Kronecker factors, eigenbases and eigenvalues
+    workspaces. CG adds its preconditioner's sketch (m × P and m × m, plus one chunk's per-sample
+    logit gradients while it is built). ``factor_entries`` counts EK-FAC's Kronecker factors,
+    eigenbases and eigenvalues
     (:func:`workers.engine.influence.kfac.ekfac_factor_entries`). The training data itself is
     not counted.
     """
@@ -105,6 +109,9 @@ def estimate_memory_bytes(n: int, parameters: int, config: InfluenceConfig, widt
         total += 3 * parameters * parameters * 8 + HESSIAN_BLOCK_BYTES + 2 * rows * parameters * 8
     elif solver == "ekfac":
         total += factor_entries * 8
+    elif solver == "cg":
+        sketch = sketch_row_count(config.cg_preconditioner_rows, n, parameters)
+        total += sketch * (parameters + sketch) * 8 + min(sketch, rows) * parameters * 8
     return total
 
 
@@ -257,6 +264,7 @@ class FullInfluence:
                         else DEFAULT_DAMPING_PER_WEIGHT * float(self.weights.abs().sum()))
         self._factor: HessianFactor | None = None
         self._ekfac: EKFACFactor | None = None
+        self._sketch: RowSketch | None = None
         self._lissa_scale: float | None = config.lissa_scale
 
     # -- parameters ---------------------------------------------------------------------------
@@ -276,7 +284,7 @@ class FullInfluence:
             raise InputError(f"parameter vector has shape {tuple(flat.shape)}; "
                              f"expected {tuple(self._flat.shape)}")
         self._flat = _finite(flat.to(self._flat).clone(), "parameters", "the model parameters")
-        self._factor = self._ekfac = None
+        self._factor = self._ekfac = self._sketch = None
         self._lissa_scale = self.config.lissa_scale
 
     def set_weights(self, weights: torch.Tensor) -> None:
@@ -285,7 +293,7 @@ class FullInfluence:
             raise InputError(f"weights have shape {tuple(weights.shape)}; expected "
                              f"{tuple(self.weights.shape)}")
         self.weights = _finite(weights.to(self.weights).clone(), "parameters", "the sample weights")
-        self._factor = self._ekfac = None
+        self._factor = self._ekfac = self._sketch = None
         self._lissa_scale = self.config.lissa_scale
 
     def to_network(self) -> nn.Module:
@@ -443,26 +451,52 @@ class FullInfluence:
         (product,) = torch.autograd.grad(logits, theta, grad_outputs=curvature * forward)
         return product
 
-    def _dense_ggn(self) -> torch.Tensor:
-        """``Σ wᵢ pᵢ(1−pᵢ) ∇zᵢ∇zᵢᵀ`` from per-sample logit gradients (vmap), chunk by chunk."""
-        params = self._unflatten(self._flat)
-
+    def _logit_jacobian(self, rows: slice | torch.Tensor) -> torch.Tensor:
+        """The rows' per-sample logit gradients ∇zᵢ (rows × P, by ``vmap``)."""
         def logit(p: Params, x: torch.Tensor) -> torch.Tensor:
             value: torch.Tensor = functional_call(self.network, p, (x.unsqueeze(0),)).reshape(())
             return value
 
-        per_sample = vmap(grad(logit), in_dims=(None, 0))
+        features = self.features[rows]
+        per_sample = vmap(grad(logit), in_dims=(None, 0))(self._unflatten(self._flat), features)
+        return self._flatten(per_sample, batch=int(features.shape[0]))
+
+    def _curvature(self, rows: slice | torch.Tensor) -> torch.Tensor:
+        """The rows' Gauss-Newton weights ``wᵢ pᵢ(1−pᵢ)``."""
+        with torch.no_grad():
+            logits = functional_call(self.network, self._unflatten(self._flat), (self.features[rows],))
+            probability = torch.sigmoid(logits.reshape(-1))
+        return self.weights[rows] * probability * (1 - probability)
+
+    def _dense_ggn(self) -> torch.Tensor:
+        """``Σ wᵢ pᵢ(1−pᵢ) ∇zᵢ∇zᵢᵀ`` from per-sample logit gradients (vmap), chunk by chunk."""
         total = torch.zeros(self.parameter_count, self.parameter_count, dtype=self._flat.dtype,
                             device=self._flat.device)
         for rows in self._chunks():
-            jacobian = self._flatten(per_sample(params, self.features[rows]),
-                                     batch=int(self.labels[rows].shape[0]))
-            with torch.no_grad():
-                probability = torch.sigmoid(functional_call(self.network, params,
-                                                            (self.features[rows],)).reshape(-1))
-            curvature = self.weights[rows] * probability * (1 - probability)
-            total += jacobian.T @ (curvature.unsqueeze(1) * jacobian)
+            jacobian = self._logit_jacobian(rows)
+            total += jacobian.T @ (self._curvature(rows).unsqueeze(1) * jacobian)
         return total
+
+    def _row_sketch(self, stage: str) -> RowSketch | None:
+        """CG's preconditioner at the current parameters, weights and damping (built on first
+        use; :mod:`workers.engine.influence.sketch`), or None when it is switched off or too small."""
+        shift = self.l2_reg + self.damping
+        if self._sketch is not None:
+            self._sketch = self._sketch.with_shift(shift, stage)
+            return self._sketch
+        rows = sketch_row_count(self.config.cg_preconditioner_rows, self.n, self.parameter_count)
+        drawn = draw_sketch_rows(torch.cat([self._curvature(rows) for rows in self._chunks()]), rows) \
+            if rows else None
+        if drawn is None:
+            return None
+        started = time.perf_counter()
+        index = torch.from_numpy(drawn[0]).to(self.features.device)
+        scale = torch.from_numpy(drawn[1]).to(self._flat)
+        size = self.config.chunk_size
+        factor = torch.cat([self._logit_jacobian(index[start:start + size])
+                            for start in range(0, int(index.shape[0]), size)])
+        self._sketch = RowSketch.build(scale.unsqueeze(1) * factor, shift, stage, started)
+        return self._sketch
 
     def hvp(self, vector: torch.Tensor, stage: str = "hvp") -> torch.Tensor:
         """``(H + δI) v`` with H the Hessian of ``L(θ; w)`` (sum form, with λI).
@@ -549,9 +583,11 @@ class FullInfluence:
             info.update(iterations=0, **self._ekfac_factor().describe())
         elif self.solver == "cg":
             cfg = self.config
+            sketch = self._row_sketch(stage)
             solution, extra = conjugate_gradient(lambda v: self.hvp(v, stage), rhs, cfg.cg_tolerance,
-                                                 cfg.cg_max_iterations, stage)
-            info.update(extra)
+                                                 cfg.cg_max_iterations, stage,
+                                                 None if sketch is None else sketch.apply)
+            info.update(extra, preconditioner=None if sketch is None else sketch.describe())
         else:
             if self._lissa_scale is None:
                 top = top_eigenvalue(lambda v: self.hvp(v, stage), self.parameter_count, self._flat,

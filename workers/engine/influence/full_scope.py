@@ -163,7 +163,10 @@ class FullScope:
         residual = info.get("relative_residual")
         accuracy = ("EK-FAC approximate curvature" if residual is None
                     else f"relative residual {residual:.1e}")
-        return [f"full Newton step solved by {info['solver']} ({accuracy}, damping {info['damping']:.3g})"]
+        sketch = info.get("preconditioner")
+        solver = info["solver"] if not sketch else f"{info['solver']} ({info['iterations']} products, " \
+            f"preconditioned by a {sketch['rows']}-row sketch)"
+        return [f"full Newton step solved by {solver} ({accuracy}, damping {info['damping']:.3g})"]
 
     def trial_models(self, deltas: list[np.ndarray], method: MethodConfig) -> list[HeadModel]:
         """The networks after a Newton step with each of ``deltas``, leaving the scope where it is.
