@@ -13,8 +13,10 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import example_args, run_correct
+from workers.engine.evaluation.metrics import SplitContext
 from workers.engine.evaluation.robust_sample import draw_robust_sample
 from workers.engine.examples.common import ExampleInfo
+from workers.engine.io.datasets import Dataset
 
 
 def _groups(sizes: dict[str, int]) -> np.ndarray:
@@ -53,6 +55,26 @@ def test_every_row_when_the_split_is_not_larger(size: int | None) -> None:
     values = np.arange(100)
     assert sample.take(values) is values
     assert sample.describe() == {"rows": 100, "split_rows": 100, "sampled": False, "seed": 0}
+
+
+def test_the_frontier_subsample_nests_in_the_split_sample_with_its_frozen_rows() -> None:
+    groups = _groups({"a": 2400, "b": 600})
+    n = groups.shape[0]
+    data = Dataset("eval", ("x",), np.arange(n, dtype=np.float32).reshape(n, 1), np.zeros(n), {"sex": groups})
+    outer = draw_robust_sample(groups, 1500, seed=5, split="eval")
+    assert outer.rows is not None
+    head = torch.ones(2, dtype=torch.float64)
+    context = SplitContext(data, groups, None, [], outer,
+                           frozen={"pgd": data.features[outer.rows] + 0.5, "reflect": head})
+    inner = context.subsampled(400)
+    assert inner.robust.rows is not None and inner.robust.size == 400 and inner.robust.split_rows == n
+    assert np.isin(inner.robust.rows, outer.rows).all() and np.all(np.diff(inner.robust.rows) > 0)
+    assert abs(int((groups[inner.robust.rows] == "b").sum()) - 80) <= 1  # the shares stay 4 : 1
+    # Each frozen (attacked) point stays with its row; a frozen head is shared as it is.
+    np.testing.assert_array_equal(inner.frozen["pgd"], inner.robust_features + 0.5)
+    assert inner.frozen["reflect"] is head and inner.gaps is context.gaps
+    np.testing.assert_array_equal(context.subsampled(400).robust.rows, inner.robust.rows)  # seeded
+    assert context.subsampled(None) is context and context.subsampled(1500) is context
 
 
 def _independent_pgd_accuracy(weights: dict[str, torch.Tensor], x: np.ndarray, y: np.ndarray,

@@ -10,7 +10,7 @@ reports such a rate as null, next to the group's positive and negative counts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from workers.engine.config import AttackConfig
-from workers.engine.evaluation.robust_sample import RobustSample
+from workers.engine.evaluation.robust_sample import RobustSample, draw_robust_sample
 from workers.engine.io.datasets import Dataset
 from workers.engine.models.head_model import HeadModel
 from workers.engine.objectives.attacks import attack_inputs, reflect_linear
@@ -140,6 +140,21 @@ class SplitContext:
                 context.frozen[attack_label(config)] = attack_inputs(
                     model, context.robust_features, context.robust_labels, config)
         return context
+
+    def subsampled(self, size: int | None) -> SplitContext:
+        """This split with robust accuracy measured on ``size`` of its robust rows (a seeded
+        subsample stratified by group; the context itself when ``size`` is None or not below the
+        robust rows). The frozen sets are those rows' of the original; the gap cache is shared."""
+        if size is None or size >= self.robust.size:
+            return self
+        nested = draw_robust_sample(self.robust.take(self.groups), size, self.robust.seed,
+                                    f"{self.data.name}/subsample")
+        assert nested.rows is not None
+        rows = nested.rows if self.robust.rows is None else self.robust.rows[nested.rows]
+        frozen = {label: attacked if isinstance(attacked, torch.Tensor) else attacked[nested.rows]
+                  for label, attacked in self.frozen.items()}
+        return replace(self, robust=RobustSample(rows, self.robust.split_rows, self.robust.seed),
+                                   frozen=frozen, gaps=self.gaps)
 
     @cached_property
     def robust_features(self) -> np.ndarray:

@@ -13,7 +13,8 @@ first step), each point solves the weights for one request and takes one step, u
 The step is the job's head method (``newton`` or ``refit``), else a Newton step of the job's
 influence scope. A Newton step's parameter change H⁻¹Σεᵢgᵢ is linear in ε, so with the
 Hessian factorized once a point costs one triangular solve plus its evaluation. Each point is
-evaluated on every split with the before/after metric keys, and carries what the job's guard
+evaluated on every split with the before/after metric keys (robust accuracy on a subsample of
+the splits' robust rows, ``evaluation.frontier.robust_sample_rows``), and carries what the job's guard
 would have said of it (``guard``), so a reader sees which points a job would have refused.
 """
 
@@ -104,6 +105,7 @@ def _info(spec: CorrectionSpec, seconds: float, skipped: str | None, notes: list
     return {"step": step_description(spec), "scheme": _soft_weighting(spec).scheme,
             "reductions": list(spec.evaluation.frontier.reductions),
             "k_fractions": list(spec.evaluation.frontier.k_fractions),
+            "robust_sample_rows": spec.evaluation.frontier.robust_sample_rows,
             "seconds": seconds, "skipped": skipped, "notes": notes}
 
 
@@ -136,7 +138,9 @@ def compute_frontier(scope: CorrectionScope, spec: CorrectionSpec, targets: Audi
             notes.append(f"{key} {value:g} left out: {exc}")
     deltas = [weights.eps for _, _, weights in solved]
     models = scope.trial_models(deltas, _step_method(spec)) if solved else []
-    points = [{key: value, **_evaluate(model, spec, targets, contexts, start, origin, weights)}
+    sampled = {name: context.subsampled(spec.evaluation.frontier.robust_sample_rows)
+               for name, context in contexts.items()}
+    points = [{key: value, **_evaluate(model, spec, targets, sampled, start, origin, weights)}
               for (key, value, weights), model in zip(solved, models, strict=True)]
     skipped = None if points or notes else "evaluation.frontier lists no points"
     return Frontier(points, _info(spec, time.perf_counter() - began, skipped, notes))
