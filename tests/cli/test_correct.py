@@ -175,6 +175,10 @@ def test_full_scope_robustness_target_uses_an_input_space_attack(adult_example: 
     # Full-scope frontier by CG: soft points share one solve; they move robust accuracy monotonically.
     soft = [p["eval"]["robust_accuracy"] for p in report["frontier"] if "reduction" in p]
     assert len(soft) == 4 and soft == sorted(soft) and soft[-1] > soft[0] + 0.1
+    # The first step's delta is a multiple of the soft points': it reuses their solve, and says so
+    # with the residual it checked.
+    reused = [note for note in report["notes"] if "reusing the frontier's solves" in note]
+    assert len(reused) == 1 and float(reused[0].split("relative residual ")[1].split(",")[0]) < 1e-3
 
 
 def test_reflect_attack_is_refused_for_full_scope(adult_example: ExampleInfo, tmp_path: Path,

@@ -9,6 +9,7 @@ adversarial inputs) and differentiated with autograd; influences and Newton step
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -73,6 +74,32 @@ def span_basis(columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return u[:, :rank] * sigma[:rank], vt[:rank]
 
 
+@dataclass(frozen=True)
+class SolvedSpan:
+    """Solves the frontier made: ``solutions[:, j] = (H + δI)⁻¹ Σᵢ basis[i, j] gᵢ`` at the
+    ``parameters`` and ``weights`` they were made at."""
+
+    basis: np.ndarray
+    solutions: torch.Tensor
+    parameters: torch.Tensor
+    weights: torch.Tensor
+
+
+def _step_note(info: dict[str, Any]) -> str:
+    """What the report's notes say of a full Newton step's solve."""
+    residual = info.get("relative_residual")
+    accuracy = "EK-FAC approximate curvature" if residual is None else f"relative residual {residual:.1e}"
+    sketch = info.get("preconditioner")
+    if info.get("reused"):
+        how = f"{info['solver']}, reusing the frontier's solves (its delta lies in their span)"
+    elif sketch:
+        how = (f"{info['solver']} ({info['iterations']} products, preconditioned by a "
+               f"{sketch['rows']}-row sketch)")
+    else:
+        how = info["solver"]
+    return f"full Newton step solved by {how} ({accuracy}, damping {info['damping']:.3g})"
+
+
 def _logits(network: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     out: torch.Tensor = network(inputs).reshape(-1)
     return out
@@ -93,6 +120,7 @@ class FullScope:
         self._audit = torch.from_numpy(targets.audit.features).to(device, torch.float64)
         self._audit_labels = torch.from_numpy(targets.audit.labels).to(device, torch.float64)
         self._target_fn = self._build_target()
+        self._solved_span: SolvedSpan | None = None
 
     def _build_target(self) -> TargetFn:
         objective = self.spec.objective
@@ -154,19 +182,35 @@ class FullScope:
         weights, or of the new ones with ``hessian='reweighted'``)."""
         eps = torch.from_numpy(delta).to(self.weights)
         rhs = self.engine.weighted_gradient_sum(eps, "unlearn")
+        reused = None if method.hessian == "reweighted" else self._from_solved_span(delta, rhs)
         self.weights = self.weights + eps
         if method.hessian == "reweighted":
             self.engine.set_weights(self.weights)
-        solution, info = self.engine.solve(rhs, "unlearn")
+        solution, info = reused or self.engine.solve(rhs, "unlearn")
         self.engine.set_parameters(self.engine.flat_parameters() - solution)
         self.engine.set_weights(self.weights)
-        residual = info.get("relative_residual")
-        accuracy = ("EK-FAC approximate curvature" if residual is None
-                    else f"relative residual {residual:.1e}")
-        sketch = info.get("preconditioner")
-        solver = info["solver"] if not sketch else f"{info['solver']} ({info['iterations']} products, " \
-            f"preconditioned by a {sketch['rows']}-row sketch)"
-        return [f"full Newton step solved by {solver} ({accuracy}, damping {info['damping']:.3g})"]
+        return [_step_note(info)]
+
+    def _from_solved_span(self, delta: np.ndarray, rhs: torch.Tensor,
+                          ) -> tuple[torch.Tensor, dict[str, Any]] | None:
+        """The step's solve from the frontier's, when ``delta`` lies in the span the frontier solved
+        at these very parameters and weights (a soft job's delta is a multiple of its soft points'):
+        the same linear combination of solutions, checked by its own residual (one product)."""
+        span = self._solved_span
+        if span is None or not (torch.equal(span.parameters, self.engine.flat_parameters())
+                                and torch.equal(span.weights, self.weights)):
+            return None
+        coefficients = np.linalg.lstsq(span.basis, delta, rcond=None)[0]
+        if np.linalg.norm(span.basis @ coefficients - delta) > SPAN_RTOL ** 0.5 * np.linalg.norm(delta):
+            return None
+        solution = span.solutions @ torch.from_numpy(coefficients).to(span.solutions)
+        info: dict[str, Any] = {"solver": self.engine.solver, "damping": self.engine.damping,
+                                "iterations": 0, "reused": True, "relative_residual": None}
+        if self.engine.solver != "ekfac":  # as in FullInfluence.solve: EK-FAC has no exact residual
+            norm = float(rhs.norm())
+            residual = float((self.engine.hvp(solution, "unlearn") - rhs).norm())
+            info["relative_residual"] = residual / norm if norm > 0 else 0.0
+        return solution, info
 
     def trial_models(self, deltas: list[np.ndarray], method: MethodConfig) -> list[HeadModel]:
         """The networks after a Newton step with each of ``deltas``, leaving the scope where it is.
@@ -183,6 +227,7 @@ class FullScope:
         sums = self.engine.weighted_gradient_sums(torch.from_numpy(basis).to(self.weights), "frontier")
         solved = torch.stack([self.engine.solve(sums[:, j], "frontier", check_residual=False)[0]
                               for j in range(basis.shape[1])], dim=1)
+        self._solved_span = SolvedSpan(basis, solved, self.engine.flat_parameters(), self.weights.clone())
         steps = solved @ torch.from_numpy(coefficients).to(solved)
         flat = self.engine.flat_parameters()
         return [self._model_at(flat - steps[:, j]) for j in range(len(deltas))]
