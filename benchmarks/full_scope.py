@@ -12,8 +12,11 @@ builds the Adult example once, trains MLPs of about 1.7 k, 8.8 k (the example's 
   training row, whose Spearman rank agreement with the reference solver (exact where it runs,
   else CG) is printed;
 - the **peer** (``--peer``): dattri's ``IFAttributorCG`` on the same model, the same first
-  ``PEER_ROWS`` training rows, curvature (exact Hessian, damping μ) and target, against ours with
-  ``solver: cg, curvature: hessian``: time ratio and Spearman.
+  ``PEER_ROWS`` training rows, system ``(H + (δ + λ)I)`` (exact sum-form Hessian, the same shift)
+  and target, against ours with ``solver: cg, curvature: hessian``: time ratio, Spearman and
+  Pearson. dattri's CG runs a fixed ``max_iter`` (it has no stopping rule), so it gets the fewest
+  iterations reaching our ``cg_tolerance``, found with its own solver outside the timing
+  (:func:`_peer_iterations`).
 
 A run that cannot finish within ``--timeout`` seconds is reported as such. The figures measured
 from outside before this change (issue 12) are printed beside the new ones.
@@ -29,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -189,18 +193,79 @@ def _scores(work: Path, job: Job, out: Path, curvature: str = "gauss_newton") ->
     values = engine.per_sample_dot(direction).numpy()
     np.save(out, values)
     return {"score_seconds": time.perf_counter() - started, "score_cpu_seconds": time.process_time() - cpu,
-            "damping": engine.damping,
-            "l2_reg": engine.l2_reg, "iterations": info.get("iterations")}
+            "damping": engine.damping, "l2_reg": engine.l2_reg, "iterations": info.get("iterations"),
+            "rows": len(labels)}
+
+
+def _peer_task(network: Any) -> Any:
+    """dattri's ``AttributionTask`` for the summed training log-loss of ``network`` (float64)."""
+    import torch
+    from dattri.task import AttributionTask
+    from torch.nn import functional as F
+
+    def loss(params: dict[str, torch.Tensor], data: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x, y = data
+        logits = torch.func.functional_call(network, params, (x,)).reshape(-1)
+        return F.binary_cross_entropy_with_logits(logits, y.reshape(-1), reduction="sum")
+
+    return AttributionTask(loss_func=loss, model=network, checkpoints=network.state_dict())
+
+
+PEER_MAX_ITERATIONS = 2**12
+"""Most CG iterations tried for dattri (ours stops at ``cg_max_iterations`` = 2000)."""
+
+
+def _peer_iterations(task: Any, train: tuple[Any, Any], audit: tuple[Any, Any], shift: float,
+                     tolerance: float) -> tuple[int, float]:
+    """The fewest CG iterations with which dattri's own ``ihvp_at_x_cg`` solves
+    ``(H + shift·I) x = ∇f`` to ``‖(H + shift·I)x − ∇f‖ ≤ tolerance·‖∇f‖``, and that residual.
+
+    dattri's CG has no stopping rule (its ``tol`` is unused) and runs exactly ``max_iter``
+    iterations; past convergence its recursive residual keeps shrinking until it underflows to 0
+    and ``β = 0/0`` turns the solution, hence every score, into NaN (after ≈ 430 iterations on the
+    1.7 k model, so ``max_iter=2000`` gave 4,000 NaN). Ours stops at the first iterate within
+    ``tolerance``; this gives dattri the same: doubling, then bisection, each trial one solve,
+    its residual measured with dattri's ``hvp_at_x`` (all outside the timing). The count found is
+    far below the underflow (that needs ~300/4 times as many iterations as reaching 1e-4).
+    """
+    import torch
+    from dattri.func.hessian import hvp_at_x, ihvp_at_x_cg
+
+    params, _ = task.get_param(0)
+    loss: Callable[[torch.Tensor, tuple[Any, Any]], torch.Tensor] = task.get_loss_func()
+
+    def summed(p: torch.Tensor) -> torch.Tensor:
+        return loss(p, train)
+
+    target = torch.func.grad(lambda p: loss(p, audit))(params)
+    product = hvp_at_x(summed, (params,), mode="rev-fwd", regularization=shift)
+
+    def residual(iterations: int) -> float:
+        solution = ihvp_at_x_cg(summed, params, max_iter=iterations, mode="rev-fwd",
+                                regularization=shift)(target).reshape(-1)
+        return float((product(solution) - target).norm() / target.norm())
+
+    high = 1
+    while not residual(high) <= tolerance:  # NaN counts as not converged
+        if high >= PEER_MAX_ITERATIONS:
+            raise RuntimeError(f"dattri's CG did not reach relative residual {tolerance:g} in "
+                               f"{PEER_MAX_ITERATIONS} iterations")
+        high *= 2
+    low = high // 2  # not converged (or 0)
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if residual(middle) <= tolerance else (middle, high)
+    return high, residual(high)
 
 
 def _peer_scores(work: Path, model_name: str, out: Path, shift: float) -> dict[str, Any]:
-    """dattri's CG influence of the mean audit log-loss on the same model and data (child)."""
+    """dattri's CG influence of the mean audit log-loss on the same model, rows, system
+    ``(H + shift·I)`` and stopping accuracy (our ``cg_tolerance``) as ours (child)."""
     import torch
     from dattri.algorithm.influence_function import IFAttributorCG
-    from dattri.task import AttributionTask
-    from torch.nn import functional as F
     from torch.utils.data import DataLoader, TensorDataset
 
+    from workers.engine.config import InfluenceConfig
     from workers.engine.models.head_model import HeadModel
 
     inputs = _example_inputs(work, MODELS[model_name])
@@ -210,26 +275,30 @@ def _peer_scores(work: Path, model_name: str, out: Path, shift: float) -> dict[s
     labels = torch.from_numpy(np.asarray(inputs.train.labels, dtype=np.float64)[:PEER_ROWS])
     audit = torch.from_numpy(np.asarray(inputs.audit.features, dtype=np.float64))
     audit_labels = torch.from_numpy(np.asarray(inputs.audit.labels, dtype=np.float64))
-
-    def loss(params: dict[str, torch.Tensor], data: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        x, y = data
-        logits = torch.func.functional_call(network, params, (x,)).reshape(-1)
-        return F.binary_cross_entropy_with_logits(logits, y.reshape(-1), reduction="sum")
+    tolerance = InfluenceConfig().cg_tolerance
+    calibrating = time.perf_counter()
+    iterations, residual = _peer_iterations(_peer_task(network), (features, labels), (audit, audit_labels),
+                                            shift, tolerance)
+    calibration = time.perf_counter() - calibrating
 
     started, cpu = time.perf_counter(), time.process_time()
-    task = AttributionTask(loss_func=loss, model=network, checkpoints=network.state_dict())
-    attributor = IFAttributorCG(task=task, device="cpu", max_iter=2000, tol=1e-7, mode="rev-fwd",
+    attributor = IFAttributorCG(task=_peer_task(network), device="cpu", max_iter=iterations, mode="rev-fwd",
                                 regularization=shift)
     # One batch holds the whole training set: dattri sums per-batch inverse products.
     attributor.cache(DataLoader(TensorDataset(features, labels), batch_size=len(labels)))
     # The mean audit log-loss is linear in the per-row test gradients: one test "row" whose
-    # loss is the audit mean gives the same representation as averaging n_audit columns.
+    # loss is the audit sum gives the same representation as summing n_audit columns.
     summed = attributor.attribute(DataLoader(TensorDataset(features, labels), batch_size=4096),
                                   DataLoader(TensorDataset(audit.unsqueeze(0), audit_labels.unsqueeze(0)),
                                              batch_size=1))
-    values = summed[:, 0].detach().numpy() / len(audit_labels)
+    values = summed[:, 0].detach().double().numpy() / len(audit_labels)
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu
+    if not np.isfinite(values).all():
+        raise RuntimeError(f"dattri returned {int((~np.isfinite(values)).sum())} non-finite scores")
     np.save(out, values)
-    return {"score_seconds": time.perf_counter() - started, "score_cpu_seconds": time.process_time() - cpu}
+    return {"score_seconds": seconds, "score_cpu_seconds": cpu_seconds, "iterations": iterations,
+            "relative_residual": residual, "calibration_seconds": calibration, "shift": shift,
+            "rows": len(labels)}
 
 
 def _child(args: argparse.Namespace) -> int:
@@ -270,11 +339,21 @@ def _spawn(what: str, work: Path, job: Job, args: argparse.Namespace, scores: Pa
 
 
 def _spearman(a: Path, b: Path) -> float | None:
+    """Spearman rank correlation of two saved score vectors (None when either is missing)."""
     from scipy.stats import spearmanr
 
     if not (a.exists() and b.exists()):
         return None
     return float(spearmanr(np.load(a), np.load(b)).statistic)
+
+
+def _pearson(a: Path, b: Path) -> float | None:
+    """Pearson correlation of two saved score vectors (None when either is missing)."""
+    from scipy.stats import pearsonr
+
+    if not (a.exists() and b.exists()):
+        return None
+    return float(pearsonr(np.load(a), np.load(b)).statistic)
 
 
 def run_benchmark(args: argparse.Namespace, work: Path, say: Any) -> dict[str, Any]:
@@ -313,16 +392,20 @@ def run_benchmark(args: argparse.Namespace, work: Path, say: Any) -> dict[str, A
         for model in args.peer_models:
             ours = work / f"scores-{model}-cg-hessian.npy"
             theirs = work / f"scores-{model}-dattri.npy"
+            for stale in (ours, theirs):  # a reused --work directory: never compare old scores
+                stale.unlink(missing_ok=True)
             say(f"[{model}] peer: ours (cg, exact Hessian)")
             mine = _spawn("scores_hessian", work, Job(model, "cg"), args, ours)
             shift = float(mine.get("damping", 0.0)) + float(mine.get("l2_reg", 0.0))
             say(f"[{model}] peer: dattri IFAttributorCG")
-            peer = _spawn("peer", work, Job(model, "cg"), args, theirs, shift)
+            peer = (_spawn("peer", work, Job(model, "cg"), args, theirs, shift) if mine["status"] == "ok"
+                    else {"status": "skipped (ours did not finish)"})
             ratio = (peer["score_seconds"] / mine["score_seconds"]
                      if peer["status"] == "ok" and mine["status"] == "ok" else None)
             say("peer " + json.dumps({"ours": mine, "dattri": peer}, default=float))
             peers.append({"model": model, "parameters": counts.get(model), "ours": mine, "dattri": peer,
-                          "time_ratio_dattri_over_ours": ratio, "spearman": _spearman(ours, theirs)})
+                          "time_ratio_dattri_over_ours": ratio, "spearman": _spearman(ours, theirs),
+                          "pearson": _pearson(ours, theirs)})
     return {"rows": rows, "peers": peers, "load_average_at_start": load_start,
             "load_average_at_end": list(os.getloadavg()), "cpu_count": os.cpu_count(),
             "threads": args.threads}
@@ -336,6 +419,29 @@ def _outcome(run: dict[str, Any]) -> str:
     if run["status"] != "ok":
         return str(run["status"])
     return f"{_seconds(run.get('score_seconds'))} ({_seconds(run.get('score_cpu_seconds'))})"
+
+
+def _ratio(value: Any, digits: int) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "–"
+
+
+def _peer_table(peers: list[dict[str, Any]]) -> list[str]:
+    """The peer comparison: same model, rows, damped system and target on both sides."""
+    lines = ["| model | params | rows | shift δ + λ | ours: cg, exact Hessian, s (iterations) "
+             "| dattri IFAttributorCG, s (max_iter, residual) | time ratio dattri/ours | Spearman "
+             "| Pearson |", "|---|---|---|---|---|---|---|---|---|"]
+    for peer in peers:
+        ours, theirs = peer["ours"], peer["dattri"]
+        mine = (f"{_outcome(ours)} ({ours.get('iterations', '–')})" if ours["status"] == "ok"
+                else _outcome(ours))
+        peer_cg = (f"{_outcome(theirs)} ({theirs['iterations']}, {theirs['relative_residual']:.1e})"
+                   if theirs["status"] == "ok" else _outcome(theirs))
+        shift = (float(ours["damping"]) + float(ours["l2_reg"])) if ours["status"] == "ok" else None
+        lines.append(f"| {peer['model']} | {peer['parameters']:,} | {ours.get('rows', '–')} "
+                     f"| {_ratio(shift, 1)} | {mine} | {peer_cg} "
+                     f"| {_ratio(peer['time_ratio_dattri_over_ours'], 2)} | {_ratio(peer['spearman'], 4)} "
+                     f"| {_ratio(peer.get('pearson'), 4)} |")
+    return lines
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -360,16 +466,7 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {row['model']} | {row['parameters']:,} | {row['solver']} | {wall} | {stages} "
                      f"| {rss} | {_outcome(scores)} | {ref} | {dp} | {row['previous']} |")
     if results["peers"]:
-        lines += ["", "| model | params | ours: cg, exact Hessian (s) | dattri IFAttributorCG (s) "
-                      "| time ratio dattri/ours | Spearman |", "|---|---|---|---|---|---|"]
-        for peer in results["peers"]:
-            ours, theirs = peer["ours"], peer["dattri"]
-            ratio = peer["time_ratio_dattri_over_ours"]
-            rho = peer["spearman"]
-            lines.append(f"| {peer['model']} | {peer['parameters']:,} | {_outcome(ours)} "
-                         f"| {_outcome(theirs)} "
-                         f"| {f'{ratio:.2f}' if ratio is not None else '–'} "
-                         f"| {f'{rho:.4f}' if rho is not None else '–'} |")
+        lines += ["", *_peer_table(results["peers"])]
     loads = "/".join(f"{v:.2f}" for v in results["load_average_at_start"])
     ends = "/".join(f"{v:.2f}" for v in results["load_average_at_end"])
     lines.append(f"\n{results['threads']} torch thread(s); {results['cpu_count']} cores; load average "
@@ -385,7 +482,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--all-solvers", action="store_true", help="run every solver on every model "
                    "(default: the feasible ones, FEASIBLE)")
     p.add_argument("--peer", action="store_true", help="compare with dattri (the bench extra)")
-    p.add_argument("--peer-models", nargs="+", choices=list(MODELS), default=["8.8k"])
+    # 1.7 k: at 0.05 per row the 8.8 k MLP's exact Hessian still has negative curvature (CG refuses).
+    p.add_argument("--peer-models", nargs="+", choices=list(MODELS), default=["1.7k"])
     p.add_argument("--timeout", type=float, default=900.0, help="seconds allowed to each run")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
