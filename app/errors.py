@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
+from models_store import StoreUnavailable
 from workers.redact import redact_paths
 
 __all__ = [
@@ -89,6 +90,13 @@ def storage_full() -> ApiError:
                     headers={"Retry-After": "60"})
 
 
+def store_unavailable() -> ApiError:
+    """503: the artifact store cannot be reached (S3 endpoint down, credentials refused); what
+    the operator must change is logged, not told to the client."""
+    return ApiError(503, "store_unavailable", "the artifact store is unavailable right now; nothing "
+                    "was changed by this request. Retry later", headers={"Retry-After": "30"})
+
+
 def _field(loc: tuple[Any, ...]) -> str:
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
     return ".".join(parts) or "body"
@@ -155,6 +163,9 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _os_error(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, StoreUnavailable):
+        log.error("store unavailable on %s %s: %s", request.method, request.url.path, exc)
+        return problem_response(request, store_unavailable())
     if isinstance(exc, OSError) and exc.errno in NO_SPACE:
         log.error("store full on %s %s: %s", request.method, request.url.path, exc.strerror)
         return problem_response(request, storage_full())

@@ -26,7 +26,7 @@ from app.routes.contract import operation_id, with_report_schema
 from app.routes.problems import as_problem_json
 from app.security import KeyRing
 from app.version import __version__
-from models_store import Records, open_store
+from models_store import Records, StoreUnavailable, open_store
 from workers.queue import connect
 from workers.reconcile import Reconciler
 from workers.settings import ServiceSettings, get_settings
@@ -54,7 +54,10 @@ def create_app(settings: ServiceSettings | None = None, *, reconcile: bool = Tru
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        services.store.collect_garbage()
+        try:
+            services.store.collect_garbage()
+        except StoreUnavailable as exc:  # serve anyway: /readyz fails and requests answer 503
+            log.error("store unavailable at startup, garbage collection skipped: %s", exc)
         reconciler = Reconciler(services.records, services.redis, settings) if reconcile else None
         if reconciler is not None:
             reconciler.start()

@@ -6,8 +6,10 @@ per row, in turn, with the example's ``schema.json`` and ``spec.json`` (robust e
 the row's flags: scope ``last_layer`` × every method × weighting schemes ``qp`` and ``soft-2.3``
 for ``demographic_parity``; ``newton`` for ``equal_opportunity``; a small ``resnet`` (ResNet-18,
 ``base_width`` 4, trained here on the same train split with ``train_mlp``) with ``newton``; and
-scope ``full`` with ``newton`` (minutes per row; left out by ``--quick``). Every number is read
-from the run's ``report.json``. Prints markdown tables and writes everything to
+scope ``full`` with ``newton`` (minutes per row; left out by ``--quick``); with ``--resnet-full
+SOLVER ...`` also the resnet at scope ``full`` with ``newton`` per solver and scheme. ``--only TEXT``
+keeps the rows whose name contains TEXT. Every number is read from the run's ``report.json``, but
+the peak RSS (``ru_maxrss`` of the subprocess). Prints markdown tables and writes everything to
 ``benchmarks/results/image-example-*.json`` (git-ignored).
 """
 
@@ -45,7 +47,7 @@ from workers.engine.io.datasets import REFERENCE_COLUMN
 from workers.engine.models.training import train_mlp
 
 __all__ = ["Job", "ModelFiles", "Outcome", "build_models", "cli_command", "main", "markdown_outcomes", "plan",
-           "run_job"]
+           "run_job", "select"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parent.parent
@@ -61,6 +63,12 @@ RESNET_ARCH = {"type": "resnet", "depth": 18, "input_shape": [3, 28, 28], "small
                "base_width": 4}
 RESNET_EPOCHS, RESNET_BATCH_SIZE, RESNET_LR, RESNET_WEIGHT_DECAY = 12, 64, 3e-3, 1e-4
 """Adam settings of the resnet (the cnn's batch, lr and weight decay; ≈ 35 s on 1 thread)."""
+FULL_SOLVERS = ("auto", "cg", "ekfac", "lissa", "exact")
+"""``--resnet-full`` choices: the CLI's ``--solver`` values."""
+POLL_SECONDS = 0.5
+"""How often a running row is checked for its exit (and its timeout)."""
+SOLVE_NOTE = "full Newton step solved by"
+"""How the report's notes begin a note on a full-scope solve (solver, CG products, sketch rows)."""
 GOOD_CUT, MAX_ACCURACY_LOSS = 0.4, 0.02
 """A row "works" when it cuts the targeted eval gap by ≥ 40 % and loses ≤ 2 pp of eval accuracy."""
 Say = Callable[[str], None]
@@ -75,11 +83,14 @@ class Job:
     method: str
     scheme: str
     objective: str = "demographic_parity"
+    solver: str | None = None
+    """The full scope's ``--solver`` (None: the spec's, i.e. ``auto``)."""
 
     @property
     def name(self) -> str:
         """A file-name-safe label of the row."""
-        return f"{self.model}-{self.scope}-{self.method}-{self.scheme}-{self.objective}"
+        solver = f"-{self.solver}" if self.solver else ""
+        return f"{self.model}-{self.scope}{solver}-{self.method}-{self.scheme}-{self.objective}"
 
     @property
     def slow(self) -> bool:
@@ -94,6 +105,7 @@ class Outcome:
     job: Job
     returncode: int
     wall_seconds: float
+    peak_rss_bytes: int = 0
     target_met: bool | None = None
     before: dict[str, float] = field(default_factory=dict)
     after: dict[str, float] = field(default_factory=dict)
@@ -103,6 +115,8 @@ class Outcome:
     stopped_because: str = ""
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    solve_notes: list[str] = field(default_factory=list)
+    """The report's notes on full-scope solves (solver, CG products, sketch rows), one per solve."""
     stderr_tail: list[str] = field(default_factory=list)
 
     @property
@@ -113,14 +127,23 @@ class Outcome:
         return self.cut >= GOOD_CUT and self.before["accuracy"] - self.after["accuracy"] <= MAX_ACCURACY_LOSS
 
 
-def plan(quick: bool) -> list[Job]:
+def plan(quick: bool, resnet_full: Sequence[str] = ()) -> list[Job]:
     """The rows in run order: cnn last_layer (DP, every method and scheme; EO with newton), resnet
-    last_layer newton, then the slow full-scope rows unless ``quick``."""
+    last_layer newton, then the slow full-scope rows unless ``quick``: cnn newton, and resnet
+    newton once per solver in ``resnet_full``."""
     jobs = [Job("cnn", "last_layer", m, s) for m in METHODS for s in SCHEMES]
     jobs += [Job("cnn", "last_layer", "newton", s, "equal_opportunity") for s in SCHEMES]
     jobs += [Job("resnet", "last_layer", "newton", s) for s in SCHEMES]
     jobs += [Job("cnn", "full", "newton", s) for s in SCHEMES]
+    jobs += [Job("resnet", "full", "newton", s, solver=solver) for solver in resnet_full for s in SCHEMES]
     return [job for job in jobs if not (quick and job.slow)]
+
+
+def select(jobs: Sequence[Job], only: Sequence[str], with_resnet: bool) -> list[Job]:
+    """``jobs`` whose name contains one of ``only`` (all when empty), the resnet's only if
+    ``with_resnet``."""
+    return [job for job in jobs if (with_resnet or job.model != "resnet")
+            and (not only or any(text in job.name for text in only))]
 
 
 # --------------------------------------------------------------------------- the models
@@ -216,15 +239,17 @@ def build_models(root: Path, seed: int, build_threads: int, with_resnet: bool, s
 
 def cli_command(job: Job, example: Path, model: ModelFiles, out: Path, threads: int) -> list[str]:
     """``softunlearn correct`` for ``job`` on the model's splits with the example's schema and
-    suggested spec (robust evaluation off), the row's objective, scheme, method and scope."""
+    suggested spec (robust evaluation off), the row's objective, scheme, method, scope and solver
+    (with progress on stderr)."""
     files = ["--model", str(model.model), "--arch", str(model.arch)]
     for split in SPLITS:
         files += [f"--{split}", str(model.data / f"{split}.safetensors")]
+    solver = ["--solver", job.solver] if job.solver else []
     return [sys.executable, "-m", "workers.cli.main", "correct", *files,
             "--schema", str(example / "schema.json"), "--spec", str(example / "spec.json"),
             "--objective", job.objective, "--scheme", job.scheme, "--method", job.method,
-            "--scope", job.scope, "--no-robust-eval", "--device", "cpu", "--threads", str(threads),
-            "--quiet", "--out", str(out)]
+            "--scope", job.scope, *solver, "--no-robust-eval", "--device", "cpu", "--threads", str(threads),
+            "--out", str(out)]
 
 
 def relative_cut(before: dict[str, float], after: dict[str, float], objective: str) -> float | None:
@@ -247,23 +272,40 @@ def _read_report(outcome: Outcome, report: dict[str, Any]) -> None:
     outcome.stopped_because = str(tracking.get("stopped_because", ""))
     outcome.warnings = [w.get("code", "") for w in report.get("warnings", [])]
     outcome.timings = dict(report.get("timings", {}))
+    outcome.solve_notes = [str(n) for n in report.get("notes") or [] if str(n).startswith(SOLVE_NOTE)]
+
+
+def _wait(proc: subprocess.Popen[bytes], timeout: float) -> tuple[int, int, bool]:
+    """Poll until ``proc`` exits, killing it after ``timeout`` s: its exit code, its peak RSS in
+    bytes (``ru_maxrss`` from ``wait4``) and whether it was killed."""
+    started, killed = time.perf_counter(), False
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid == proc.pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return proc.returncode, usage.ru_maxrss * 1024, killed
+        if not killed and time.perf_counter() - started > timeout:
+            proc.kill()
+            killed = True
+        time.sleep(POLL_SECONDS)
 
 
 def run_job(job: Job, example: Path, model: ModelFiles, work: Path, threads: int,
             timeout: float) -> Outcome:
-    """Run the CLI for ``job`` as a subprocess and read its report."""
-    out = work / job.name
+    """Run the CLI for ``job`` as a subprocess (its stderr, with the progress lines, kept in
+    ``work/<row>.log``) and read its report."""
+    out, log = work / job.name, work / f"{job.name}.log"
     shutil.rmtree(out, ignore_errors=True)
     started = time.perf_counter()
-    try:
-        done = subprocess.run(cli_command(job, example, model, out, threads), cwd=REPO, capture_output=True,
-                              text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO)},
-                              check=False)
-        returncode, stderr = done.returncode, done.stderr
-    except subprocess.TimeoutExpired as exc:
-        returncode, stderr = -9, f"killed after {timeout:.0f} s: {exc}"
-    outcome = Outcome(job, returncode, time.perf_counter() - started,
-                      stderr_tail=stderr.splitlines()[-12:])
+    with log.open("wb") as stderr:
+        proc = subprocess.Popen(cli_command(job, example, model, out, threads), cwd=REPO,
+                                stdout=subprocess.DEVNULL, stderr=stderr,
+                                env={**os.environ, "PYTHONPATH": str(REPO)})
+        returncode, peak, killed = _wait(proc, timeout)
+    tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-12:]
+    if killed:
+        tail.append(f"killed after {timeout:.0f} s")
+    outcome = Outcome(job, returncode, time.perf_counter() - started, peak, stderr_tail=tail)
     report = out / "report.json"
     if report.exists():
         _read_report(outcome, json.loads(report.read_text(encoding="utf-8")))
@@ -321,15 +363,15 @@ def _cells(outcome: Outcome) -> list[str]:
     return [job.model, job.scope, job.method, job.scheme, job.objective, _status(outcome),
             str(outcome.target_met) if outcome.target_met is not None else "",
             *(_pair(b.get(k), a.get(k)) for k in METRICS), cut, steps, shorten(reason),
-            f"{outcome.wall_seconds:.1f}", total]
+            f"{outcome.wall_seconds:.1f}", total, f"{outcome.peak_rss_bytes / 2**30:.2f}"]
 
 
 def markdown_outcomes(outcomes: Sequence[Outcome]) -> str:
     """One line per row; ✓ marks a cut of the targeted gap ≥ 40 % at ≤ 2 pp accuracy loss."""
     head = ["model", "scope", "method", "scheme", "objective", "exit", "target_met", "eval accuracy",
             "eval DP diff", "eval EO diff", "cut of targeted gap", "steps (undone)", "stopped because",
-            "wall s", "report total s"]
-    align = "|" + "---|" * 5 + "---:|---|---|---|---|---:|---:|---|---:|---:|"
+            "wall s", "report total s", "peak RSS GiB"]
+    align = "|" + "---|" * 5 + "---:|---|---|---|---|---:|---:|---|---:|---:|---:|"
     lines = ["| " + " | ".join(head) + " |", align]
     lines += ["| " + " | ".join(_cells(o)) + " |" for o in outcomes]
     return "\n".join(lines) + "\n"
@@ -341,6 +383,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="leave out the full-scope rows (minutes each)")
     parser.add_argument("--no-resnet", action="store_true",
                         help="leave out the resnet rows (and its training)")
+    parser.add_argument("--resnet-full", nargs="+", default=[], choices=FULL_SOLVERS, metavar="SOLVER",
+                        help="also the resnet at scope full with newton, once per solver and scheme "
+                             f"(one of {', '.join(FULL_SOLVERS)}; not with --quick)")
+    parser.add_argument("--only", action="append", default=[], metavar="TEXT",
+                        help="only the rows whose name contains TEXT (repeatable), e.g. resnet-full-cg")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, here and in the CLI")
     parser.add_argument("--seed", type=int, default=0, help="seed of the example and the resnet")
     parser.add_argument("--build-threads", type=int, default=None,
@@ -357,16 +404,20 @@ def _parser() -> argparse.ArgumentParser:
 
 def _measure(args: argparse.Namespace, work: Path, say: Say) -> tuple[dict[str, Any], list[Outcome]]:
     """Build the models under ``work``, then run every planned row in turn."""
-    jobs = [job for job in plan(args.quick) if not (args.no_resnet and job.model == "resnet")]
+    jobs = select(plan(args.quick, args.resnet_full), args.only, not args.no_resnet)
+    if not jobs:
+        raise SystemExit("no rows left to run (see --only, --quick, --no-resnet)")
+    with_resnet = any(job.model == "resnet" for job in jobs)
     build_threads = args.build_threads or DEFAULT_THREADS
-    example, models, facts = build_models(work, args.seed, build_threads, not args.no_resnet, say)
+    example, models, facts = build_models(work, args.seed, build_threads, with_resnet, say)
     placeholder = ModelFiles(Path("MODEL"), Path("ARCH"), Path("DATA"))
     command = cli_command(jobs[0], Path("EXAMPLE"), placeholder, Path("OUT"), args.threads)
     facts["command"] = " ".join(command[1:])
     outcomes = []
     for job in jobs:
         outcomes.append(run_job(job, example, models[job.model], work, args.threads, args.timeout))
-        say(f"{job.name}: {_status(outcomes[-1])}, {outcomes[-1].wall_seconds:.1f} s")
+        say(f"{job.name}: {_status(outcomes[-1])}, {outcomes[-1].wall_seconds:.1f} s, "
+            f"peak RSS {outcomes[-1].peak_rss_bytes / 2**30:.2f} GiB")
     return facts, outcomes
 
 
