@@ -47,7 +47,7 @@ from workers.engine.io.datasets import REFERENCE_COLUMN
 from workers.engine.models.training import train_mlp
 
 __all__ = ["Job", "ModelFiles", "Outcome", "build_models", "cli_command", "main", "markdown_outcomes", "plan",
-           "run_job", "select"]
+           "run_job", "select", "write_spec"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parent.parent
@@ -65,6 +65,10 @@ RESNET_EPOCHS, RESNET_BATCH_SIZE, RESNET_LR, RESNET_WEIGHT_DECAY = 12, 64, 3e-3,
 """Adam settings of the resnet (the cnn's batch, lr and weight decay; ≈ 35 s on 1 thread)."""
 FULL_SOLVERS = ("auto", "cg", "ekfac", "lissa", "exact")
 """``--resnet-full`` choices: the CLI's ``--solver`` values."""
+RESNET_FULL_CHUNK = 256
+"""``influence.chunk_size`` of the resnet's full-scope rows: at the default 8192 the whole train
+split (3,000 rows) is one chunk and the CLI estimates ≈ 76 GiB of activations and refuses it
+(``influence.max_memory_gb`` 8); 256 rows bring the estimate under 8 GiB."""
 POLL_SECONDS = 0.5
 """How often a running row is checked for its exit (and its timeout)."""
 SOLVE_NOTE = "full Newton step solved by"
@@ -85,6 +89,8 @@ class Job:
     objective: str = "demographic_parity"
     solver: str | None = None
     """The full scope's ``--solver`` (None: the spec's, i.e. ``auto``)."""
+    chunk_size: int | None = None
+    """``influence.chunk_size`` added to the example's spec (None: the spec's, i.e. the default)."""
 
     @property
     def name(self) -> str:
@@ -135,7 +141,8 @@ def plan(quick: bool, resnet_full: Sequence[str] = ()) -> list[Job]:
     jobs += [Job("cnn", "last_layer", "newton", s, "equal_opportunity") for s in SCHEMES]
     jobs += [Job("resnet", "last_layer", "newton", s) for s in SCHEMES]
     jobs += [Job("cnn", "full", "newton", s) for s in SCHEMES]
-    jobs += [Job("resnet", "full", "newton", s, solver=solver) for solver in resnet_full for s in SCHEMES]
+    jobs += [Job("resnet", "full", "newton", s, solver=solver, chunk_size=RESNET_FULL_CHUNK)
+             for solver in resnet_full for s in SCHEMES]
     return [job for job in jobs if not (quick and job.slow)]
 
 
@@ -237,16 +244,29 @@ def build_models(root: Path, seed: int, build_threads: int, with_resnet: bool, s
 # --------------------------------------------------------------------------- one row
 
 
-def cli_command(job: Job, example: Path, model: ModelFiles, out: Path, threads: int) -> list[str]:
+def write_spec(job: Job, example: Path, path: Path) -> Path:
+    """The spec file of ``job``: the example's ``spec.json`` as it is, or, where the row sets
+    ``influence.chunk_size``, a copy with it written to ``path``."""
+    source = example / "spec.json"
+    if job.chunk_size is None:
+        return source
+    spec = json.loads(source.read_text(encoding="utf-8"))
+    spec.setdefault("influence", {})["chunk_size"] = job.chunk_size
+    path.write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def cli_command(job: Job, example: Path, model: ModelFiles, out: Path, threads: int,
+                spec: Path | None = None) -> list[str]:
     """``softunlearn correct`` for ``job`` on the model's splits with the example's schema and
-    suggested spec (robust evaluation off), the row's objective, scheme, method, scope and solver
-    (with progress on stderr)."""
+    ``spec`` (default: the example's suggested ``spec.json``; robust evaluation off), the row's
+    objective, scheme, method, scope and solver (with progress on stderr)."""
     files = ["--model", str(model.model), "--arch", str(model.arch)]
     for split in SPLITS:
         files += [f"--{split}", str(model.data / f"{split}.safetensors")]
     solver = ["--solver", job.solver] if job.solver else []
     return [sys.executable, "-m", "workers.cli.main", "correct", *files,
-            "--schema", str(example / "schema.json"), "--spec", str(example / "spec.json"),
+            "--schema", str(example / "schema.json"), "--spec", str(spec or example / "spec.json"),
             "--objective", job.objective, "--scheme", job.scheme, "--method", job.method,
             "--scope", job.scope, *solver, "--no-robust-eval", "--device", "cpu", "--threads", str(threads),
             "--out", str(out)]
@@ -293,12 +313,14 @@ def _wait(proc: subprocess.Popen[bytes], timeout: float) -> tuple[int, int, bool
 def run_job(job: Job, example: Path, model: ModelFiles, work: Path, threads: int,
             timeout: float) -> Outcome:
     """Run the CLI for ``job`` as a subprocess (its stderr, with the progress lines, kept in
-    ``work/<row>.log``) and read its report."""
+    ``work/<row>.log``, its spec, if its own, in ``work/<row>.spec.json``) and read its report."""
     out, log = work / job.name, work / f"{job.name}.log"
     shutil.rmtree(out, ignore_errors=True)
+    spec = write_spec(job, example, work / f"{job.name}.spec.json")
+    command = cli_command(job, example, model, out, threads, spec)
     started = time.perf_counter()
     with log.open("wb") as stderr:
-        proc = subprocess.Popen(cli_command(job, example, model, out, threads), cwd=REPO,
+        proc = subprocess.Popen(command, cwd=REPO,
                                 stdout=subprocess.DEVNULL, stderr=stderr,
                                 env={**os.environ, "PYTHONPATH": str(REPO)})
         returncode, peak, killed = _wait(proc, timeout)
@@ -360,7 +382,8 @@ def _cells(outcome: Outcome) -> list[str]:
     steps = "" if outcome.accepted_steps is None else f"{outcome.accepted_steps} ({outcome.undone})"
     reason = outcome.stopped_because if outcome.timings else " ".join(outcome.stderr_tail[-1:])
     total = f"{outcome.timings['total']:.1f}" if "total" in outcome.timings else ""
-    return [job.model, job.scope, job.method, job.scheme, job.objective, _status(outcome),
+    scope = f"{job.scope} ({job.solver})" if job.solver else job.scope
+    return [job.model, scope, job.method, job.scheme, job.objective, _status(outcome),
             str(outcome.target_met) if outcome.target_met is not None else "",
             *(_pair(b.get(k), a.get(k)) for k in METRICS), cut, steps, shorten(reason),
             f"{outcome.wall_seconds:.1f}", total, f"{outcome.peak_rss_bytes / 2**30:.2f}"]
@@ -368,7 +391,7 @@ def _cells(outcome: Outcome) -> list[str]:
 
 def markdown_outcomes(outcomes: Sequence[Outcome]) -> str:
     """One line per row; ✓ marks a cut of the targeted gap ≥ 40 % at ≤ 2 pp accuracy loss."""
-    head = ["model", "scope", "method", "scheme", "objective", "exit", "target_met", "eval accuracy",
+    head = ["model", "scope (solver)", "method", "scheme", "objective", "exit", "target_met", "eval accuracy",
             "eval DP diff", "eval EO diff", "cut of targeted gap", "steps (undone)", "stopped because",
             "wall s", "report total s", "peak RSS GiB"]
     align = "|" + "---|" * 5 + "---:|---|---|---|---|---:|---:|---|---:|---:|---:|"
