@@ -484,9 +484,9 @@ class FullInfluence:
         if self._sketch is not None:
             self._sketch = self._sketch.with_shift(shift, stage)
             return self._sketch
-        rows = sketch_row_count(self.config.cg_preconditioner_rows, self.n, self.parameter_count)
-        drawn = draw_sketch_rows(torch.cat([self._curvature(rows) for rows in self._chunks()]), rows) \
-            if rows else None
+        count = sketch_row_count(self.config.cg_preconditioner_rows, self.n, self.parameter_count)
+        drawn = draw_sketch_rows(torch.cat([self._curvature(rows) for rows in self._chunks()]), count) \
+            if count else None
         if drawn is None:
             return None
         started = time.perf_counter()
@@ -598,14 +598,18 @@ class FullInfluence:
                                     self.config.lissa_depth, stage)
             info.update(extra)
         solution = _finite(solution, stage, "the inverse-Hessian-vector product")
-        info["relative_residual"] = None
-        # EK-FAC's solve is exact for its own approximate matrix; the residual against the exact
-        # Gauss-Newton product would measure the approximation, at one pass over the data per solve.
-        if check_residual and self.solver != "ekfac":
-            rhs_norm = float(rhs.norm())
-            residual = float((self.hvp(solution, stage) - rhs).norm())
-            info["relative_residual"] = residual / rhs_norm if rhs_norm > 0 else 0.0
+        info["relative_residual"] = self.relative_residual(solution, rhs, stage) if check_residual else None
         return solution, info
+
+    def relative_residual(self, solution: torch.Tensor, rhs: torch.Tensor, stage: str) -> float | None:
+        """``‖(H + δI)x − v‖/‖v‖`` (one product over the training set); None for EK-FAC, whose
+        solve is exact for its own approximate matrix: the residual against the exact
+        Gauss-Newton product would measure the approximation, at one pass over the data per solve."""
+        if self.solver == "ekfac":
+            return None
+        rhs_norm = float(rhs.norm())
+        residual = float((self.hvp(solution, stage) - rhs).norm())
+        return residual / rhs_norm if rhs_norm > 0 else 0.0
 
     def _ekfac_factor(self) -> EKFACFactor:
         """The EK-FAC factors at the current parameters and weights (built on first use)."""

@@ -204,13 +204,9 @@ class FullScope:
         if np.linalg.norm(span.basis @ coefficients - delta) > SPAN_RTOL ** 0.5 * np.linalg.norm(delta):
             return None
         solution = span.solutions @ torch.from_numpy(coefficients).to(span.solutions)
-        info: dict[str, Any] = {"solver": self.engine.solver, "damping": self.engine.damping,
-                                "iterations": 0, "reused": True, "relative_residual": None}
-        if self.engine.solver != "ekfac":  # as in FullInfluence.solve: EK-FAC has no exact residual
-            norm = float(rhs.norm())
-            residual = float((self.engine.hvp(solution, "unlearn") - rhs).norm())
-            info["relative_residual"] = residual / norm if norm > 0 else 0.0
-        return solution, info
+        return solution, {"solver": self.engine.solver, "damping": self.engine.damping, "iterations": 0,
+                          "reused": True,
+                          "relative_residual": self.engine.relative_residual(solution, rhs, "unlearn")}
 
     def trial_models(self, deltas: list[np.ndarray], method: MethodConfig) -> list[HeadModel]:
         """The networks after a Newton step with each of ``deltas``, leaving the scope where it is.
