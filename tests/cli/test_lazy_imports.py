@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from tests.app.support import ROOT, worker_env
+from tests.engine.small_data import export_tensor_datasets, tensor_args, write_small_example
 from workers.settings import ServiceSettings
 
 HEAVY = ("torch", "scipy", "pandas", "matplotlib", "jinja2", "sklearn")
@@ -60,3 +62,16 @@ def test_a_worker_listens_without_the_engine(settings: ServiceSettings) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Listening on" in done.stderr
     assert done.stdout.strip() == "0 []"
+
+
+def test_a_job_on_tensor_datasets_imports_neither_pandas_nor_scipy(tmp_path: Path) -> None:
+    """pandas (a second) is for tables and scipy.optimize (half a second) for the QP's fallback LP:
+    a whole job on safetensors datasets, report page and weights.parquet included, needs neither."""
+    example = write_small_example(tmp_path / "small", reference_logits=True)
+    export_tensor_datasets(example.root, tmp_path)
+    args = tensor_args(example.args(tmp_path / "out", "--objective", "demographic_parity"), tmp_path)
+    exit_code, modules = imported(args)
+    assert exit_code in (0, 3)
+    assert (tmp_path / "out" / "report.html").is_file() and (tmp_path / "out" / "weights.parquet").is_file()
+    assert {"torch", "matplotlib"} <= modules
+    assert modules.isdisjoint({"pandas", "scipy"}), sorted(modules & {"pandas", "scipy"})

@@ -13,13 +13,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from safetensors.numpy import save_file as save_arrays
 from safetensors.torch import save_file
 
 from workers.engine.io.architecture import parse_arch
 from workers.engine.io.identity import checkpoint_metadata
 from workers.engine.models.training import train_mlp
 
-__all__ = ["SmallExample", "write_small_example"]
+__all__ = ["SmallExample", "export_tensor_datasets", "tensor_args", "write_small_example"]
 
 
 @dataclass(frozen=True)
@@ -87,3 +88,27 @@ def write_small_example(root: Path, *, seed: int = 0, rows: tuple[int, int, int]
     (root / "schema.json").write_text(json.dumps({"label": "good", "sensitive": ["age_group"]}),
                                       encoding="utf-8")
     return SmallExample(root)
+
+
+def export_tensor_datasets(example_root: Path, target: Path, contiguous: bool = True) -> None:
+    """The example's three splits (written with ``reference_logits=True``) as safetensors datasets
+    in ``target``; ``contiguous=False`` writes the column-major array pandas hands back, as a
+    careless export would."""
+    names = [f"f{i}" for i in range(10)]
+    for split in ("train", "audit", "eval"):
+        frame = pd.read_parquet(example_root / f"{split}.parquet")
+        codes = (frame["age_group"] == "young").to_numpy().astype(np.int64)
+        metadata = {"softunlearn.dataset": json.dumps({"feature_names": names,
+                                                       "groups": {"age_group": ["older", "young"]}})}
+        x = frame[names].to_numpy(np.float32)  # pandas hands back a column-major (Fortran) array
+        x = np.ascontiguousarray(x) if contiguous else x
+        save_arrays({"x": x, "good": frame["good"].to_numpy(np.int64), "age_group": codes,
+                     "reference_logits": frame["reference_logits"].to_numpy(np.float64)},
+                    str(target / f"{split}.safetensors"), metadata=metadata)
+
+
+def tensor_args(example_args: list[str], folder: Path) -> list[str]:
+    """``SmallExample.args`` reading the splits from :func:`export_tensor_datasets`' files."""
+    for split in ("train", "audit", "eval"):
+        example_args[example_args.index(f"--{split}") + 1] = str(folder / f"{split}.safetensors")
+    return example_args

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.optimize import linprog
 
 from workers.engine.config import WeightingConfig
 from workers.engine.errors import InfeasibleError, NumericalError
@@ -123,6 +122,9 @@ def _soft_23(a: np.ndarray, b: np.ndarray, reduction: float) -> WeightResult:
 def max_target_reduction(a: np.ndarray, b: np.ndarray, lower: np.ndarray | float,
                          upper: np.ndarray | float, tolerance: float) -> float:
     """Largest aᵀε over the box with bᵀε ≥ −τ (an LP), i.e. the largest predicted reduction."""
+    # scipy.optimize takes ~0.5 s to import; most jobs never solve this LP.
+    from scipy.optimize import linprog
+
     n = a.shape[0]
     lo = np.broadcast_to(np.asarray(lower, dtype=np.float64), (n,))
     hi = np.broadcast_to(np.asarray(upper, dtype=np.float64), (n,))

@@ -34,13 +34,19 @@ def _staged(path: Path) -> Path:
     return Path(tmp)
 
 
+def _column(values: np.ndarray, kind: pa.DataType) -> pa.Array:
+    """A contiguous 1-D array as an Arrow column without a copy. Not ``pa.array``: it imports
+    pandas (about half a second) to check whether its argument is a pandas object."""
+    return pa.Array.from_buffers(kind, values.shape[0], [None, pa.py_buffer(values)])
+
+
 def weights_table(weights: np.ndarray) -> pa.Table:
     """The per-sample weights as a table: ``row`` (training row index), ``epsilon``, ``weight``."""
     effective = np.ascontiguousarray(weights, dtype=np.float64)
     return pa.table({
-        "row": pa.array(np.arange(effective.shape[0], dtype=np.int64)),
-        "epsilon": pa.array(effective - 1.0),
-        "weight": pa.array(effective),
+        "row": _column(np.arange(effective.shape[0], dtype=np.int64), pa.int64()),
+        "epsilon": _column(effective - 1.0, pa.float64()),
+        "weight": _column(effective, pa.float64()),
     })
 
 

@@ -6,11 +6,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 from safetensors.numpy import save_file
 
-from tests.engine.small_data import write_small_example
+from tests.engine.small_data import export_tensor_datasets, tensor_args, write_small_example
 from workers.cli.main import main
 from workers.engine.errors import DatasetError
 from workers.engine.io.datasets import load_dataset, parse_schema, read_columns
@@ -67,44 +66,24 @@ def test_image_tensors_are_refused_for_an_mlp_with_what_to_do(tmp_path: Path,
     assert "images of shape [1, 4, 4]" in capsys.readouterr().err
 
 
-def _export(example_root: Path, target: Path, contiguous: bool) -> None:
-    names = [f"f{i}" for i in range(10)]
-    for split in ("train", "audit", "eval"):
-        frame = pd.read_parquet(example_root / f"{split}.parquet")
-        codes = (frame["age_group"] == "young").to_numpy().astype(np.int64)
-        metadata = {"softunlearn.dataset": json.dumps({"feature_names": names,
-                                                       "groups": {"age_group": ["older", "young"]}})}
-        x = frame[names].to_numpy(np.float32)  # pandas hands back a column-major (Fortran) array
-        x = np.ascontiguousarray(x) if contiguous else x
-        save_file({"x": x, "good": frame["good"].to_numpy(np.int64),
-                   "age_group": codes, "reference_logits": frame["reference_logits"].to_numpy(np.float64)},
-                  str(target / f"{split}.safetensors"), metadata=metadata)
-
-
-def _tensor_args(example_args: list[str], folder: Path) -> list[str]:
-    for split in ("train", "audit", "eval"):
-        example_args[example_args.index(f"--{split}") + 1] = str(folder / f"{split}.safetensors")
-    return example_args
-
-
 def test_a_scrambled_export_is_caught_by_the_reference_logits(tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     """safetensors writes an array's raw buffer: a column-major array comes back scrambled. The
     rebuilt model then cannot reproduce the exported logits, and the job is refused."""
     example = write_small_example(tmp_path / "small", reference_logits=True)
-    _export(example.root, tmp_path, contiguous=False)
-    args = _tensor_args(example.args(tmp_path / "out", "--objective", "demographic_parity"), tmp_path)
+    export_tensor_datasets(example.root, tmp_path, contiguous=False)
+    args = tensor_args(example.args(tmp_path / "out", "--objective", "demographic_parity"), tmp_path)
     assert main(args) == 2
     assert "does not reproduce the reference logits" in capsys.readouterr().err
 
 
 def test_the_same_data_as_tensors_or_parquet_gives_the_same_correction(tmp_path: Path) -> None:
     example = write_small_example(tmp_path / "small", reference_logits=True)
-    _export(example.root, tmp_path, contiguous=True)
+    export_tensor_datasets(example.root, tmp_path, contiguous=True)
     parquet = tmp_path / "from-parquet"
     assert main(example.args(parquet, "--objective", "demographic_parity", "--no-robust-eval")) in (0, 3)
     tensors = tmp_path / "from-tensors"
-    assert main(_tensor_args(example.args(tensors, "--objective", "demographic_parity", "--no-robust-eval"),
+    assert main(tensor_args(example.args(tensors, "--objective", "demographic_parity", "--no-robust-eval"),
                              tmp_path)) in (0, 3)
     first, second = (json.loads((d / "report.json").read_text()) for d in (parquet, tensors))
     assert second["before"]["eval"] == first["before"]["eval"]

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -25,6 +24,10 @@ from workers.engine.io.feature_matrix import (
 )
 from workers.engine.io.json_input import load_json
 from workers.engine.io.tensor_datasets import is_tensor_dataset, read_tensor_dataset, tensor_columns
+
+if TYPE_CHECKING:
+    import pandas as pd
+# pandas is imported where a table is read (about a second): tensor datasets never need it.
 
 __all__ = [
     "Dataset",
@@ -147,6 +150,8 @@ def _is_parquet(path: Path) -> bool:
 
 def read_frame(path: str | Path) -> pd.DataFrame:
     """Read a Parquet file (recognized by its magic bytes) or a CSV file with a header row."""
+    import pandas as pd
+
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"dataset file not found: {path}")
@@ -168,8 +173,10 @@ def read_columns(path: str | Path) -> list[str]:
     try:
         if _is_parquet(path):
             return list(pq.read_schema(path).names)
+        import pandas as pd
+
         return [str(c) for c in pd.read_csv(path, nrows=0).columns]
-    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+    except (OSError, ValueError, UnicodeDecodeError) as exc:  # pandas' ParserError is a ValueError
         raise DatasetError(f"{path.name} is neither a readable Parquet file nor a CSV with a "
                            f"header row: {exc}") from exc
 
@@ -197,6 +204,8 @@ def resolve_features(columns: list[str], schema: DatasetSchema) -> list[str]:
 
 
 def _numeric_features(frame: pd.DataFrame, names: list[str], dataset: str) -> np.ndarray:
+    import pandas as pd
+
     bad = [c for c in names if not (pd.api.types.is_numeric_dtype(frame[c])
                                     and not pd.api.types.is_complex_dtype(frame[c]))]
     if bad:
@@ -212,6 +221,8 @@ def _numeric_features(frame: pd.DataFrame, names: list[str], dataset: str) -> np
 
 
 def _binary_labels(series: pd.Series, dataset: str) -> np.ndarray:
+    import pandas as pd
+
     if pd.api.types.is_bool_dtype(series):
         return np.array(series.to_numpy(dtype=np.float64), copy=True)
     if not pd.api.types.is_numeric_dtype(series):
@@ -225,6 +236,8 @@ def _binary_labels(series: pd.Series, dataset: str) -> np.ndarray:
 
 
 def _groups(series: pd.Series, dataset: str) -> np.ndarray:
+    import pandas as pd
+
     if series.isna().any():
         raise DatasetError(f"{dataset}: sensitive column {series.name!r} has missing values")
     if pd.api.types.is_float_dtype(series) and (series == series.round()).all():
@@ -234,6 +247,8 @@ def _groups(series: pd.Series, dataset: str) -> np.ndarray:
 
 def _read_others(path: Path, columns: list[str]) -> pd.DataFrame:
     """The label, sensitive and reference columns (few, small) as a frame."""
+    import pandas as pd
+
     if _is_parquet(path):
         return cast(pd.DataFrame, pq.read_table(path, columns=columns).to_pandas())
     return pd.read_csv(path, usecols=columns, low_memory=False)
@@ -269,7 +284,7 @@ def load_dataset(path: str | Path, schema: DatasetSchema, name: str = "dataset",
         if len(frame) == 0:
             raise DatasetError(f"{name}: the file has no rows")
         matrix = _read_features(path, features, wanted, name, transform)
-    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError, pa.ArrowException) as exc:
+    except (OSError, ValueError, UnicodeDecodeError, pa.ArrowException) as exc:
         if isinstance(exc, DatasetError):
             raise
         raise DatasetError(f"{path.name} is neither a readable Parquet file nor a CSV with a "

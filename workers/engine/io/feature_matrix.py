@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -130,6 +129,8 @@ def read_csv_features(path: Path, names: list[str], dtype: np.dtype, dataset: st
     Raises:
         DatasetError: a column is not numeric, or holds NaN/Inf/empty cells.
     """
+    import pandas as pd  # only CSV needs it, and it takes a second to import
+
     parts: list[np.ndarray] = []
     reader = pd.read_csv(path, usecols=names, chunksize=BATCH_ROWS, low_memory=False)
     for chunk in reader:
