@@ -43,7 +43,8 @@ __all__ = ["MODELS", "PREVIOUS", "main", "markdown", "run_benchmark"]
 
 MODELS: dict[str, tuple[int, ...]] = {"1.7k": (16,), "8.8k": (64, 32), "92k": (256, 256), "1M": (960, 960)}
 """Hidden widths of the MLPs (Adult has 103 model features; parameter counts rounded)."""
-SOLVERS = ("exact", "cg", "lissa", "ekfac")
+SOLVERS = ("auto", "exact", "cg", "lissa", "ekfac")
+"""``auto`` (the default spec's choice, run on every model it is asked for) and the named solvers."""
 FEASIBLE: dict[str, tuple[str, ...]] = {"1.7k": ("exact", "cg", "ekfac"), "8.8k": ("cg", "lissa", "ekfac"),
                                         "92k": ("cg", "ekfac"), "1M": ("ekfac",)}
 """Solvers run by default per model: exact needs a dense P × P matrix (8.8 k: ≈ 0.6 GB and ~10¹³
@@ -140,11 +141,18 @@ def _run_job(work: Path, job: Job, seed: int) -> dict[str, Any]:
     started, cpu = time.perf_counter(), time.process_time()
     report = run_correction(inputs, spec, device="cpu").report
     return {"job_seconds": time.perf_counter() - started, "job_cpu_seconds": time.process_time() - cpu,
-            "timings": report["timings"],
+            "timings": report["timings"], **_solver_chosen(report),
             "eval_dp_before": report["before"]["eval"].get("demographic_parity_difference"),
             "eval_dp_after": report["after"]["eval"].get("demographic_parity_difference"),
             "eval_accuracy_before": report["before"]["eval"].get("accuracy"),
             "eval_accuracy_after": report["after"]["eval"].get("accuracy")}
+
+
+def _solver_chosen(report: dict[str, Any]) -> dict[str, Any]:
+    """The solver the job's first iteration used and why (what ``auto`` resolved to)."""
+    iterations = report.get("predicted", {}).get("iterations") or [{}]
+    solver = iterations[0].get("solver") or {}
+    return {"solver_chosen": solver.get("solver"), "solver_reason": solver.get("solver_reason")}
 
 
 def _chunking(model: str) -> dict[str, Any]:
@@ -368,7 +376,8 @@ def run_benchmark(args: argparse.Namespace, work: Path, say: Any) -> dict[str, A
     counts = _train_models(work, args.models, args.seed)
     rows: list[dict[str, Any]] = []
     for model in args.models:
-        solvers = [s for s in args.solvers if s in FEASIBLE[model]] if not args.all_solvers else args.solvers
+        solvers = ([s for s in args.solvers if s == "auto" or s in FEASIBLE[model]] if not args.all_solvers
+                   else args.solvers)
         reference = None
         for solver in solvers:
             job = Job(model, solver)
@@ -463,7 +472,9 @@ def markdown(results: dict[str, Any]) -> str:
         rho = row["spearman_vs_reference"]
         against = str(row["reference"]).split("-")[-1].removesuffix(".npy")
         ref = f"{rho:.3f} ({against})" if rho is not None else "–"
-        lines.append(f"| {row['model']} | {row['parameters']:,} | {row['solver']} | {wall} | {stages} "
+        chosen = job.get("solver_chosen")
+        solver = f"{row['solver']} → {chosen}" if row["solver"] == "auto" and chosen else row["solver"]
+        lines.append(f"| {row['model']} | {row['parameters']:,} | {solver} | {wall} | {stages} "
                      f"| {rss} | {_outcome(scores)} | {ref} | {dp} | {row['previous']} |")
     if results["peers"]:
         lines += ["", *_peer_table(results["peers"])]
@@ -478,7 +489,8 @@ def parser() -> argparse.ArgumentParser:
     """Command-line options (also used by ``benchmarks.run --tables full_scope``)."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.full_scope", description=__doc__.split("\n")[0])
     p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
-    p.add_argument("--solvers", nargs="+", choices=SOLVERS, default=list(SOLVERS))
+    p.add_argument("--solvers", nargs="+", choices=SOLVERS, default=[s for s in SOLVERS if s != "auto"],
+                   help="default: the named solvers (auto picks one of them)")
     p.add_argument("--all-solvers", action="store_true", help="run every solver on every model "
                    "(default: the feasible ones, FEASIBLE)")
     p.add_argument("--peer", action="store_true", help="compare with dattri (the bench extra)")

@@ -20,6 +20,8 @@ def test_defaults_resolve() -> None:
     ({"objective": {"metric": "robustness", "colour": 1}}, "unknown field"),
     ({"objective": {"metric": "robustness"}, "weighting": {"lower": -2}}, "weighting.lower"),
     ({"objective": {"metric": "robustness"}, "method": {"learning_rate": -0.1}}, "learning_rate must be > 0"),
+    ({"objective": {"metric": "robustness"}, "influence": {"auto_cg_max_flops": 0}},
+     r"influence\.auto_cg_max_flops must be > 0"),
 ])
 def test_bad_specs_name_the_field(data: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):

@@ -263,8 +263,10 @@ class InfluenceConfig:
     (stochastic Neumann series) or ``ekfac``
     (eigenvalue-corrected Kronecker-factored Gauss-Newton over the Linear and Conv2d layers, exact
     diagonal for other parameters: approximate, no pass over the data per solve; for networks too
-    large for CG, by name only: its approximate steps overshoot); ``auto`` picks exact when small
-    enough, else CG. The full Hessian of a
+    large for CG: its approximate steps overshoot); ``auto`` picks exact when small enough, else CG
+    unless CG's estimated flops for a job (one row's forward flops × rows × 3 passes per
+    Gauss-Newton product × 105 products) exceed ``auto_cg_max_flops`` and EK-FAC covers the
+    network with ``gauss_newton`` curvature, where it picks EK-FAC. The full Hessian of a
     network need not be positive definite, and a trained ReLU network is rarely at an exact
     optimum: ``curvature`` is ``gauss_newton`` by default (Σ wᵢpᵢ(1−pᵢ)∇zᵢ∇zᵢᵀ + λI, positive
     definite by construction, the usual choice for network influence) or ``hessian`` (the exact
@@ -295,6 +297,12 @@ class InfluenceConfig:
     solver: Solver = "auto"
     curvature: Curvature = "gauss_newton"
     exact_max_parameters: int = 5000
+    # Adult, 30 k rows: CG's estimate is 1.6e11 for the 8.8 k example MLP, whose job measured 25 s
+    # of engine time (≈ 6.6 GFLOP/s on one thread), and 1.9e13 for the 1 M MLP (≈ 50 min at that
+    # rate). 1e12 lies 6× above the one and 19× below the other and is ≈ 2.5 min at that rate:
+    # half the 5 min, because CG's product count grows on wide networks (the sketch's
+    # memory cap leaves them fewer rows) and the estimate does not see it.
+    auto_cg_max_flops: float = 1e12
     cg_tolerance: float = 1e-4
     cg_max_iterations: int = 2000
     cg_preconditioner_rows: int = 1024
@@ -324,6 +332,8 @@ class InfluenceConfig:
         _check(16 <= self.chunk_size <= 1_000_000, "influence.chunk_size must be in [16, 1000000]")
         _check(1 <= self.exact_max_parameters <= 50_000,
                "influence.exact_max_parameters must be in [1, 50000]")
+        _finite(self.auto_cg_max_flops, "influence.auto_cg_max_flops")
+        _check(self.auto_cg_max_flops > 0, "influence.auto_cg_max_flops must be > 0")
         _check(0 < self.cg_tolerance < 1, "influence.cg_tolerance must be in (0, 1)")
         _check(1 <= self.cg_max_iterations <= 100_000, "influence.cg_max_iterations must be in [1, 100000]")
         _check(0 <= self.cg_preconditioner_rows <= 100_000,

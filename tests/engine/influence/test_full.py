@@ -28,14 +28,18 @@ from workers.engine.errors import IllConditionedError, InputError, NonFiniteErro
 from workers.engine.influence.full import (
     DEFAULT_DAMPING_PER_WEIGHT,
     FullInfluence,
+    SolverChoice,
     check_memory,
+    choose_solver,
     estimate_memory_bytes,
     flat_to_state,
     objective_gradient,
+    profile_network,
+    resolve_solver,
 )
 from workers.engine.influence.full_scope import span_basis
 from workers.engine.io.architecture import ArchSpec
-from workers.engine.models.training import train_mlp
+from workers.engine.models.training import build_model, train_mlp
 
 N, N_AUDIT, LAMBDA = 400, 200, 1.0
 Data = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -219,7 +223,7 @@ def test_exact_solver_refuses_too_many_parameters(relu: nn.Sequential, data: Dat
     with pytest.raises(InputError, match=r"exact_max_parameters=50.*solver 'cg'"):
         FullInfluence(relu, data[0], data[1], _ones(), _config(exact_max_parameters=50))
     auto = FullInfluence(relu, data[0], data[1], _ones(), _config(solver="auto", exact_max_parameters=50))
-    assert auto.solver == "cg"
+    assert auto.solver == "cg" and "within influence.auto_cg_max_flops" in auto.solver_reason
 
 
 def test_non_finite_inputs_name_the_stage(relu: nn.Sequential, data: Data) -> None:
@@ -303,3 +307,85 @@ def test_influence_products_never_form_per_sample_gradients(
         config = _config(solver=solver, curvature="gauss_newton")
         check_memory(30_000, 1_000_000, config, width=2_000, factor_entries=4_000_000)
         assert estimate_memory_bytes(30_000, 1_000_000, config, width=2_000) < 2**31
+
+
+ADULT_ROWS, ADULT_FEATURES = 30_162, 103
+"""The Adult example's training rows and model features."""
+
+
+def _auto(network: nn.Module, rows: int = ADULT_ROWS, row_shape: tuple[int, ...] = (ADULT_FEATURES,),
+          **overrides: object) -> SolverChoice:
+    """What ``solver: auto`` picks for ``network`` on ``rows`` rows (modules only: no data, no training)."""
+    config = InfluenceConfig(**{"scope": "full", "solver": "auto", **overrides})  # type: ignore[arg-type]
+    parameters = sum(p.numel() for p in network.parameters())
+    return choose_solver(parameters, config, rows, profile_network(network, torch.zeros(1, *row_shape)))
+
+
+@pytest.fixture(scope="module")
+def million() -> nn.Sequential:
+    """The benchmark's 1 M-parameter MLP on Adult's features ([960, 960])."""
+    return build_model(ArchSpec(ADULT_FEATURES, (960, 960)))
+
+
+def test_auto_picks_exact_for_a_small_network() -> None:
+    network = build_model(ArchSpec(ADULT_FEATURES, (16,)))  # 1,681 parameters
+    assert _auto(network).name == "exact"
+
+
+def test_auto_keeps_cg_for_the_adult_example_mlp() -> None:
+    network = build_model(ArchSpec(ADULT_FEATURES, (64, 32)))  # the example's own architecture
+    assert sum(p.numel() for p in network.parameters()) == 8_769
+    assert profile_network(network, torch.zeros(1, ADULT_FEATURES)).forward_flops_per_row == \
+        2 * (103 * 64 + 64 * 32 + 32 * 1)
+    choice = _auto(network)
+    assert choice.name == "cg" and "within influence.auto_cg_max_flops" in choice.reason
+
+
+def test_auto_picks_ekfac_where_cg_is_past_its_budget(million: nn.Sequential) -> None:
+    assert sum(p.numel() for p in million.parameters()) == 1_023_361
+    choice = _auto(million)
+    assert choice.name == "ekfac" and "above influence.auto_cg_max_flops" in choice.reason
+    assert _auto(million, auto_cg_max_flops=1e14).name == "cg"
+    assert _auto(million, rows=1_000).name == "cg"  # the same network on little data is cheap for CG
+    layers = list(million)
+    normalized = nn.Sequential(*layers[:2], nn.LayerNorm(960), *layers[2:])  # on EK-FAC's diagonal
+    assert _auto(normalized).name == "ekfac"
+
+
+def test_auto_keeps_cg_when_ekfac_cannot_stand_in(million: nn.Sequential) -> None:
+    hessian = _auto(million, curvature="hessian")
+    assert hessian.name == "cg" and "Gauss-Newton" in hessian.reason
+    layers = list(million)
+    with_prelu = nn.Sequential(layers[0], nn.PReLU(), *layers[2:])  # a parameter EK-FAC does not factor
+    uncovered = _auto(with_prelu)
+    assert uncovered.name == "cg" and "does not cover" in uncovered.reason
+    grouped = nn.Sequential(nn.Conv2d(4, 64, 3, padding=1, groups=2), nn.ReLU(), nn.Flatten(),
+                            nn.Linear(64 * 28 * 28, 1))
+    assert _auto(grouped, rows=3_000, row_shape=(4, 28, 28)).name == "cg"
+
+
+def test_a_convolution_costs_its_weights_at_every_output_position() -> None:
+    network = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                            nn.Linear(8 * 14 * 14, 1))
+    profile = profile_network(network, torch.zeros(1, 3, 28, 28))
+    assert profile.forward_flops_per_row == 2 * (8 * 3 * 3 * 3 * 28 * 28 + 8 * 14 * 14)
+    assert profile.ekfac_covers
+
+
+@pytest.mark.parametrize("solver", ["exact", "cg", "lissa", "ekfac"])
+def test_an_explicit_solver_is_used_as_named(million: nn.Sequential, solver: str) -> None:
+    assert _auto(million, solver=solver) == SolverChoice(solver, "named by influence.solver")
+
+
+def test_without_a_profile_auto_stays_exact_or_cg() -> None:
+    config = InfluenceConfig(scope="full", solver="auto")
+    assert resolve_solver(1_000, config) == "exact"
+    assert resolve_solver(1_023_361, config, ADULT_ROWS) == "cg"
+
+
+def test_the_engine_builds_and_budgets_the_solver_auto_picks(relu: nn.Sequential, data: Data) -> None:
+    config = _config(solver="auto", curvature="gauss_newton", exact_max_parameters=50, auto_cg_max_flops=1.0)
+    engine = FullInfluence(relu, data[0], data[1], _ones(), config)
+    assert engine.solver == "ekfac" and engine.solver_reason.startswith("auto: CG's job estimated")
+    direction, info = engine.solve(torch.ones(engine.parameter_count, dtype=torch.float64), "test")
+    assert info["solver"] == "ekfac" and bool(torch.isfinite(direction).all())

@@ -12,7 +12,8 @@ Hessian and Gauss-Newton products are batched over the same chunks (reverse over
 ``(H + δI)⁻¹ v`` is solved by ``influence.solver``: ``exact`` (dense matrix, symmetrized,
 PD-checked and Cholesky-factorized by :func:`workers.engine.influence.head.factorize`), ``cg`` or
 ``lissa`` (:mod:`workers.engine.influence.ihvp`), or ``ekfac`` (the Kronecker-factored
-approximation of :mod:`workers.engine.influence.kfac`).
+approximation of :mod:`workers.engine.influence.kfac`); ``auto`` chooses by size and estimated
+cost (:func:`choose_solver`).
 
 **Damping.** A network's Hessian need not be positive definite: the weights come from a
 stochastic optimizer, not the exact optimum of ``L``, and the residual term ``Σ (pᵢ − yᵢ)∇²zᵢ`` is
@@ -32,7 +33,8 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -43,18 +45,25 @@ from workers.engine.config import InfluenceConfig
 from workers.engine.errors import IllConditionedError, InputError, NonFiniteError
 from workers.engine.influence.head import HessianFactor, factorize
 from workers.engine.influence.ihvp import conjugate_gradient, lissa, top_eigenvalue
-from workers.engine.influence.kfac import EKFACFactor, build_ekfac, ekfac_factor_entries
+from workers.engine.influence.kfac import EKFACFactor, build_ekfac, ekfac_factor_entries, ekfac_layers
 from workers.engine.influence.sketch import RowSketch, draw_sketch_rows, sketch_row_count
 
 __all__ = [
+    "CG_PASSES_PER_PRODUCT",
+    "CG_PRODUCTS_PER_JOB",
     "DEFAULT_DAMPING_PER_WEIGHT",
     "LISSA_SCALE_MARGIN",
     "FullInfluence",
+    "NetworkProfile",
+    "SolverChoice",
     "activation_width",
+    "cg_job_flops",
     "check_memory",
+    "choose_solver",
     "estimate_memory_bytes",
     "flat_to_state",
     "objective_gradient",
+    "profile_network",
     "resolve_solver",
 ]
 
@@ -74,20 +83,115 @@ the saved tensors of the double backward, ``vmap``'s batched copies)."""
 POLISH_MAX_SHIFTS = 16
 """Attempts at a positive-definite Newton system per polish step (extra damping ×10 each)."""
 GIB = 2**30
+CG_PRODUCTS_PER_JOB = 105
+"""Gauss-Newton products of a default correction job with the preconditioned CG solver: 7 solves
+(two influences, five frontier directions) of about 15 products, measured on the Adult MLP."""
+CG_PASSES_PER_PRODUCT = 3
+"""Forward-pass equivalents of one Gauss-Newton product (one forward, two reverse passes)."""
+NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm)
+"""Layers whose few affine parameters EK-FAC keeps on its exact Gauss-Newton diagonal."""
 
 
-def resolve_solver(parameters: int, config: InfluenceConfig) -> str:
-    """The solver ``config.solver`` means for a model of ``parameters`` parameters."""
-    if config.solver == "auto":
-        # Not EK-FAC, though it is far faster beyond a few thousand parameters: its approximate
-        # steps overshoot (Adult 8.8 k: eval DP 0.208 → 0.024 for a requested 0.6 reduction, at
-        # −1.55 accuracy points against CG's −0.9), so it is chosen by name (docs/ENGINE.md).
-        return "exact" if parameters <= config.exact_max_parameters else "cg"
-    return config.solver
+@dataclass(frozen=True)
+class NetworkProfile:
+    """What ``solver: auto`` weighs besides the parameter count (:func:`profile_network`)."""
+
+    forward_flops_per_row: int
+    """Flops (two per multiply-add) of one row's forward pass through its Linear and Conv2d layers."""
+    ekfac_covers: bool
+    """EK-FAC factors at least one layer and every parameter is in a layer it factors (Linear,
+    Conv2d) or in a normalization layer (``NORM_LAYERS``)."""
+
+
+class SolverChoice(NamedTuple):
+    """The solver a job uses and why (the reason is shown in the report's diagnostics)."""
+
+    name: str
+    reason: str
+
+
+def profile_network(network: nn.Module, features: torch.Tensor) -> NetworkProfile:
+    """The network's :class:`NetworkProfile` for rows like ``features[0]`` (that one row is run)."""
+    return NetworkProfile(_forward_flops_per_row(network, features), _ekfac_covers(network))
+
+
+def _forward_flops_per_row(network: nn.Module, features: torch.Tensor) -> int:
+    """Flops (two per multiply-add) of one row's forward pass through the Linear and Conv2d layers,
+    read off one row run through the network in eval mode (so no buffer changes) with hooks
+    recording each layer's output size. Torch's flop counter gives the same numbers but its first
+    use loads the meta-tensor machinery: 1.5 s, 10 % of a full-scope Adult job."""
+    flops = 0
+
+    def count(module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+        nonlocal flops
+        if isinstance(module, nn.Linear):
+            flops += 2 * module.in_features * output.numel()
+        elif isinstance(module, nn.Conv2d):
+            flops += 2 * module.weight[0].numel() * output.numel()
+
+    layers = [m for m in network.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    handles = [layer.register_forward_hook(count) for layer in layers]
+    training = network.training
+    first = next(network.parameters())
+    try:
+        network.eval()
+        with torch.no_grad():
+            network(features[:1].to(device=first.device, dtype=first.dtype))
+    finally:
+        network.train(training)
+        for handle in handles:
+            handle.remove()
+    return flops
+
+
+def _ekfac_covers(network: nn.Module) -> bool:
+    # Anything else with parameters (an Embedding, a grouped convolution) would sit on EK-FAC's
+    # diagonal alone: an approximation no measurement here vouches for, so CG keeps those.
+    factored = {id(module) for _, module in ekfac_layers(network)}
+    owners = [m for m in network.modules() if next(m.parameters(recurse=False), None) is not None]
+    return bool(factored) and all(id(m) in factored or isinstance(m, NORM_LAYERS) for m in owners)
+
+
+def cg_job_flops(rows: int, profile: NetworkProfile) -> float:
+    """Estimated flops of the Gauss-Newton products a correction job makes with CG over ``rows``."""
+    return float(profile.forward_flops_per_row) * rows * CG_PASSES_PER_PRODUCT * CG_PRODUCTS_PER_JOB
+
+
+def choose_solver(parameters: int, config: InfluenceConfig, rows: int = 0,
+                  profile: NetworkProfile | None = None) -> SolverChoice:
+    """The solver ``config.solver`` means for a model of ``parameters`` parameters trained on
+    ``rows`` rows, and why. ``auto``: exact up to ``exact_max_parameters``; past that CG, unless
+    its estimated job (:func:`cg_job_flops`) is above ``auto_cg_max_flops`` and EK-FAC can stand
+    in (Gauss-Newton curvature, every layer covered); without a ``profile``, CG."""
+    if config.solver != "auto":
+        return SolverChoice(config.solver, "named by influence.solver")
+    if parameters <= config.exact_max_parameters:
+        return SolverChoice("exact", f"auto: {parameters:,} parameters, at most influence."
+                                     f"exact_max_parameters={config.exact_max_parameters:,}")
+    if profile is None:
+        return SolverChoice("cg", f"auto: {parameters:,} parameters, above influence.exact_max_parameters")
+    flops, budget = cg_job_flops(rows, profile), config.auto_cg_max_flops
+    estimate = f"auto: CG's job estimated at {flops:.2g} flops ({parameters:,} parameters, {rows:,} rows)"
+    # EK-FAC only where CG is unaffordable: its approximate steps overshoot (Adult 8.8 k: eval
+    # DP 0.208 → 0.024 for a requested 0.6 reduction, −1.55 accuracy points against CG's −0.9).
+    if flops <= budget:
+        return SolverChoice("cg", f"{estimate}, within influence.auto_cg_max_flops={budget:.2g}")
+    over = f"{estimate}, above influence.auto_cg_max_flops={budget:.2g}"
+    if config.curvature != "gauss_newton":
+        return SolverChoice("cg", f"{over}, but EK-FAC approximates only the Gauss-Newton curvature")
+    if not profile.ekfac_covers:
+        return SolverChoice("cg", f"{over}, but EK-FAC does not cover every layer of the network")
+    return SolverChoice("ekfac", over)
+
+
+def resolve_solver(parameters: int, config: InfluenceConfig, rows: int = 0,
+                   profile: NetworkProfile | None = None) -> str:
+    """The name of :func:`choose_solver`'s choice."""
+    return choose_solver(parameters, config, rows, profile).name
 
 
 def estimate_memory_bytes(n: int, parameters: int, config: InfluenceConfig, width: int = 0,
-                          factor_entries: int = 0) -> int:
+                          factor_entries: int = 0, profile: NetworkProfile | None = None) -> int:
     """Dominant working memory (bytes, float64) of a full-network influence job.
 
     Counts a few dozen solver vectors of P entries, per-row buffers, and the activations of one
@@ -99,12 +203,12 @@ def estimate_memory_bytes(n: int, parameters: int, config: InfluenceConfig, widt
     workspaces. CG adds its preconditioner's sketch (m × P and m × m, plus one chunk's per-sample
     logit gradients while it is built). ``factor_entries`` counts EK-FAC's Kronecker factors,
     eigenbases and eigenvalues
-    (:func:`workers.engine.influence.kfac.ekfac_factor_entries`). The training data itself is
-    not counted.
+    (:func:`workers.engine.influence.kfac.ekfac_factor_entries`). ``profile`` is what ``solver:
+    auto`` chooses by (:func:`choose_solver`). The training data itself is not counted.
     """
     rows = min(n, config.chunk_size)
     total = 32 * parameters * 8 + 4 * n * 8 + ACTIVATION_COPIES * rows * width * 8
-    solver = resolve_solver(parameters, config)
+    solver = resolve_solver(parameters, config, n, profile)
     if solver == "exact":
         total += 3 * parameters * parameters * 8 + HESSIAN_BLOCK_BYTES + 2 * rows * parameters * 8
     elif solver == "ekfac":
@@ -116,17 +220,18 @@ def estimate_memory_bytes(n: int, parameters: int, config: InfluenceConfig, widt
 
 
 def check_memory(n: int, parameters: int, config: InfluenceConfig, width: int = 0,
-                 factor_entries: int = 0) -> None:
-    """Refuse a job whose estimated working memory exceeds ``config.max_memory_gb``.
+                 factor_entries: int = 0, profile: NetworkProfile | None = None) -> None:
+    """Refuse a job whose estimated working memory (:func:`estimate_memory_bytes`) exceeds
+    ``config.max_memory_gb``.
 
     Raises:
         InputError: with the estimate and what to change.
     """
-    estimate = estimate_memory_bytes(n, parameters, config, width, factor_entries)
+    estimate = estimate_memory_bytes(n, parameters, config, width, factor_entries, profile)
     if estimate <= config.max_memory_gb * GIB:
         return
     advice = [f"lower influence.chunk_size (now {config.chunk_size})"]
-    if resolve_solver(parameters, config) == "exact":
+    if resolve_solver(parameters, config, n, profile) == "exact":
         advice.append(f"use influence.solver 'cg', 'lissa' or 'ekfac' (the dense Hessian of {parameters} "
                       f"parameters alone takes {3 * parameters**2 * 8 / GIB:.2f} GiB with workspaces)")
     advice.append("or raise influence.max_memory_gb")
@@ -242,14 +347,15 @@ class FullInfluence:
                              f"(n,) and weights (n,); got {tuple(features.shape)}, {tuple(labels.shape)}, "
                              f"{tuple(weights.shape)}")
         self.parameter_count = sum(p.numel() for p in network.parameters())
-        self.solver = resolve_solver(self.parameter_count, config)
+        profile = profile_network(network, features)
+        self.solver, self.solver_reason = choose_solver(self.parameter_count, config, n, profile)
         if self.solver == "exact" and self.parameter_count > config.exact_max_parameters:
             raise InputError(f"influence.solver 'exact' builds a dense Hessian and allows at most "
                              f"influence.exact_max_parameters={config.exact_max_parameters} parameters; "
                              f"the model has {self.parameter_count}: use solver 'cg', 'ekfac' or 'auto'")
         self._width = activation_width(network, features)
         check_memory(n, self.parameter_count, config, self._width,
-                     ekfac_factor_entries(network) if self.solver == "ekfac" else 0)
+                     ekfac_factor_entries(network) if self.solver == "ekfac" else 0, profile)
         self.config = config
         self.n = n
         device = next(network.parameters()).device

@@ -166,8 +166,8 @@ class FullScope:
 
     def prepare(self) -> dict[str, Any]:
         """Nothing to factorize up front; solves report their own diagnostics."""
-        return {"solver": self.engine.solver, "parameters": self.engine.parameter_count,
-                "damping": self.engine.damping}
+        return {"solver": self.engine.solver, "solver_reason": self.engine.solver_reason,
+                "parameters": self.engine.parameter_count, "damping": self.engine.damping}
 
     def influences(self, gradients: list[torch.Tensor]) -> list[np.ndarray]:
         """gᵢᵀ (H + δI)⁻¹ ∇f for every training sample, for each ∇f of ``gradients``."""
