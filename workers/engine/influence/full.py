@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, jvp, vjp, vmap
+from torch.func import functional_call, grad, jvp, vmap
 from torch.nn import functional as F
 
 from workers.engine.config import InfluenceConfig
@@ -46,6 +46,13 @@ from workers.engine.errors import IllConditionedError, InputError, NonFiniteErro
 from workers.engine.influence.head import HessianFactor, factorize
 from workers.engine.influence.ihvp import conjugate_gradient, lissa, top_eigenvalue
 from workers.engine.influence.kfac import EKFACFactor, build_ekfac, ekfac_factor_entries, ekfac_layers
+from workers.engine.influence.per_sample import linear_logit_gradients
+from workers.engine.influence.products import (
+    ChunkProduct,
+    gauss_newton_product,
+    hessian_product,
+    kept_graph_bytes,
+)
 from workers.engine.influence.sketch import RowSketch, draw_sketch_rows, sketch_row_count
 
 __all__ = [
@@ -204,7 +211,8 @@ def estimate_memory_bytes(n: int, parameters: int, config: InfluenceConfig, widt
     logit gradients while it is built). ``factor_entries`` counts EK-FAC's Kronecker factors,
     eigenbases and eigenvalues
     (:func:`workers.engine.influence.kfac.ekfac_factor_entries`). ``profile`` is what ``solver:
-    auto`` chooses by (:func:`choose_solver`). The training data itself is not counted.
+    auto`` chooses by (:func:`choose_solver`). Not counted: the training data, and the product
+    graphs :class:`FullInfluence` keeps only where they fit beside this estimate.
     """
     rows = min(n, config.chunk_size)
     total = 32 * parameters * 8 + 4 * n * 8 + ACTIVATION_COPIES * rows * width * 8
@@ -354,8 +362,12 @@ class FullInfluence:
                              f"influence.exact_max_parameters={config.exact_max_parameters} parameters; "
                              f"the model has {self.parameter_count}: use solver 'cg', 'ekfac' or 'auto'")
         self._width = activation_width(network, features)
-        check_memory(n, self.parameter_count, config, self._width,
-                     ekfac_factor_entries(network) if self.solver == "ekfac" else 0, profile)
+        factor_entries = ekfac_factor_entries(network) if self.solver == "ekfac" else 0
+        check_memory(n, self.parameter_count, config, self._width, factor_entries, profile)
+        headroom = config.max_memory_gb * GIB - estimate_memory_bytes(
+            n, self.parameter_count, config, self._width, factor_entries, profile)
+        self.keep_graphs = kept_graph_bytes(n, self._width) <= headroom
+        """Whether every chunk's product graph is kept across products (when it fits the memory cap)."""
         self.config = config
         self.n = n
         device = next(network.parameters()).device
@@ -371,6 +383,7 @@ class FullInfluence:
         self._factor: HessianFactor | None = None
         self._ekfac: EKFACFactor | None = None
         self._sketch: RowSketch | None = None
+        self._graphs: list[ChunkProduct] | None = None
         self._lissa_scale: float | None = config.lissa_scale
 
     # -- parameters ---------------------------------------------------------------------------
@@ -390,7 +403,7 @@ class FullInfluence:
             raise InputError(f"parameter vector has shape {tuple(flat.shape)}; "
                              f"expected {tuple(self._flat.shape)}")
         self._flat = _finite(flat.to(self._flat).clone(), "parameters", "the model parameters")
-        self._factor = self._ekfac = self._sketch = None
+        self._factor = self._ekfac = self._sketch = self._graphs = None
         self._lissa_scale = self.config.lissa_scale
 
     def set_weights(self, weights: torch.Tensor) -> None:
@@ -399,7 +412,7 @@ class FullInfluence:
             raise InputError(f"weights have shape {tuple(weights.shape)}; expected "
                              f"{tuple(self.weights.shape)}")
         self.weights = _finite(weights.to(self.weights).clone(), "parameters", "the sample weights")
-        self._factor = self._ekfac = self._sketch = None
+        self._factor = self._ekfac = self._sketch = self._graphs = None
         self._lissa_scale = self.config.lissa_scale
 
     def to_network(self) -> nn.Module:
@@ -474,10 +487,11 @@ class FullInfluence:
     def per_sample_dot(self, vector: torch.Tensor, stage: str = "influence") -> torch.Tensor:
         """``gᵢᵀ v`` for every training row: (n,) for v of shape (P,), (n, k) for (P, k).
 
-        ``gᵢᵀ v`` is the directional derivative of ℓᵢ along v, so the whole chunk's products are
-        one forward-mode product (``torch.func.jvp``) of the per-row loss vector: about the cost
-        of two forward passes, and no per-sample gradient is ever formed. The k columns of a
-        (P, k) block are batched with ``vmap``.
+        By the chain rule ``gᵢᵀ v = (σ(zᵢ) − yᵢ) · ∇zᵢᵀ v``, and ``∇zᵢᵀ v`` for the whole chunk is
+        one forward-mode product (``torch.func.jvp``) of its logits: about the cost of two
+        forward passes, and no per-sample gradient is ever formed. The k columns of a (P, k)
+        block are batched with ``vmap``. (The loss stays outside the forward-mode product: under
+        ``jvp`` torch decomposes it through code that imports ``torch._dynamo``, 1.5 s.)
 
         Raises:
             NonFiniteError: NaN/Inf in the products.
@@ -487,29 +501,39 @@ class FullInfluence:
         parts = []
         _load_forward_mode()
         for rows in self._chunks():
-            losses = self._row_losses(rows)
+            features = self.features[rows]
 
-            def directional(v: torch.Tensor, losses: Callable[[torch.Tensor], torch.Tensor] = losses,
+            def logits_of(flat: torch.Tensor, features: torch.Tensor = features) -> torch.Tensor:
+                logits: torch.Tensor = functional_call(self.network, self._unflatten(flat), (features,))
+                return logits.reshape(-1)
+
+            def directional(v: torch.Tensor, logits_of: Callable[[torch.Tensor], torch.Tensor] = logits_of,
                             ) -> torch.Tensor:
-                tangent: torch.Tensor = jvp(losses, (theta,), (v,))[1]
+                tangent: torch.Tensor = jvp(logits_of, (theta,), (v,))[1]
                 return tangent
+            with torch.no_grad():
+                residual = torch.sigmoid(logits_of(theta)) - self.labels[rows]
             if vector.ndim == 1:
-                parts.append(directional(vector))
+                parts.append(residual * directional(vector))
             else:
-                parts.append(vmap(directional, in_dims=1, out_dims=1)(vector))
+                parts.append(residual.unsqueeze(1) * vmap(directional, in_dims=1, out_dims=1)(vector))
         return _finite(torch.cat(parts), stage, "per-sample gradient products")
 
     def weighted_gradient_sums(self, eps: torch.Tensor, stage: str = "influence") -> torch.Tensor:
         """``Σᵢ εᵢⱼ gᵢ`` for every column j of ``eps`` (n, k): (P, k), per chunk one forward pass
-        and the k reverse passes batched (``torch.func.vjp`` under ``vmap``), without forming
-        per-sample gradients."""
+        and k reverse passes through its graph, without forming per-sample gradients. (Plain
+        autograd, not ``torch.func.vjp``: its first use imports ``torch._dynamo``, 1.5 s.)"""
         eps = eps.to(self._flat)
-        theta = self._flat.detach()
-        total = self._flat.new_zeros(self._flat.shape[0], eps.shape[1])
-        for rows in self._chunks():
-            pullback = vjp(self._row_losses(rows), theta)[1]
-            batched = vmap(lambda cotangent, pull=pullback: pull(cotangent)[0], in_dims=1, out_dims=1)
-            total += batched(eps[rows])
+        columns = int(eps.shape[1])
+        total = self._flat.new_zeros(self._flat.shape[0], columns)
+        with torch.enable_grad():
+            for rows in self._chunks():
+                theta = self._flat.detach().requires_grad_(True)
+                losses = self._row_losses(rows)(theta)
+                for j in range(columns):
+                    (column,) = torch.autograd.grad(losses, theta, grad_outputs=eps[rows, j],
+                                                    retain_graph=j + 1 < columns)
+                    total[:, j] += column
         return _finite(total, stage, "the weighted gradient sums")
 
     def weighted_gradient_sum(self, eps: torch.Tensor, stage: str = "influence") -> torch.Tensor:
@@ -535,36 +559,46 @@ class FullInfluence:
         (gradient,) = torch.autograd.grad(loss, theta, create_graph=True)
         return theta, gradient
 
+    def _chunk_product(self, rows: slice | torch.Tensor, scale: float = 1.0, keep: bool = False,
+                       ) -> ChunkProduct:
+        """The rows' curvature-vector product at the current parameters (:mod:`products`): for
+        ``gauss_newton``, ``Jᵀ diag(scale · wᵢ pᵢ(1−pᵢ)) J v`` with J the Jacobian of the chunk's
+        logits; otherwise the exact Hessian's. With ``keep`` it serves any number of products."""
+        with torch.enable_grad():
+            if self.config.curvature != "gauss_newton":
+                theta, gradient = self._chunk_gradient_graph(rows, scale)
+                return hessian_product(theta, gradient, keep)
+            theta = self._flat.detach().requires_grad_(True)
+            logits = functional_call(self.network, self._unflatten(theta), (self.features[rows],)).reshape(-1)
+            probability = torch.sigmoid(logits).detach()
+            coefficients = self.weights[rows] * scale * probability * (1 - probability)
+            return gauss_newton_product(theta, logits, coefficients, keep)
+
     def _chunk_hvp(self, rows: slice | torch.Tensor, vector: torch.Tensor, scale: float = 1.0,
                    ) -> torch.Tensor:
-        if self.config.curvature == "gauss_newton":
-            return self._chunk_ggn_vp(rows, vector, scale)
-        theta, gradient = self._chunk_gradient_graph(rows, scale)
-        (product,) = torch.autograd.grad(gradient, theta, grad_outputs=vector)
-        return product
+        return self._chunk_product(rows, scale)(vector)
 
-    def _chunk_ggn_vp(self, rows: slice | torch.Tensor, vector: torch.Tensor, scale: float = 1.0,
-                      ) -> torch.Tensor:
-        """``Jᵀ diag(wᵢ pᵢ(1−pᵢ)) J v`` with J the Jacobian of the chunk's logits: the Gauss-Newton
-        product (J v by the double-vjp trick, so only reverse mode is needed)."""
-        theta = self._flat.detach().requires_grad_(True)
-        logits = functional_call(self.network, self._unflatten(theta), (self.features[rows],)).reshape(-1)
-        probability = torch.sigmoid(logits).detach()
-        dummy = torch.zeros_like(logits, requires_grad=True)
-        (transposed,) = torch.autograd.grad(logits, theta, grad_outputs=dummy, create_graph=True)
-        (forward,) = torch.autograd.grad(transposed, dummy, grad_outputs=vector)
-        curvature = self.weights[rows] * scale * probability * (1 - probability)
-        (product,) = torch.autograd.grad(logits, theta, grad_outputs=curvature * forward)
-        return product
+    def _products(self) -> Iterator[ChunkProduct]:
+        """Every chunk's product at the current parameters and weights: the kept graphs (built on
+        first use) when :attr:`keep_graphs`, else each chunk's built afresh for one product."""
+        if not self.keep_graphs:
+            return (self._chunk_product(rows) for rows in self._chunks())
+        if self._graphs is None:
+            self._graphs = [self._chunk_product(rows, keep=True) for rows in self._chunks()]
+        return iter(self._graphs)
 
     def _logit_jacobian(self, rows: slice | torch.Tensor) -> torch.Tensor:
-        """The rows' per-sample logit gradients ∇zᵢ (rows × P, by ``vmap``)."""
+        """The rows' per-sample logit gradients ∇zᵢ (rows × P): from one backward pass for a
+        network of Linear layers (:mod:`per_sample`), else by ``vmap``."""
         def logit(p: Params, x: torch.Tensor) -> torch.Tensor:
             value: torch.Tensor = functional_call(self.network, p, (x.unsqueeze(0),)).reshape(())
             return value
 
         features = self.features[rows]
-        per_sample = vmap(grad(logit), in_dims=(None, 0))(self._unflatten(self._flat), features)
+        params = self._unflatten(self._flat)
+        per_sample = linear_logit_gradients(self.network, params, features)
+        if per_sample is None:
+            per_sample = vmap(grad(logit), in_dims=(None, 0))(params, features)
         return self._flatten(per_sample, batch=int(features.shape[0]))
 
     def _curvature(self, rows: slice | torch.Tensor) -> torch.Tensor:
@@ -612,9 +646,8 @@ class FullInfluence:
         """
         vector = vector.to(self._flat)
         total = (self.l2_reg + self.damping) * vector
-        with torch.enable_grad():
-            for rows in self._chunks():
-                total = total + self._chunk_hvp(rows, vector)
+        for product in self._products():
+            total = total + product(vector)
         return _finite(total, stage, "a Hessian-vector product")
 
     def _sampled_hvp(self, generator: torch.Generator) -> Callable[[int, torch.Tensor], torch.Tensor]:

@@ -1,0 +1,74 @@
+"""Kept product graphs: the same products as graphs built afresh, dropped when the parameters or
+weights move, and kept only where the memory cap leaves room for them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from workers.engine.config import InfluenceConfig
+from workers.engine.influence.full import GIB, FullInfluence, estimate_memory_bytes
+from workers.engine.influence.products import kept_graph_bytes
+from workers.engine.io.architecture import ArchSpec
+from workers.engine.models.training import build_model
+
+N = 300
+
+
+@pytest.fixture(scope="module")
+def problem() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    network = build_model(ArchSpec(6, (8, 4)))
+    rng = np.random.default_rng(0)
+    features = torch.from_numpy(rng.normal(size=(N, 6)))
+    labels = torch.from_numpy((rng.random(N) < 0.4).astype(np.float64))
+    return network, features, labels
+
+
+def _influence(problem: tuple[nn.Module, torch.Tensor, torch.Tensor], curvature: str,
+               **overrides: object) -> FullInfluence:
+    network, features, labels = problem
+    settings: dict[str, object] = {"scope": "full", "solver": "cg", "curvature": curvature, "chunk_size": 128}
+    settings.update(overrides)
+    return FullInfluence(network, features, labels, torch.ones(N, dtype=torch.float64),
+                         InfluenceConfig(**settings))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("curvature", ["gauss_newton", "hessian"])
+def test_kept_graphs_give_the_products_of_fresh_ones(problem: tuple[nn.Module, torch.Tensor, torch.Tensor],
+                                                     curvature: str) -> None:
+    kept, fresh = _influence(problem, curvature), _influence(problem, curvature)
+    fresh.keep_graphs = False
+    assert kept.keep_graphs
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(3):  # the second and third products reuse the first one's graphs
+        vector = torch.randn(kept.parameter_count, generator=generator, dtype=torch.float64)
+        assert torch.equal(kept.hvp(vector), fresh.hvp(vector))
+
+
+@pytest.mark.parametrize("move", ["parameters", "weights"])
+def test_moving_the_parameters_or_weights_drops_the_kept_graphs(
+        problem: tuple[nn.Module, torch.Tensor, torch.Tensor], move: str) -> None:
+    kept, fresh = _influence(problem, "gauss_newton"), _influence(problem, "gauss_newton")
+    fresh.keep_graphs = False
+    generator = torch.Generator().manual_seed(2)
+    vector = torch.randn(kept.parameter_count, generator=generator, dtype=torch.float64)
+    kept.hvp(vector)
+    for influence in (kept, fresh):
+        if move == "parameters":
+            influence.set_parameters(influence.flat_parameters() * 0.5)
+        else:
+            influence.set_weights(torch.linspace(0.1, 2.0, N, dtype=torch.float64))
+    assert torch.equal(kept.hvp(vector), fresh.hvp(vector))
+
+
+def test_graphs_are_kept_only_where_the_memory_cap_leaves_room(
+        problem: tuple[nn.Module, torch.Tensor, torch.Tensor]) -> None:
+    roomy = _influence(problem, "gauss_newton")
+    width = 6 + 8 + 8 + 4 + 4 + 1  # the Linear layers' inputs and outputs
+    estimate = estimate_memory_bytes(N, roomy.parameter_count, roomy.config, width)
+    just_enough = (estimate + kept_graph_bytes(N, width)) / GIB
+    assert _influence(problem, "gauss_newton", max_memory_gb=just_enough * 1.001).keep_graphs
+    assert not _influence(problem, "gauss_newton", max_memory_gb=just_enough * 0.999).keep_graphs

@@ -1,0 +1,58 @@
+"""Curvature-vector products of one chunk of rows, optionally reusing the chunk's autograd graph.
+
+A Gauss-Newton product ``Jᵀ diag(c) J v`` over a chunk is a forward pass, one backward pass
+that builds the graph of ``Jᵀ u`` (``create_graph``), and two more backward passes per vector:
+``J v`` (the double-vjp trick, so only reverse mode is needed) and ``Jᵀ (c ⊙ J v)``. The first
+two depend only on the parameters and the rows, not on ``v``, so a solver that makes many
+products at the same parameters (CG: 10–50 per solve, several solves a job) can keep them and
+pay only the last two per product: on the Adult MLP (8.8 k parameters, 30 k rows) a product took
+104 instead of 192 ms, with bit-identical results. The exact Hessian's product keeps the graph of
+the gradient the same way. Keeping costs memory, :data:`GRAPH_COPIES` activation widths per row,
+so the caller decides (:func:`kept_graph_bytes`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+__all__ = ["GRAPH_COPIES", "ChunkProduct", "gauss_newton_product", "hessian_product", "kept_graph_bytes"]
+
+ChunkProduct = Callable[[torch.Tensor], torch.Tensor]
+"""``v ↦`` one chunk's curvature-vector product (flat, float64)."""
+
+GRAPH_COPIES = 2
+"""float64 values a kept graph holds per row and per float of activation width (the layers'
+inputs and outputs): measured 0.7–1.4 on ReLU MLPs from 296 to 6,248 floats wide; 2 is margin."""
+
+
+def kept_graph_bytes(rows: int, width: int) -> int:
+    """Bytes the kept graphs of ``rows`` rows take for a network ``width`` floats of activation wide."""
+    return GRAPH_COPIES * rows * width * 8
+
+
+def gauss_newton_product(theta: torch.Tensor, logits: torch.Tensor, coefficients: torch.Tensor,
+                         keep: bool) -> ChunkProduct:
+    """``v ↦ Jᵀ diag(coefficients) J v`` with J the Jacobian of ``logits`` with respect to the leaf
+    ``theta``; with ``keep`` the graphs survive every call, otherwise the product may be taken once."""
+    dummy = torch.zeros_like(logits, requires_grad=True)
+    (transposed,) = torch.autograd.grad(logits, theta, grad_outputs=dummy, create_graph=True)
+
+    def product(vector: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            (forward,) = torch.autograd.grad(transposed, dummy, grad_outputs=vector, retain_graph=keep)
+            (out,) = torch.autograd.grad(logits, theta, grad_outputs=coefficients * forward,
+                                         retain_graph=keep)
+        return out
+    return product
+
+
+def hessian_product(theta: torch.Tensor, gradient: torch.Tensor, keep: bool) -> ChunkProduct:
+    """``v ↦ ∇_θ(gradientᵀ v)``, the Hessian-vector product of a ``gradient`` built with
+    ``create_graph`` from the leaf ``theta``; with ``keep`` its graph survives every call."""
+    def product(vector: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            (out,) = torch.autograd.grad(gradient, theta, grad_outputs=vector, retain_graph=keep)
+        return out
+    return product
