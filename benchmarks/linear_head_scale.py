@@ -567,6 +567,7 @@ def _measure_all(args: argparse.Namespace, say: Say) -> tuple[list[Case], list[M
     cases, rows = [], []
     for n in sorted(args.sizes):
         case = prepare_case(n, args.width, args.holdout, args.data, args.seed, args.format, say, args.hidden)
+        os.sync()  # the run must not compete with the write-back of its own freshly written inputs
         say(f"n={n}: running the CLI (cap {args.cap_gib:g} GiB)")
         row = run_case(case, args.data, args.threads, args.cap_gib, args.timeout)
         say(f"n={n}: {row.status}, {row.wall_seconds:.1f} s, peak RSS {row.peak_rss_bytes / 1e9:.2f} GB")
