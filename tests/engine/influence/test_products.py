@@ -72,3 +72,15 @@ def test_graphs_are_kept_only_where_the_memory_cap_leaves_room(
     just_enough = (estimate + kept_graph_bytes(N, width)) / GIB
     assert _influence(problem, "gauss_newton", max_memory_gb=just_enough * 1.001).keep_graphs
     assert not _influence(problem, "gauss_newton", max_memory_gb=just_enough * 0.999).keep_graphs
+
+
+def test_kept_graphs_give_the_per_sample_products_forward_mode_gives(
+        problem: tuple[nn.Module, torch.Tensor, torch.Tensor]) -> None:
+    kept, fresh = _influence(problem, "gauss_newton"), _influence(problem, "gauss_newton")
+    fresh.keep_graphs = False
+    generator = torch.Generator().manual_seed(3)
+    kept.hvp(torch.randn(kept.parameter_count, generator=generator, dtype=torch.float64))  # builds them
+    for shape in ((kept.parameter_count,), (kept.parameter_count, 3)):
+        vector = torch.randn(*shape, generator=generator, dtype=torch.float64)
+        torch.testing.assert_close(kept.per_sample_dot(vector), fresh.per_sample_dot(vector),
+                                   rtol=1e-12, atol=1e-14)

@@ -49,7 +49,7 @@ from workers.engine.influence.kfac import EKFACFactor, build_ekfac, ekfac_factor
 from workers.engine.influence.per_sample import linear_logit_gradients
 from workers.engine.influence.products import (
     ChunkProduct,
-    gauss_newton_product,
+    GaussNewtonGraph,
     hessian_product,
     kept_graph_bytes,
 )
@@ -325,6 +325,16 @@ def _load_forward_mode() -> None:
         _maybe_load_decompositions()  # type: ignore[no-untyped-call]
 
 
+def _dot_from_graph(graph: GaussNewtonGraph, labels: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+    """``gᵢᵀ v`` for a chunk's rows from its kept graph: ``(σ(zᵢ) − yᵢ) · (J v)ᵢ``, per column of a
+    (P, k) ``vector``."""
+    residual = torch.sigmoid(graph.logits.detach()) - labels
+    if vector.ndim == 1:
+        return residual * graph.logit_jvp(vector)
+    columns = [graph.logit_jvp(vector[:, j]) for j in range(vector.shape[1])]
+    return residual.unsqueeze(1) * torch.stack(columns, dim=1)
+
+
 def _finite(tensor: torch.Tensor, stage: str, what: str) -> torch.Tensor:
     if not bool(torch.isfinite(tensor).all()):
         raise NonFiniteError(stage, what)
@@ -488,15 +498,22 @@ class FullInfluence:
         """``gᵢᵀ v`` for every training row: (n,) for v of shape (P,), (n, k) for (P, k).
 
         By the chain rule ``gᵢᵀ v = (σ(zᵢ) − yᵢ) · ∇zᵢᵀ v``, and ``∇zᵢᵀ v`` for the whole chunk is
-        one forward-mode product (``torch.func.jvp``) of its logits: about the cost of two
-        forward passes, and no per-sample gradient is ever formed. The k columns of a (P, k)
-        block are batched with ``vmap``. (The loss stays outside the forward-mode product: under
-        ``jvp`` torch decomposes it through code that imports ``torch._dynamo``, 1.5 s.)
+        one backward pass through the kept Gauss-Newton graphs where there are any (CG made
+        them), else one forward-mode product (``torch.func.jvp``) of its logits: about the cost
+        of two forward passes either way, and no per-sample gradient is ever formed. The k
+        columns of a (P, k) block are batched with ``vmap`` there. (The loss stays outside the
+        forward-mode product: under ``jvp`` torch decomposes it through code that imports
+        ``torch._dynamo``, 1.5 s.)
 
         Raises:
             NonFiniteError: NaN/Inf in the products.
         """
         vector = vector.to(self._flat)
+        kept = self._kept_gauss_newton_graphs()
+        if kept is not None:
+            return _finite(torch.cat([_dot_from_graph(graph, self.labels[rows], vector)
+                                      for rows, graph in zip(self._chunks(), kept, strict=True)]),
+                           stage, "per-sample gradient products")
         theta = self._flat.detach()
         parts = []
         _load_forward_mode()
@@ -572,7 +589,7 @@ class FullInfluence:
             logits = functional_call(self.network, self._unflatten(theta), (self.features[rows],)).reshape(-1)
             probability = torch.sigmoid(logits).detach()
             coefficients = self.weights[rows] * scale * probability * (1 - probability)
-            return gauss_newton_product(theta, logits, coefficients, keep)
+            return GaussNewtonGraph(theta, logits, coefficients, keep)
 
     def _chunk_hvp(self, rows: slice | torch.Tensor, vector: torch.Tensor, scale: float = 1.0,
                    ) -> torch.Tensor:
@@ -586,6 +603,13 @@ class FullInfluence:
         if self._graphs is None:
             self._graphs = [self._chunk_product(rows, keep=True) for rows in self._chunks()]
         return iter(self._graphs)
+
+    def _kept_gauss_newton_graphs(self) -> list[GaussNewtonGraph] | None:
+        """The kept graphs at the current parameters when they are Gauss-Newton ones."""
+        graphs = self._graphs
+        if graphs is None or not all(isinstance(graph, GaussNewtonGraph) for graph in graphs):
+            return None
+        return [graph for graph in graphs if isinstance(graph, GaussNewtonGraph)]
 
     def _logit_jacobian(self, rows: slice | torch.Tensor) -> torch.Tensor:
         """The rows' per-sample logit gradients ∇zᵢ (rows × P): from one backward pass for a

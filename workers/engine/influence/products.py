@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["GRAPH_COPIES", "ChunkProduct", "gauss_newton_product", "hessian_product", "kept_graph_bytes"]
+__all__ = ["GRAPH_COPIES", "ChunkProduct", "GaussNewtonGraph", "hessian_product", "kept_graph_bytes"]
 
 ChunkProduct = Callable[[torch.Tensor], torch.Tensor]
 """``v ↦`` one chunk's curvature-vector product (flat, float64)."""
@@ -32,20 +32,31 @@ def kept_graph_bytes(rows: int, width: int) -> int:
     return GRAPH_COPIES * rows * width * 8
 
 
-def gauss_newton_product(theta: torch.Tensor, logits: torch.Tensor, coefficients: torch.Tensor,
-                         keep: bool) -> ChunkProduct:
-    """``v ↦ Jᵀ diag(coefficients) J v`` with J the Jacobian of ``logits`` with respect to the leaf
-    ``theta``; with ``keep`` the graphs survive every call, otherwise the product may be taken once."""
-    dummy = torch.zeros_like(logits, requires_grad=True)
-    (transposed,) = torch.autograd.grad(logits, theta, grad_outputs=dummy, create_graph=True)
+class GaussNewtonGraph:
+    """One chunk's Gauss-Newton product ``v ↦ Jᵀ diag(coefficients) J v``, J the Jacobian of
+    ``logits`` with respect to the leaf ``theta``; with ``keep`` the graphs survive every call,
+    otherwise the product may be taken once. Kept, it also gives ``J v`` alone (one backward
+    pass: the rows' directional derivatives ``∇zᵢᵀ v``) and the chunk's logits."""
 
-    def product(vector: torch.Tensor) -> torch.Tensor:
+    def __init__(self, theta: torch.Tensor, logits: torch.Tensor, coefficients: torch.Tensor,
+                 keep: bool) -> None:
+        self.theta, self.logits, self.coefficients, self.keep = theta, logits, coefficients, keep
+        self._dummy = torch.zeros_like(logits, requires_grad=True)
+        (self._transposed,) = torch.autograd.grad(logits, theta, grad_outputs=self._dummy, create_graph=True)
+
+    def logit_jvp(self, vector: torch.Tensor) -> torch.Tensor:
+        """``J v`` (one value per row), by the double-vjp trick."""
         with torch.enable_grad():
-            (forward,) = torch.autograd.grad(transposed, dummy, grad_outputs=vector, retain_graph=keep)
-            (out,) = torch.autograd.grad(logits, theta, grad_outputs=coefficients * forward,
-                                         retain_graph=keep)
+            (forward,) = torch.autograd.grad(self._transposed, self._dummy, grad_outputs=vector,
+                                             retain_graph=self.keep)
+        return forward
+
+    def __call__(self, vector: torch.Tensor) -> torch.Tensor:
+        forward = self.logit_jvp(vector)
+        with torch.enable_grad():
+            (out,) = torch.autograd.grad(self.logits, self.theta, grad_outputs=self.coefficients * forward,
+                                         retain_graph=self.keep)
         return out
-    return product
 
 
 def hessian_product(theta: torch.Tensor, gradient: torch.Tensor, keep: bool) -> ChunkProduct:
