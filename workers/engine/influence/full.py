@@ -228,16 +228,16 @@ def estimate_memory_bytes(n: int, parameters: int, config: InfluenceConfig, widt
 
 
 def check_memory(n: int, parameters: int, config: InfluenceConfig, width: int = 0,
-                 factor_entries: int = 0, profile: NetworkProfile | None = None) -> None:
+                 factor_entries: int = 0, profile: NetworkProfile | None = None) -> int:
     """Refuse a job whose estimated working memory (:func:`estimate_memory_bytes`) exceeds
-    ``config.max_memory_gb``.
+    ``config.max_memory_gb``; returns the estimate (bytes) of a job that fits.
 
     Raises:
         InputError: with the estimate and what to change.
     """
     estimate = estimate_memory_bytes(n, parameters, config, width, factor_entries, profile)
     if estimate <= config.max_memory_gb * GIB:
-        return
+        return estimate
     advice = [f"lower influence.chunk_size (now {config.chunk_size})"]
     if resolve_solver(parameters, config, n, profile) == "exact":
         advice.append(f"use influence.solver 'cg', 'lissa' or 'ekfac' (the dense Hessian of {parameters} "
@@ -373,9 +373,8 @@ class FullInfluence:
                              f"the model has {self.parameter_count}: use solver 'cg', 'ekfac' or 'auto'")
         self._width = activation_width(network, features)
         factor_entries = ekfac_factor_entries(network) if self.solver == "ekfac" else 0
-        check_memory(n, self.parameter_count, config, self._width, factor_entries, profile)
-        headroom = config.max_memory_gb * GIB - estimate_memory_bytes(
-            n, self.parameter_count, config, self._width, factor_entries, profile)
+        estimate = check_memory(n, self.parameter_count, config, self._width, factor_entries, profile)
+        headroom = config.max_memory_gb * GIB - estimate
         self.keep_graphs = kept_graph_bytes(n, self._width) <= headroom
         """Whether every chunk's product graph is kept across products (when it fits the memory cap)."""
         self.config = config
@@ -606,10 +605,9 @@ class FullInfluence:
 
     def _kept_gauss_newton_graphs(self) -> list[GaussNewtonGraph] | None:
         """The kept graphs at the current parameters when they are Gauss-Newton ones."""
-        graphs = self._graphs
-        if graphs is None or not all(isinstance(graph, GaussNewtonGraph) for graph in graphs):
-            return None
-        return [graph for graph in graphs if isinstance(graph, GaussNewtonGraph)]
+        graphs = self._graphs or []
+        kept = [graph for graph in graphs if isinstance(graph, GaussNewtonGraph)]
+        return kept if graphs and len(kept) == len(graphs) else None
 
     def _logit_jacobian(self, rows: slice | torch.Tensor) -> torch.Tensor:
         """The rows' per-sample logit gradients ∇zᵢ (rows × P): from one backward pass for a
