@@ -47,6 +47,7 @@ InfeasiblePolicy = Literal["error", "best_effort"]
 Scope = Literal["last_layer", "full"]
 Solver = Literal["auto", "exact", "cg", "lissa", "ekfac"]
 Curvature = Literal["gauss_newton", "hessian"]
+CGPrecision = Literal["mixed", "float64"]
 PolishPolicy = Literal["auto", "always", "never"]
 
 DEFAULT_REDUCTION = 0.6
@@ -259,7 +260,11 @@ class InfluenceConfig:
     ``cg_tolerance`` relative residual; the default 1e-4 keeps every influence within 0.06 % of a
     1e-6 solve on the Adult MLP, correlation 0.9999998, in 47 instead of 74 products; preconditioned
     by the Gauss-Newton matrix of ``cg_preconditioner_rows`` rows drawn by curvature, 0 for plain
-    CG: the same solution in about a third of the products), ``lissa``
+    CG: the same solution in about a third of the products; ``cg_precision`` ``mixed``, the
+    default, makes CG's products in float32 and accepts a solution only once a float64 product
+    shows its residual within ``cg_tolerance``, refining it otherwise; ``float64`` makes every
+    product in float64; ``cg_recycle_vectors`` search directions are kept and reused by later
+    solves at the same parameters, weights and damping, 0 for none), ``lissa``
     (stochastic Neumann series) or ``ekfac``
     (eigenvalue-corrected Kronecker-factored Gauss-Newton over the Linear and Conv2d layers, exact
     diagonal for other parameters: approximate, no pass over the data per solve; for networks too
@@ -306,6 +311,8 @@ class InfluenceConfig:
     cg_tolerance: float = 1e-4
     cg_max_iterations: int = 2000
     cg_preconditioner_rows: int = 1024
+    cg_precision: CGPrecision = "mixed"
+    cg_recycle_vectors: int = 128
     lissa_depth: int = 2000
     lissa_scale: float | None = None
     lissa_batch_size: int = 512
@@ -338,6 +345,9 @@ class InfluenceConfig:
         _check(1 <= self.cg_max_iterations <= 100_000, "influence.cg_max_iterations must be in [1, 100000]")
         _check(0 <= self.cg_preconditioner_rows <= 100_000,
                "influence.cg_preconditioner_rows must be in [0, 100000] (0: plain CG)")
+        _check_choice(self.cg_precision, CGPrecision, "influence.cg_precision")
+        _check(0 <= self.cg_recycle_vectors <= 10_000,
+               "influence.cg_recycle_vectors must be in [0, 10000] (0: no recycling)")
         _check(1 <= self.lissa_depth <= 1_000_000, "influence.lissa_depth must be in [1, 1000000]")
         if self.lissa_scale is not None:
             _finite(self.lissa_scale, "influence.lissa_scale")

@@ -1,5 +1,6 @@
 """Kept product graphs: the same products as graphs built afresh, dropped when the parameters or
-weights move, and kept only where the memory cap leaves room for them."""
+weights move, and kept only where the memory cap leaves room for them (after mixed-precision
+CG's float32 graphs and recycled directions)."""
 
 from __future__ import annotations
 
@@ -64,14 +65,25 @@ def test_moving_the_parameters_or_weights_drops_the_kept_graphs(
     assert torch.equal(kept.hvp(vector), fresh.hvp(vector))
 
 
-def test_graphs_are_kept_only_where_the_memory_cap_leaves_room(
+def test_the_memory_cap_goes_to_float32_graphs_then_recycled_directions_then_float64_graphs(
         problem: tuple[nn.Module, torch.Tensor, torch.Tensor]) -> None:
     roomy = _influence(problem, "gauss_newton")
     width = 6 + 8 + 8 + 4 + 4 + 1  # the Linear layers' inputs and outputs
     estimate = estimate_memory_bytes(N, roomy.parameter_count, roomy.config, width)
-    just_enough = (estimate + kept_graph_bytes(N, width)) / GIB
-    assert _influence(problem, "gauss_newton", max_memory_gb=just_enough * 1.001).keep_graphs
-    assert not _influence(problem, "gauss_newton", max_memory_gb=just_enough * 0.999).keep_graphs
+    low, high = kept_graph_bytes(N, width, 4), kept_graph_bytes(N, width)
+    pair = 2 * 8 * roomy.parameter_count
+    directions = pair * roomy.config.cg_recycle_vectors
+
+    def plan(headroom: float, precision: str = "mixed") -> tuple[bool, int, bool]:
+        influence = _influence(problem, "gauss_newton", cg_precision=precision,
+                               max_memory_gb=(estimate + headroom) / GIB)
+        return influence.keep_low_graphs, influence.recycle_capacity, influence.keep_graphs
+
+    assert plan(0.999 * low) == (False, int(0.999 * low // pair), False)
+    assert plan(low + 0.999 * directions) == (True, int(0.999 * directions // pair), False)
+    assert plan(low + directions + 0.999 * high) == (True, roomy.config.cg_recycle_vectors, False)
+    assert plan(low + directions + 1.001 * high) == (True, roomy.config.cg_recycle_vectors, True)
+    assert plan(directions + 1.001 * high, "float64") == (False, roomy.config.cg_recycle_vectors, True)
 
 
 def test_kept_graphs_give_the_per_sample_products_forward_mode_gives(

@@ -44,7 +44,7 @@ from torch.nn import functional as F
 from workers.engine.config import InfluenceConfig
 from workers.engine.errors import IllConditionedError, InputError, NonFiniteError
 from workers.engine.influence.head import HessianFactor, factorize
-from workers.engine.influence.ihvp import conjugate_gradient, lissa, top_eigenvalue
+from workers.engine.influence.ihvp import KrylovBasis, conjugate_gradient, lissa, top_eigenvalue
 from workers.engine.influence.kfac import EKFACFactor, build_ekfac, ekfac_factor_entries, ekfac_layers
 from workers.engine.influence.per_sample import linear_logit_gradients
 from workers.engine.influence.products import (
@@ -52,6 +52,7 @@ from workers.engine.influence.products import (
     GaussNewtonGraph,
     hessian_product,
     kept_graph_bytes,
+    vector_jacobian_product,
 )
 from workers.engine.influence.sketch import RowSketch, draw_sketch_rows, sketch_row_count
 
@@ -95,6 +96,14 @@ CG_PRODUCTS_PER_JOB = 105
 (two influences, five frontier directions) of about 15 products, measured on the Adult MLP."""
 CG_PASSES_PER_PRODUCT = 3
 """Forward-pass equivalents of one Gauss-Newton product (one forward, two reverse passes)."""
+LOW_PRECISION = torch.float32
+"""dtype of CG's products with ``cg_precision: mixed``: 2.7× faster than float64 on the Adult
+MLP, relative error 3e-7, far below CG's default tolerance (1e-4)."""
+MIXED_REFINEMENTS = 3
+"""Low-precision corrections a mixed-precision solve tries before it finishes in float64."""
+LOW_PRECISION_REDUCTION = 1e-4
+"""Most a low-precision CG run is asked to shrink its right-hand side's residual: past that it
+would chase its products' rounding (each correction of iterative refinement gains this factor)."""
 NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm)
 """Layers whose few affine parameters EK-FAC keeps on its exact Gauss-Newton diagonal."""
 
@@ -374,10 +383,8 @@ class FullInfluence:
         self._width = activation_width(network, features)
         factor_entries = ekfac_factor_entries(network) if self.solver == "ekfac" else 0
         estimate = check_memory(n, self.parameter_count, config, self._width, factor_entries, profile)
-        headroom = config.max_memory_gb * GIB - estimate
-        self.keep_graphs = kept_graph_bytes(n, self._width) <= headroom
-        """Whether every chunk's product graph is kept across products (when it fits the memory cap)."""
         self.config = config
+        self._plan_memory(config.max_memory_gb * GIB - estimate, n)
         self.n = n
         device = next(network.parameters()).device
         self.network = copy.deepcopy(network).to(dtype=torch.float64).requires_grad_(False)
@@ -393,7 +400,27 @@ class FullInfluence:
         self._ekfac: EKFACFactor | None = None
         self._sketch: RowSketch | None = None
         self._graphs: list[ChunkProduct] | None = None
+        self._low_graphs: list[ChunkProduct] | None = None
+        self._low_network: nn.Module | None = None
+        self._krylov: tuple[float, KrylovBasis] | None = None
         self._lissa_scale: float | None = config.lissa_scale
+
+    def _plan_memory(self, headroom: float, n: int) -> None:
+        """Spend the memory cap's headroom beside the estimate on what saves the most passes:
+        the low-precision product graphs of mixed-precision CG, then CG's recycled directions,
+        then the float64 graphs (the verification products, the per-sample dots)."""
+        mixed = self.solver == "cg" and self.config.cg_precision == "mixed"
+        low = kept_graph_bytes(n, self._width, LOW_PRECISION.itemsize) if mixed else 0
+        self.keep_low_graphs = mixed and low <= headroom
+        """Whether mixed-precision CG keeps every chunk's float32 product graph across products."""
+        headroom -= low if self.keep_low_graphs else 0
+        vector_pair = 2 * self.parameter_count * 8
+        self.recycle_capacity = int(min(self.config.cg_recycle_vectors, max(headroom, 0) // vector_pair)) \
+            if self.solver == "cg" else 0
+        """Search directions CG keeps for later solves at the same matrix."""
+        headroom -= self.recycle_capacity * vector_pair
+        self.keep_graphs = kept_graph_bytes(n, self._width) <= headroom
+        """Whether every chunk's float64 product graph is kept across products (when it fits)."""
 
     # -- parameters ---------------------------------------------------------------------------
 
@@ -412,8 +439,7 @@ class FullInfluence:
             raise InputError(f"parameter vector has shape {tuple(flat.shape)}; "
                              f"expected {tuple(self._flat.shape)}")
         self._flat = _finite(flat.to(self._flat).clone(), "parameters", "the model parameters")
-        self._factor = self._ekfac = self._sketch = self._graphs = None
-        self._lissa_scale = self.config.lissa_scale
+        self._forget_curvature()
 
     def set_weights(self, weights: torch.Tensor) -> None:
         """Change the sample weights wᵢ of the objective (clears the cached Hessian factor)."""
@@ -421,7 +447,11 @@ class FullInfluence:
             raise InputError(f"weights have shape {tuple(weights.shape)}; expected "
                              f"{tuple(self.weights.shape)}")
         self.weights = _finite(weights.to(self.weights).clone(), "parameters", "the sample weights")
-        self._factor = self._ekfac = self._sketch = self._graphs = None
+        self._forget_curvature()
+
+    def _forget_curvature(self) -> None:
+        """Drop everything built at the old parameters or weights."""
+        self._factor = self._ekfac = self._sketch = self._graphs = self._low_graphs = self._krylov = None
         self._lissa_scale = self.config.lissa_scale
 
     def to_network(self) -> nn.Module:
@@ -547,9 +577,8 @@ class FullInfluence:
                 theta = self._flat.detach().requires_grad_(True)
                 losses = self._row_losses(rows)(theta)
                 for j in range(columns):
-                    (column,) = torch.autograd.grad(losses, theta, grad_outputs=eps[rows, j],
-                                                    retain_graph=j + 1 < columns)
-                    total[:, j] += column
+                    total[:, j] += vector_jacobian_product(losses, theta, eps[rows, j],
+                                                           retain_graph=j + 1 < columns)
         return _finite(total, stage, "the weighted gradient sums")
 
     def weighted_gradient_sum(self, eps: torch.Tensor, stage: str = "influence") -> torch.Tensor:
@@ -565,29 +594,39 @@ class FullInfluence:
     # -- curvature ----------------------------------------------------------------------------
 
     def _chunk_gradient_graph(self, rows: slice | torch.Tensor, scale: float = 1.0,
-                              ) -> tuple[torch.Tensor, torch.Tensor]:
+                              dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
         """A leaf copy θ of the parameters and ``scale · ∇_θ Σ_{rows} wᵢℓᵢ`` with its graph kept,
         so Hessian-vector products are one more backward pass (reverse-over-reverse: on small
-        MLPs it measured 2-10× faster than ``torch.func.jvp`` of ``grad``)."""
-        theta = self._flat.detach().requires_grad_(True)
-        loss = _weighted_loss(self.network, self._unflatten(theta), self.features[rows],
-                              self.labels[rows], self.weights[rows] * scale)
+        MLPs it measured 2-10× faster than ``torch.func.jvp`` of ``grad``); in ``dtype``."""
+        theta = self._flat.detach().to(dtype).requires_grad_(True)
+        loss = _weighted_loss(self._network_in(dtype), self._unflatten(theta), self.features[rows].to(dtype),
+                              self.labels[rows].to(dtype), (self.weights[rows] * scale).to(dtype))
         (gradient,) = torch.autograd.grad(loss, theta, create_graph=True)
         return theta, gradient
 
+    def _network_in(self, dtype: torch.dtype) -> nn.Module:
+        """The float64 network, or a copy in ``dtype`` (its buffers too) made on first use."""
+        if dtype == torch.float64:
+            return self.network
+        if self._low_network is None:
+            self._low_network = copy.deepcopy(self.network).to(dtype)
+        return self._low_network
+
     def _chunk_product(self, rows: slice | torch.Tensor, scale: float = 1.0, keep: bool = False,
-                       ) -> ChunkProduct:
-        """The rows' curvature-vector product at the current parameters (:mod:`products`): for
-        ``gauss_newton``, ``Jᵀ diag(scale · wᵢ pᵢ(1−pᵢ)) J v`` with J the Jacobian of the chunk's
-        logits; otherwise the exact Hessian's. With ``keep`` it serves any number of products."""
+                       dtype: torch.dtype = torch.float64) -> ChunkProduct:
+        """The rows' curvature-vector product at the current parameters (:mod:`products`), in
+        ``dtype`` (vectors in and out too): for ``gauss_newton``, ``Jᵀ diag(scale · wᵢ pᵢ(1−pᵢ)) J v``
+        with J the Jacobian of the chunk's logits; otherwise the exact Hessian's. With ``keep``
+        it serves any number of products."""
         with torch.enable_grad():
             if self.config.curvature != "gauss_newton":
-                theta, gradient = self._chunk_gradient_graph(rows, scale)
+                theta, gradient = self._chunk_gradient_graph(rows, scale, dtype)
                 return hessian_product(theta, gradient, keep)
-            theta = self._flat.detach().requires_grad_(True)
-            logits = functional_call(self.network, self._unflatten(theta), (self.features[rows],)).reshape(-1)
+            theta = self._flat.detach().to(dtype).requires_grad_(True)
+            logits = functional_call(self._network_in(dtype), self._unflatten(theta),
+                                     (self.features[rows].to(dtype),)).reshape(-1)
             probability = torch.sigmoid(logits).detach()
-            coefficients = self.weights[rows] * scale * probability * (1 - probability)
+            coefficients = (self.weights[rows] * scale).to(dtype) * probability * (1 - probability)
             return GaussNewtonGraph(theta, logits, coefficients, keep)
 
     def _chunk_hvp(self, rows: slice | torch.Tensor, vector: torch.Tensor, scale: float = 1.0,
@@ -595,13 +634,22 @@ class FullInfluence:
         return self._chunk_product(rows, scale)(vector)
 
     def _products(self) -> Iterator[ChunkProduct]:
-        """Every chunk's product at the current parameters and weights: the kept graphs (built on
-        first use) when :attr:`keep_graphs`, else each chunk's built afresh for one product."""
+        """Every chunk's float64 product at the current parameters and weights: the kept graphs
+        (built on first use) when :attr:`keep_graphs`, else each chunk's built afresh for one product."""
         if not self.keep_graphs:
             return (self._chunk_product(rows) for rows in self._chunks())
         if self._graphs is None:
             self._graphs = [self._chunk_product(rows, keep=True) for rows in self._chunks()]
         return iter(self._graphs)
+
+    def _low_products(self) -> Iterator[ChunkProduct]:
+        """:meth:`_products` in :data:`LOW_PRECISION`, kept when :attr:`keep_low_graphs`."""
+        if not self.keep_low_graphs:
+            return (self._chunk_product(rows, dtype=LOW_PRECISION) for rows in self._chunks())
+        if self._low_graphs is None:
+            self._low_graphs = [self._chunk_product(rows, keep=True, dtype=LOW_PRECISION)
+                                for rows in self._chunks()]
+        return iter(self._low_graphs)
 
     def _kept_gauss_newton_graphs(self) -> list[GaussNewtonGraph] | None:
         """The kept graphs at the current parameters when they are Gauss-Newton ones."""
@@ -671,6 +719,20 @@ class FullInfluence:
         for product in self._products():
             total = total + product(vector)
         return _finite(total, stage, "a Hessian-vector product")
+
+    def low_precision_hvp(self, vector: torch.Tensor, stage: str = "hvp") -> torch.Tensor:
+        """``(H + δI) v`` as :meth:`hvp`, the curvature products in :data:`LOW_PRECISION` (each
+        chunk's result summed and shifted in float64): what mixed-precision CG iterates on.
+
+        Raises:
+            NonFiniteError: NaN/Inf in the product (float32 overflow included).
+        """
+        vector = vector.to(self._flat)
+        low = vector.to(LOW_PRECISION)
+        total = (self.l2_reg + self.damping) * vector
+        for product in self._low_products():
+            total = total + product(low).to(total)
+        return _finite(total, stage, "a float32 Hessian-vector product")
 
     def _sampled_hvp(self, generator: torch.Generator) -> Callable[[int, torch.Tensor], torch.Tensor]:
         """``(j, v) ↦`` unbiased mini-batch estimate of ``(H + δI) v`` (full HVP when the batch
@@ -743,12 +805,8 @@ class FullInfluence:
             solution = self._ekfac_factor().solve(rhs, self.l2_reg + self.damping)
             info.update(iterations=0, **self._ekfac_factor().describe())
         elif self.solver == "cg":
-            cfg = self.config
-            sketch = self._row_sketch(stage)
-            solution, extra = conjugate_gradient(lambda v: self.hvp(v, stage), rhs, cfg.cg_tolerance,
-                                                 cfg.cg_max_iterations, stage,
-                                                 None if sketch is None else sketch.apply)
-            info.update(extra, preconditioner=None if sketch is None else sketch.describe())
+            solution, extra = self._conjugate_gradient(rhs, stage)
+            info.update(extra)
         else:
             if self._lissa_scale is None:
                 top = top_eigenvalue(lambda v: self.hvp(v, stage), self.parameter_count, self._flat,
@@ -759,8 +817,64 @@ class FullInfluence:
                                     self.config.lissa_depth, stage)
             info.update(extra)
         solution = _finite(solution, stage, "the inverse-Hessian-vector product")
-        info["relative_residual"] = self.relative_residual(solution, rhs, stage) if check_residual else None
+        if "relative_residual" not in info:  # mixed-precision CG measured it already
+            info["relative_residual"] = self.relative_residual(solution, rhs, stage) \
+                if check_residual else None
         return solution, info
+
+    def _recycled(self) -> KrylovBasis | None:
+        """CG's recycled directions at the current parameters, weights and damping (new ones when
+        the damping moved: the polish's shifts), or None when recycling is off."""
+        if not self.recycle_capacity:
+            return None
+        shift = self.l2_reg + self.damping
+        if self._krylov is None or self._krylov[0] != shift:
+            self._krylov = (shift, KrylovBasis(self.parameter_count, self.recycle_capacity, self._flat))
+        return self._krylov[1]
+
+    def _conjugate_gradient(self, rhs: torch.Tensor, stage: str) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Preconditioned, recycled CG in the configured precision, with its diagnostics. Mixed
+        precision (iterative refinement): CG on float32 products, then the float64 residual
+        ``b − (H + δI)x``; while that is above ``cg_tolerance`` a correction is solved for it the same
+        way, and after :data:`MIXED_REFINEMENTS` of them the rest in float64, so what is returned
+        always meets the tolerance in float64 (its ``relative_residual``)."""
+        cfg = self.config
+        sketch = self._row_sketch(stage)
+        precondition = None if sketch is None else sketch.apply
+        info: dict[str, Any] = {"precision": cfg.cg_precision,
+                                "preconditioner": None if sketch is None else sketch.describe()}
+        if cfg.cg_precision == "float64":
+            solution, extra = conjugate_gradient(lambda v: self.hvp(v, stage), rhs, cfg.cg_tolerance,
+                                                 cfg.cg_max_iterations, stage, precondition, self._recycled())
+            return solution, {**extra, **info}
+        rhs_norm = float(rhs.norm())
+        solution, residual, relative, low_products = torch.zeros_like(rhs), rhs, 1.0, 0
+        basis = self._recycled()
+        info["recycled"] = None if basis is None else basis.count
+        if rhs_norm == 0.0:
+            return solution, {"iterations": 0, "relative_residual": 0.0, "float64_products": 0, **info}
+        for refinement in range(1, MIXED_REFINEMENTS + 2):
+            try:
+                correction, extra = conjugate_gradient(
+                    lambda v: self.low_precision_hvp(v, stage), residual,
+                    max(cfg.cg_tolerance / relative, LOW_PRECISION_REDUCTION),
+                    max(1, cfg.cg_max_iterations - low_products), stage, precondition,
+                    basis if refinement == 1 else None)  # a correction's residual is rounding-sized
+            except IllConditionedError:
+                if refinement == 1:
+                    raise
+                break
+            solution, low_products = solution + correction, low_products + extra["iterations"]
+            residual = rhs - self.hvp(solution, stage)
+            relative = float(residual.norm()) / rhs_norm
+            if relative <= cfg.cg_tolerance:
+                return solution, {"iterations": low_products, "relative_residual": relative,
+                                  "float64_products": refinement, **info}
+        correction, extra = conjugate_gradient(lambda v: self.hvp(v, stage), residual,
+                                               cfg.cg_tolerance / relative, cfg.cg_max_iterations, stage,
+                                               precondition)
+        info["precision"] = "mixed, finished in float64 (float32 products could not reach cg_tolerance)"
+        return solution + correction, {"iterations": low_products + extra["iterations"], **info}
 
     def relative_residual(self, solution: torch.Tensor, rhs: torch.Tensor, stage: str) -> float | None:
         """``‖(H + δI)x − v‖/‖v‖`` (one product over the training set); None for EK-FAC, whose

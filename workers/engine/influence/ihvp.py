@@ -7,6 +7,12 @@ that names the stage and says what to change:
 - non-finite products or iterates: :class:`NonFiniteError`;
 - negative curvature, non-convergence or divergence: :class:`IllConditionedError` (the cure is
   the same in every case: more damping, or more iterations).
+
+Several solves with one matrix (a job's influences and frontier directions: seven on the Adult
+MLP) share CG's search directions through a :class:`KrylovBasis`: each solve starts from the
+Galerkin projection of its right-hand side onto the directions earlier solves explored and keeps
+its own directions A-orthogonal to them (deflated CG, Saad et al. 2000). The stopping rule is
+unchanged; on the Adult MLP the seven solves took 81 instead of 102 products.
 """
 
 from __future__ import annotations
@@ -22,6 +28,9 @@ from workers.engine.errors import IllConditionedError, NonFiniteError
 __all__ = [
     "LISSA_DIVERGENCE_FACTOR",
     "POWER_ITERATIONS",
+    "RECYCLE_DROP_TOLERANCE",
+    "RECYCLE_EIGEN_FLOOR",
+    "KrylovBasis",
     "MatVec",
     "conjugate_gradient",
     "lissa",
@@ -42,22 +51,119 @@ LISSA_DIVERGENCE_FACTOR = 10.0
 by this factor means an eigenvalue outside, i.e. exponential growth."""
 
 
+RECYCLE_DROP_TOLERANCE = 1e-4
+"""A direction whose A-norm² falls below this fraction of its own once the basis is projected out
+of it adds (almost) nothing new and is not kept: CG repeats directions once it loses conjugacy."""
+RECYCLE_EIGEN_FLOOR = 1e-10
+"""Eigenvalues of the kept directions' Gram matrix below this fraction of the largest are
+dropped from the basis: rounding error of ``AW`` grows as the inverse square root of the
+smallest kept one, so this caps it near 1e-11."""
+
+
 def _finite(tensor: torch.Tensor, stage: str, what: str) -> torch.Tensor:
     if not bool(torch.isfinite(tensor).all()):
         raise NonFiniteError(stage, what)
     return tensor
 
 
+def _residual_dot(residual: torch.Tensor, preconditioned: torch.Tensor, relative: float, stage: str) -> float:
+    """``rᵀM⁻¹r``, which CG divides by: positive unless the preconditioner (deflated) is not."""
+    dot = float(residual @ preconditioned)
+    if not dot > 0.0:
+        raise IllConditionedError(
+            f"stage '{stage}': conjugate gradient broke down (rᵀM⁻¹r = {dot:.3e} at relative residual "
+            f"{relative:.3e}): the preconditioner is not positive definite here; set "
+            "influence.cg_preconditioner_rows to 0 or raise influence.damping")
+    return dot
+
+
+class KrylovBasis:
+    """Search directions ``D`` of CG solves with one matrix A and their exact products ``AD``, so
+    later solves with A start where the earlier ones got (at most ``capacity`` directions:
+    2 × capacity × size floats).
+
+    The directions are kept as CG made them (scaled to unit A-norm), never orthogonalized in
+    place: CG's directions lose conjugacy in floating point, and Gram-Schmidt on stored products
+    compounds their rounding from one direction to the next (measured: 1e-14 to 1e-3 in 15
+    directions). The A-orthonormal basis ``W = Tᵀ D`` comes instead from the eigenvalues of the
+    small Gram matrix ``G = D A Dᵀ`` (``T = Q Λ^{-1/2}``, eigenvalues below
+    :data:`RECYCLE_EIGEN_FLOOR` of the largest dropped), so ``AW = Tᵀ AD`` is always one product
+    of exact ones. A direction that adds less than :data:`RECYCLE_DROP_TOLERANCE` of its A-norm²
+    to the span is not kept. Only valid for the matrix its directions were multiplied by: the
+    owner drops it when the parameters, weights or damping change.
+    """
+
+    def __init__(self, size: int, capacity: int, like: torch.Tensor) -> None:
+        self.capacity = capacity
+        self._directions = like.new_empty(capacity, size)
+        self._products = like.new_empty(capacity, size)
+        self._gram = like.new_zeros(capacity, capacity)
+        self._transform = like.new_zeros(0, 0)
+        self.count = 0
+
+    @property
+    def rank(self) -> int:
+        """Dimension of the span the basis holds (at most :attr:`count`)."""
+        return int(self._transform.shape[1])
+
+    def _combine(self, coefficients: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """``(T c)ᵀ rows``: the combination of the kept rows that basis coefficients c name."""
+        return (self._transform @ coefficients) @ rows[:self.count]
+
+    def start(self, rhs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x₀, r₀)``: the A-orthogonal projection ``x₀ = W Wᵀ b`` of the solution onto the
+        basis and its residual ``b − AW Wᵀ b``, with no product."""
+        coefficients = self._transform.T @ (self._directions[:self.count] @ rhs)
+        solution = self._combine(coefficients, self._directions)
+        return solution, rhs - self._combine(coefficients, self._products)
+
+    def deflate(self, vector: torch.Tensor) -> torch.Tensor:
+        """``z − W (AW)ᵀ z``: z with its A-projection onto the basis taken out."""
+        if not self.count:
+            return vector
+        coefficients = self._transform.T @ (self._products[:self.count] @ vector)
+        return vector - self._combine(coefficients, self._directions)
+
+    def extend(self, directions: list[torch.Tensor], products: list[torch.Tensor]) -> None:
+        """Add a solve's search directions with their products; those that add nothing new,
+        and those beyond the capacity, are dropped."""
+        for direction, product in zip(directions, products, strict=True):
+            if self.count == self.capacity:
+                return
+            norm = float(direction @ product)
+            if not (math.isfinite(norm) and norm > 0.0):
+                continue
+            direction, product = direction / math.sqrt(norm), product / math.sqrt(norm)
+            overlaps = self._products[:self.count] @ direction
+            novelty = 1.0 - float((self._transform.T @ overlaps).square().sum()) if self.count else 1.0
+            if novelty < RECYCLE_DROP_TOLERANCE:
+                continue
+            index = self.count
+            self._directions[index], self._products[index] = direction, product
+            self._gram[index, :index], self._gram[:index, index] = overlaps, overlaps
+            self._gram[index, index] = 1.0
+            self.count += 1
+            self._factor()
+
+    def _factor(self) -> None:
+        """``T = Q Λ^{-1/2}`` over the Gram matrix's eigenvalues above the floor."""
+        eigenvalues, eigenvectors = torch.linalg.eigh(self._gram[:self.count, :self.count])
+        keep = eigenvalues > RECYCLE_EIGEN_FLOOR * float(eigenvalues.max())
+        self._transform = eigenvectors[:, keep] / eigenvalues[keep].sqrt()
+
+
 def conjugate_gradient(
     matvec: MatVec, rhs: torch.Tensor, tolerance: float, max_iterations: int, stage: str,
-    preconditioner: MatVec | None = None,
+    preconditioner: MatVec | None = None, recycle: KrylovBasis | None = None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Solve ``A x = b`` for a symmetric positive-definite ``A`` given as a matvec.
 
     Stops when the recursive residual satisfies ``‖r‖ ≤ tolerance · ‖b‖``, starting from x = 0.
     With a ``preconditioner`` ``r ↦ M⁻¹ r`` (M symmetric positive definite, close to A) this is
     preconditioned CG: the same solution and stopping rule on the unpreconditioned residual, in
-    fewer products when M captures A's large eigenvalues.
+    fewer products when M captures A's large eigenvalues. With ``recycle`` (directions of earlier
+    solves with this A) it is deflated CG: it starts from the projection onto them, searches only
+    A-orthogonally to them, and adds its own directions to them when it converges.
 
     Args:
         matvec: ``v ↦ A v``.
@@ -66,26 +172,36 @@ def conjugate_gradient(
         max_iterations: most matvecs.
         stage: named in errors.
         preconditioner: ``r ↦ M⁻¹ r``, or None for plain CG.
+        recycle: directions of earlier solves with this A, extended by this one's; None for none.
 
     Returns:
-        The solution and ``{"iterations", "cg_relative_residual"}``.
+        The solution and ``{"iterations", "cg_relative_residual"}`` (plus ``recycled``, the
+        basis's size at the start, with ``recycle``).
 
     Raises:
         NonFiniteError: a product or iterate holds NaN/Inf.
         IllConditionedError: ``pᵀAp ≤ 0`` (A is not positive definite), or no convergence.
     """
-    solution = torch.zeros_like(rhs)
     rhs_norm = float(rhs.norm())
     if rhs_norm == 0.0:
-        return solution, {"iterations": 0, "cg_relative_residual": 0.0}
+        return torch.zeros_like(rhs), {"iterations": 0, "cg_relative_residual": 0.0}
+    basis = recycle if recycle is not None and recycle.count else None
+    extra: dict[str, Any] = {} if recycle is None else {"recycled": recycle.count}
+    solution, residual = (torch.zeros_like(rhs), rhs.clone()) if basis is None else basis.start(rhs)
+    relative = float(residual.norm()) / rhs_norm
+    if relative <= tolerance:
+        return solution, {"iterations": 0, "cg_relative_residual": relative, **extra}
     precondition = preconditioner or (lambda r: r)
-    residual = rhs.clone()
-    preconditioned = _finite(precondition(residual), stage, "the preconditioned residual in CG")
+    deflate = basis.deflate if basis is not None else (lambda z: z)
+    preconditioned = _finite(deflate(precondition(residual)), stage, "the preconditioned residual in CG")
     direction = preconditioned.clone()
-    residual_dot = float(residual @ preconditioned)
-    relative = 1.0
+    residual_dot = _residual_dot(residual, preconditioned, relative, stage)
+    searched: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
     for iteration in range(1, max_iterations + 1):
         product = _finite(matvec(direction), stage, "a Hessian-vector product in CG")
+        if recycle is not None and len(searched[0]) < recycle.capacity - recycle.count:
+            searched[0].append(direction)
+            searched[1].append(product)
         curvature = float(direction @ product)
         if curvature <= 0.0:
             raise IllConditionedError(
@@ -100,9 +216,11 @@ def conjugate_gradient(
         if not math.isfinite(relative):
             raise NonFiniteError(stage, "the CG residual")
         if relative <= tolerance:
-            return solution, {"iterations": iteration, "cg_relative_residual": relative}
-        preconditioned = _finite(precondition(residual), stage, "the preconditioned residual in CG")
-        new_dot = float(residual @ preconditioned)
+            if recycle is not None:
+                recycle.extend(*searched)
+            return solution, {"iterations": iteration, "cg_relative_residual": relative, **extra}
+        preconditioned = _finite(deflate(precondition(residual)), stage, "the preconditioned residual in CG")
+        new_dot = _residual_dot(residual, preconditioned, relative, stage)
         direction = preconditioned + (new_dot / residual_dot) * direction
         residual_dot = new_dot
     raise IllConditionedError(

@@ -9,6 +9,10 @@ pay only the last two per product: on the Adult MLP (8.8 k parameters, 30 k rows
 104 instead of 192 ms, with bit-identical results. The exact Hessian's product keeps the graph of
 the gradient the same way. Keeping costs memory, :data:`GRAPH_COPIES` activation widths per row,
 so the caller decides (:func:`kept_graph_bytes`).
+
+Every backward pass here takes a scalar (:func:`vector_jacobian_product`): handing
+``torch.autograd.grad`` a tensor of ``grad_outputs`` makes its first call import
+``torch.fx.experimental.symbolic_shapes`` and sympy, 0.5 s of a few-second job.
 """
 
 from __future__ import annotations
@@ -17,19 +21,32 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["GRAPH_COPIES", "ChunkProduct", "GaussNewtonGraph", "hessian_product", "kept_graph_bytes"]
+__all__ = ["GRAPH_COPIES", "ChunkProduct", "GaussNewtonGraph", "hessian_product", "kept_graph_bytes",
+           "vector_jacobian_product"]
 
 ChunkProduct = Callable[[torch.Tensor], torch.Tensor]
 """``v ↦`` one chunk's curvature-vector product (flat, float64)."""
 
 GRAPH_COPIES = 2
-"""float64 values a kept graph holds per row and per float of activation width (the layers'
-inputs and outputs): measured 0.7–1.4 on ReLU MLPs from 296 to 6,248 floats wide; 2 is margin."""
+"""Values a kept graph holds per row and per float of activation width (the layers' inputs and
+outputs): measured 0.7–1.4 on ReLU MLPs from 296 to 6,248 floats wide; 2 is margin."""
 
 
-def kept_graph_bytes(rows: int, width: int) -> int:
-    """Bytes the kept graphs of ``rows`` rows take for a network ``width`` floats of activation wide."""
-    return GRAPH_COPIES * rows * width * 8
+def kept_graph_bytes(rows: int, width: int, itemsize: int = 8) -> int:
+    """Bytes the kept graphs of ``rows`` rows take for a network ``width`` floats of activation
+    wide, in a dtype of ``itemsize`` bytes (float64 by default)."""
+    return GRAPH_COPIES * rows * width * itemsize
+
+
+def vector_jacobian_product(outputs: torch.Tensor, inputs: torch.Tensor, cotangent: torch.Tensor,
+                            retain_graph: bool | None = None, create_graph: bool = False) -> torch.Tensor:
+    """``∂(cotangentᵀ outputs)/∂inputs``: ``torch.autograd.grad(outputs, inputs, cotangent)`` with
+    the same numbers (the backward of the sum and product multiplies by exactly 1), taken as the
+    gradient of a scalar so torch does not load its symbolic-shape machinery. As there, the graph
+    is retained by default exactly when ``create_graph``."""
+    (gradient,) = torch.autograd.grad((outputs * cotangent).sum(), inputs, retain_graph=retain_graph,
+                                      create_graph=create_graph)
+    return gradient
 
 
 class GaussNewtonGraph:
@@ -42,21 +59,18 @@ class GaussNewtonGraph:
                  keep: bool) -> None:
         self.theta, self.logits, self.coefficients, self.keep = theta, logits, coefficients, keep
         self._dummy = torch.zeros_like(logits, requires_grad=True)
-        (self._transposed,) = torch.autograd.grad(logits, theta, grad_outputs=self._dummy, create_graph=True)
+        self._transposed = vector_jacobian_product(logits, theta, self._dummy, create_graph=True)
 
     def logit_jvp(self, vector: torch.Tensor) -> torch.Tensor:
         """``J v`` (one value per row), by the double-vjp trick."""
         with torch.enable_grad():
-            (forward,) = torch.autograd.grad(self._transposed, self._dummy, grad_outputs=vector,
-                                             retain_graph=self.keep)
-        return forward
+            return vector_jacobian_product(self._transposed, self._dummy, vector, retain_graph=self.keep)
 
     def __call__(self, vector: torch.Tensor) -> torch.Tensor:
         forward = self.logit_jvp(vector)
         with torch.enable_grad():
-            (out,) = torch.autograd.grad(self.logits, self.theta, grad_outputs=self.coefficients * forward,
-                                         retain_graph=self.keep)
-        return out
+            return vector_jacobian_product(self.logits, self.theta, self.coefficients * forward,
+                                           retain_graph=self.keep)
 
 
 def hessian_product(theta: torch.Tensor, gradient: torch.Tensor, keep: bool) -> ChunkProduct:
@@ -64,6 +78,5 @@ def hessian_product(theta: torch.Tensor, gradient: torch.Tensor, keep: bool) -> 
     ``create_graph`` from the leaf ``theta``; with ``keep`` its graph survives every call."""
     def product(vector: torch.Tensor) -> torch.Tensor:
         with torch.enable_grad():
-            (out,) = torch.autograd.grad(gradient, theta, grad_outputs=vector, retain_graph=keep)
-        return out
+            return vector_jacobian_product(gradient, theta, vector, retain_graph=keep)
     return product
