@@ -705,7 +705,9 @@ class FullInfluence:
         size = self.config.chunk_size
         factor = torch.cat([self._logit_jacobian(index[start:start + size])
                             for start in range(0, int(index.shape[0]), size)])
-        self._sketch = RowSketch.build(scale.unsqueeze(1) * factor, shift, stage, started)
+        low = self.config.cg_precision == "mixed"
+        self._sketch = RowSketch.build(scale.unsqueeze(1) * factor, shift, stage, started,
+                                       LOW_PRECISION if low else torch.float64)
         return self._sketch
 
     def hvp(self, vector: torch.Tensor, stage: str = "hvp") -> torch.Tensor:
