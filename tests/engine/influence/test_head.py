@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -11,11 +13,14 @@ from workers.engine.config import MethodConfig
 from workers.engine.errors import IllConditionedError, NonFiniteError
 from workers.engine.examples.common import ExampleInfo
 from workers.engine.influence.head import (
+    HESSIAN_REUSE_MAX_LOGIT_CHANGE,
     HeadProblem,
     factorize,
     fit_head,
     hessian,
+    hessian_factor,
     influences,
+    max_logit_change,
     tilt_at,
     weighted_gradient_sum,
 )
@@ -235,3 +240,40 @@ def test_one_pass_serves_every_trial_step_and_every_influence() -> None:
     for column in range(2):
         torch.testing.assert_close(both[:, column], influences(problem, theta, directions[:, column]),
                                    rtol=1e-12, atol=1e-14)
+
+
+def _logistic_problem(n: int = 400, d: int = 5, seed: int = 2) -> HeadProblem:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d))
+    y = (rng.random(n) < 1 / (1 + np.exp(-x @ rng.normal(size=d)))).astype(np.float64)
+    return HeadProblem(_design(x), torch.from_numpy(y), l2_reg=1.0)
+
+
+@pytest.mark.parametrize(("shift", "reused"), [(1e-7, True), (1e-3, False)])
+def test_a_factor_serves_parameters_that_barely_move_the_logits(shift: float, reused: bool) -> None:
+    problem = _logistic_problem()
+    ones = torch.ones(problem.n, dtype=torch.float64)
+    theta = _fit(problem, ones)
+    first = hessian_factor(problem, theta, ones, "test")
+    direction = torch.linspace(-1.0, 1.0, problem.width, dtype=torch.float64)
+    moved = theta + shift * direction / max_logit_change(problem, direction, torch.zeros_like(direction))
+    assert max_logit_change(problem, moved, theta) == pytest.approx(shift)
+    again = hessian_factor(problem, moved, ones, "test", HESSIAN_REUSE_MAX_LOGIT_CHANGE)
+    assert (again is first) == reused
+    # Within the bound, the old factor's solve is the new Hessian's to e^Δ − 1 in its norm.
+    fresh = factorize(hessian(problem, moved, ones), "test")
+    rhs = torch.linspace(0.5, 2.0, problem.width, dtype=torch.float64)
+    error = first.solve(rhs, "test") - fresh.solve(rhs, "test")
+    matrix = hessian(problem, moved, ones)
+    relative = float(torch.sqrt(error @ matrix @ error) / torch.sqrt(fresh.solve(rhs, "test") @ rhs))
+    assert relative <= (math.exp(shift) - 1.0) * 1.01
+
+
+def test_a_factor_is_never_reused_for_other_weights() -> None:
+    problem = _logistic_problem()
+    ones = torch.ones(problem.n, dtype=torch.float64)
+    theta = _fit(problem, ones)
+    first = hessian_factor(problem, theta, ones, "test")
+    other = ones.clone()
+    other[0] = 0.0
+    assert hessian_factor(problem, theta, other, "test", HESSIAN_REUSE_MAX_LOGIT_CHANGE) is not first

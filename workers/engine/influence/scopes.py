@@ -14,6 +14,7 @@ import torch
 
 from workers.engine.config import CorrectionSpec, MethodConfig
 from workers.engine.influence.head import (
+    HESSIAN_REUSE_MAX_LOGIT_CHANGE,
     HeadProblem,
     HessianFactor,
     fit_head,
@@ -153,11 +154,15 @@ class HeadScope:
         return self._utility.evaluate(self.theta)
 
     def prepare(self) -> dict[str, Any]:
-        """Cholesky-factorize the damped Hessian at the current head and weights."""
-        return {"solver": "cholesky", **self._compute_factor().describe()}
+        """Cholesky-factorize the damped Hessian at the current head and weights (or reuse the
+        polish's, when it is as good: :data:`HESSIAN_REUSE_MAX_LOGIT_CHANGE`)."""
+        built = self.problem.grams
+        factor = self._compute_factor()
+        return {"solver": "cholesky", **factor.describe(), "hessian_reused": self.problem.grams == built}
 
     def _compute_factor(self) -> HessianFactor:
-        self._factor = hessian_factor(self.problem, self.theta, self.weights, "influence")
+        self._factor = hessian_factor(self.problem, self.theta, self.weights, "influence",
+                                      HESSIAN_REUSE_MAX_LOGIT_CHANGE)
         return self._factor
 
     def _require_factor(self) -> HessianFactor:
