@@ -44,7 +44,7 @@ from torch.nn import functional as F
 from workers.engine.config import InfluenceConfig
 from workers.engine.errors import IllConditionedError, InputError, NonFiniteError
 from workers.engine.influence.head import HessianFactor, factorize
-from workers.engine.influence.ihvp import KrylovBasis, conjugate_gradient, lissa, top_eigenvalue
+from workers.engine.influence.ihvp import KrylovBasis, MatVec, conjugate_gradient, lissa, top_eigenvalue
 from workers.engine.influence.kfac import EKFACFactor, build_ekfac, ekfac_factor_entries, ekfac_layers
 from workers.engine.influence.per_sample import linear_logit_gradients
 from workers.engine.influence.products import (
@@ -220,8 +220,9 @@ def estimate_memory_bytes(n: int, parameters: int, config: InfluenceConfig, widt
     logit gradients while it is built). ``factor_entries`` counts EK-FAC's Kronecker factors,
     eigenbases and eigenvalues
     (:func:`workers.engine.influence.kfac.ekfac_factor_entries`). ``profile`` is what ``solver:
-    auto`` chooses by (:func:`choose_solver`). Not counted: the training data, and the product
-    graphs :class:`FullInfluence` keeps only where they fit beside this estimate.
+    auto`` chooses by (:func:`choose_solver`). Not counted: the training data, and what
+    :class:`FullInfluence` keeps only where it fits beside this estimate (the product graphs,
+    CG's recycled directions).
     """
     rows = min(n, config.chunk_size)
     total = 32 * parameters * 8 + 4 * n * 8 + ACTIVATION_COPIES * rows * width * 8
@@ -849,6 +850,13 @@ class FullInfluence:
             solution, extra = conjugate_gradient(lambda v: self.hvp(v, stage), rhs, cfg.cg_tolerance,
                                                  cfg.cg_max_iterations, stage, precondition, self._recycled())
             return solution, {**extra, **info}
+        return self._mixed_precision_cg(rhs, stage, precondition, info)
+
+    def _mixed_precision_cg(self, rhs: torch.Tensor, stage: str, precondition: MatVec | None,
+                            info: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Iterative refinement of float32-product CG runs against float64 residuals (see
+        :meth:`_conjugate_gradient`)."""
+        cfg = self.config
         rhs_norm = float(rhs.norm())
         solution, residual, relative, low_products = torch.zeros_like(rhs), rhs, 1.0, 0
         basis = self._recycled()
