@@ -4,28 +4,19 @@ parameters, weights and damping, and dropped when they move."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from torch import nn
 
+from tests.engine.influence.problems import Problem, random_problem
 from workers.engine.config import InfluenceConfig
 from workers.engine.influence.full import FullInfluence
-from workers.engine.io.architecture import ArchSpec
-from workers.engine.models.training import build_model
 
 N = 600
-Problem = tuple[nn.Module, torch.Tensor, torch.Tensor]
 
 
 @pytest.fixture(scope="module")
 def problem() -> Problem:
-    torch.manual_seed(0)
-    network = build_model(ArchSpec(6, (16, 8)))
-    rng = np.random.default_rng(0)
-    features = torch.from_numpy(rng.normal(size=(N, 6)))
-    labels = torch.from_numpy((rng.random(N) < 0.4).astype(np.float64))
-    return network, features, labels
+    return random_problem(N, (16, 8))
 
 
 def _engine(problem: Problem, **overrides: object) -> FullInfluence:

@@ -4,28 +4,21 @@ CG's float32 graphs and recycled directions)."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from tests.engine.influence.problems import random_problem
 from workers.engine.config import InfluenceConfig
 from workers.engine.influence.full import GIB, FullInfluence, estimate_memory_bytes
 from workers.engine.influence.products import kept_graph_bytes
-from workers.engine.io.architecture import ArchSpec
-from workers.engine.models.training import build_model
 
 N = 300
 
 
 @pytest.fixture(scope="module")
 def problem() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    torch.manual_seed(0)
-    network = build_model(ArchSpec(6, (8, 4)))
-    rng = np.random.default_rng(0)
-    features = torch.from_numpy(rng.normal(size=(N, 6)))
-    labels = torch.from_numpy((rng.random(N) < 0.4).astype(np.float64))
-    return network, features, labels
+    return random_problem(N, (8, 4))
 
 
 def _influence(problem: tuple[nn.Module, torch.Tensor, torch.Tensor], curvature: str,
