@@ -80,6 +80,16 @@ def test_a_job_on_tensor_datasets_imports_neither_pandas_nor_scipy(tmp_path: Pat
     assert modules.isdisjoint({"pandas", "scipy"}), sorted(modules & {"pandas", "scipy"})
 
 
+def test_a_job_on_plain_parquet_tables_imports_no_pandas(tmp_path: Path) -> None:
+    """Parquet tables whose label, sensitive and reference columns are plain (numbers, strings)
+    are read and checked with pyarrow alone: the whole job never imports pandas."""
+    example = write_small_example(tmp_path / "small", reference_logits=True)
+    exit_code, modules = imported(example.args(tmp_path / "out", "--objective", "demographic_parity"))
+    assert exit_code in (0, 3)
+    assert (tmp_path / "out" / "report.html").is_file()
+    assert "pandas" not in modules
+
+
 def test_a_full_scope_job_never_loads_torch_dynamo_or_sympy(tmp_path: Path) -> None:
     """torch.func's grad and vjp, and losses under its jvp, import torch._dynamo and sympy on first
     use (1.5 s, a tenth of the Adult full-scope job), and ``autograd.grad`` with tensor

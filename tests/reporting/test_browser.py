@@ -4,6 +4,7 @@ whole page is written next to it."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,16 @@ Array.from(document.querySelectorAll('svg')).map((svg) => {
   });
   return {figure: svg.closest('figure') ? svg.closest('figure').id : null, width: box.width,
           height: box.height, paths: svg.querySelectorAll('path').length, drawn: drawn.length};
+})
+"""
+TEXTS_OUTSIDE_THEIR_SVG = """
+Array.from(document.querySelectorAll('figure.plot svg')).flatMap((svg) => {
+  const box = svg.getBoundingClientRect();
+  return Array.from(svg.querySelectorAll('text')).filter((text) => {
+    const b = text.getBoundingClientRect();
+    return b.width > 0 && (b.left < box.left - 1 || b.right > box.right + 1 || b.top < box.top - 1
+                           || b.bottom > box.bottom + 1);
+  }).map((text) => svg.closest('figure').id + ': ' + text.textContent);
 })
 """
 COUNT_FRONTIER_MARKERS = """
@@ -73,3 +84,18 @@ def test_the_page_loads_offline_without_errors_and_draws_every_plot(
 
     assert requested_urls(browser.events, session) == [page.as_uri()]
     assert console_errors(browser.events, session) == []
+
+
+@pytest.mark.timeout(120)
+def test_no_plot_text_runs_out_of_its_plot(browser: DevTools, adult_report: dict[str, Any],
+                                           tmp_path: Path) -> None:
+    """As the browser lays the text out, with a group name far longer than the plot's margin."""
+    report = copy.deepcopy(adult_report)
+    long_name = "Native Hawaiian or Other Pacific Islander, self-described (a long group name)"
+    for stage in ("before", "after"):
+        for split in report[stage].values():
+            split["groups"] = {long_name if k == "Female" else k: v for k, v in split["groups"].items()}
+    page = tmp_path / "report.html"
+    page.write_text(render_html(report), encoding="utf-8")
+    session = open_page(browser, page.as_uri())
+    assert evaluate(browser, session, TEXTS_OUTSIDE_THEIR_SVG) == []

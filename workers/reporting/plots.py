@@ -1,8 +1,10 @@
 """The report's plots as SVG text to inline into the HTML page.
 
 Figures are drawn with :class:`matplotlib.figure.Figure` directly (no pyplot, no global figure
-state) and written by the SVG backend with text kept as text (``svg.fonttype = "none"``), a fixed
-hash salt and no date, so the same report gives byte-identical SVG. :func:`inline_svg` strips
+state), at 72 dpi with margins from their texts' extents (:mod:`workers.reporting.layout`, not
+constrained layout: half the time) and written by the SVG backend with text kept as text
+(``svg.fonttype = "none"``), a fixed hash salt and no date, so the same report gives
+byte-identical SVG. :func:`inline_svg` strips
 the XML prolog, doctype, metadata and namespace declarations and prefixes every ``id`` (and every
 reference to one) with the plot's name, so several plots can share one page without id clashes:
 an artist drawn with ``gid="soft"`` in the ``frontier`` plot is ``<g id="frontier-soft">`` in the
@@ -23,6 +25,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from matplotlib.typing import RcKeyType
+
+from workers.reporting.layout import DPI, fit_row
 
 __all__ = ["RATES", "frontier_svg", "group_bars_svg", "inline_svg", "predicted_svg", "weights_svg"]
 
@@ -80,6 +84,8 @@ def inline_svg(svg: str, prefix: str) -> str:
 
 
 def _render(fig: Figure, prefix: str) -> str:
+    """``fig`` laid out (:func:`~workers.reporting.layout.fit_row`) and inlined under ``prefix``."""
+    fit_row(fig, fig.axes)
     buffer = io.StringIO()
     fig.savefig(buffer, format="svg", metadata=_METADATA)
     return inline_svg(buffer.getvalue(), prefix)
@@ -153,7 +159,7 @@ def frontier_svg(report: Mapping[str, Any], split: str, frontier: Sequence[Mappi
     metric = str(report["target"]["hard_metric"])
     cis = (report.get("confidence") or {}).get(split) or {}
     with matplotlib.rc_context(_RC):
-        fig = Figure(figsize=(WIDTH_IN, 4.4), layout="constrained")
+        fig = Figure(figsize=(WIDTH_IN, 4.4), dpi=DPI)
         ax = fig.add_subplot()
         soft = _frontier_series(frontier, split, metric, "reduction")
         hard = _frontier_series(frontier, split, metric, "k_fraction")
@@ -172,7 +178,7 @@ def frontier_svg(report: Mapping[str, Any], split: str, frontier: Sequence[Mappi
         direction = "higher is more robust →" if metric == "robust_accuracy" else "← smaller gap is fairer"
         ax.set_xlabel(f"{_metric_label(metric)} on {split}   ({direction})")
         ax.set_ylabel(f"accuracy on {split}")
-        fig.legend(loc="outside lower center", ncols=2, frameon=False)
+        fig.legend(loc="lower center", ncols=2, frameon=False)
         return _render(fig, "frontier")
 
 
@@ -198,7 +204,7 @@ def group_bars_svg(before: Mapping[str, Any], after: Mapping[str, Any], split: s
     labels = [f"{group} (n={(before.get(group) or after.get(group) or {}).get('n', '?')})"
               for group in groups]
     with matplotlib.rc_context(_RC):
-        fig = Figure(figsize=(WIDTH_IN, 1.3 + 0.5 * len(groups)), layout="constrained")
+        fig = Figure(figsize=(WIDTH_IN, 1.3 + 0.5 * len(groups)), dpi=DPI)
         axes = fig.subplots(1, len(RATES), sharey=True, squeeze=False)[0]
         for ax, (key, title) in zip(axes, RATES, strict=True):
             _stage_bars(ax, groups, before, key, -0.2, BEFORE, "before")
@@ -210,7 +216,7 @@ def group_bars_svg(before: Mapping[str, Any], after: Mapping[str, Any], split: s
         axes[0].set_yticks(range(len(groups)), labels)
         axes[0].invert_yaxis()
         handles, names = axes[0].get_legend_handles_labels()
-        fig.legend(handles, names, loc="outside lower center", ncols=2, frameon=False)
+        fig.legend(handles, names, loc="lower center", ncols=2, frameon=False)
         return _render(fig, f"groups-{split}")
 
 
@@ -219,7 +225,7 @@ def weights_svg(edges: Sequence[float], counts: Sequence[int]) -> str:
     (unchanged) and 0 (removed) marked."""
     widths = [high - low for low, high in itertools.pairwise(edges)]
     with matplotlib.rc_context(_RC):
-        fig = Figure(figsize=(WIDTH_IN, 3.2), layout="constrained")
+        fig = Figure(figsize=(WIDTH_IN, 3.2), dpi=DPI)
         ax = fig.add_subplot()
         bars = ax.bar(list(edges[:-1]), list(counts), width=widths, align="edge", color=AFTER,
                       edgecolor="white", linewidth=0.4)
@@ -259,7 +265,7 @@ def predicted_svg(iterations: Sequence[Mapping[str, Any]]) -> str:
     """Predicted against realized audit target and utility (log-loss) change, one point per
     tracking iteration (gids ``target`` and ``utility``), numbered by iteration."""
     with matplotlib.rc_context(_RC):
-        fig = Figure(figsize=(WIDTH_IN, 3.3), layout="constrained")
+        fig = Figure(figsize=(WIDTH_IN, 3.3), dpi=DPI)
         target_ax, utility_ax = fig.subplots(1, 2)
         _changes(target_ax, iterations, "target", AFTER, "audit target (surrogate) change")
         _changes(utility_ax, iterations, "utility", BEFORE, "audit log-loss change")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import decimal
 from pathlib import Path
 
 import numpy as np
@@ -85,3 +86,21 @@ def test_load_dataset_keeps_the_labels_and_groups(tmp_path: Path) -> None:
                                              (np.float64, np.float64), (np.float16, np.float32)])
 def test_feature_dtype(given: type | None, held: type) -> None:
     assert feature_dtype(given) == np.dtype(held)
+
+
+@pytest.mark.parametrize("array", [
+    pa.array(np.arange(-5, 20, dtype=np.int16)),
+    pa.array(np.arange(25, dtype=np.uint64) * np.uint64(2**59)),
+    pa.array(np.linspace(-1, 1, 25).astype(np.float16)),
+    pa.array(np.linspace(-1, 1, 25)),
+    pa.array(np.arange(25) % 3 == 0),
+    pa.array([decimal.Decimal("1.5")] * 25),
+])
+@pytest.mark.parametrize(("offset", "length"), [(0, 25), (3, 13), (9, 0)])
+def test_numpy_values_are_those_of_to_numpy(array: pa.Array, offset: int, length: int) -> None:
+    """Numbers and booleans, sliced at any offset (booleans at bits within a byte), as
+    ``to_numpy`` gives them: the same dtype and values."""
+    part = array.slice(offset, length)
+    values, expected = feature_matrix.numpy_values(part), part.to_numpy(zero_copy_only=False)
+    assert values.dtype == expected.dtype and values.shape == expected.shape
+    assert values.tolist() == expected.tolist()

@@ -19,6 +19,7 @@ from workers.engine.errors import DatasetError
 from workers.engine.io.feature_matrix import (
     RowTransform,
     feature_dtype,
+    numpy_values,
     read_csv_features,
     read_parquet_features,
 )
@@ -27,7 +28,8 @@ from workers.engine.io.tensor_datasets import is_tensor_dataset, read_tensor_dat
 
 if TYPE_CHECKING:
     import pandas as pd
-# pandas is imported where a table is read (about a second): tensor datasets never need it.
+# pandas is imported where a CSV or an unusual Parquet column is read (about a second): tensor
+# datasets and plain Parquet columns never need it.
 
 __all__ = [
     "Dataset",
@@ -245,13 +247,135 @@ def _groups(series: pd.Series, dataset: str) -> np.ndarray:
     return series.astype(str).to_numpy(dtype=object)
 
 
-def _read_others(path: Path, columns: list[str]) -> pd.DataFrame:
-    """The label, sensitive and reference columns (few, small) as a frame."""
+@dataclass(frozen=True)
+class _Others:
+    """The label, sensitive and reference columns as a :class:`Dataset` holds them."""
+
+    labels: np.ndarray
+    sensitive: dict[str, np.ndarray]
+    reference: np.ndarray | None
+
+
+def _plain_values(column: pa.ChunkedArray) -> np.ndarray | None:
+    """A null-free integer, floating or boolean column as numpy values; None for any other."""
+    kind = column.type
+    if column.null_count or not (pa.types.is_integer(kind) or pa.types.is_floating(kind)
+                                 or pa.types.is_boolean(kind)):
+        return None
+    return numpy_values(column.combine_chunks())
+
+
+def _arrow_labels(column: pa.ChunkedArray) -> np.ndarray | None:
+    """What :func:`_binary_labels` returns for a column that holds only 0 and 1 (False and True);
+    None for anything else."""
+    values = _plain_values(column)
+    if values is None:
+        return None
+    labels = np.array(values, dtype=np.float64)
+    return labels if np.isin(labels, (0.0, 1.0)).all() else None
+
+
+def _arrow_reference(column: pa.ChunkedArray) -> np.ndarray | None:
+    """What :func:`_numeric_features` returns for a finite numeric reference column; None for
+    anything else."""
+    values = _plain_values(column)
+    if values is None:
+        return None
+    logits = np.array(values, dtype=np.float64)
+    return logits if np.isfinite(logits).all() else None
+
+
+def _as_strings(values: np.ndarray) -> np.ndarray:
+    """``str`` of each value as an object array, one string object per distinct value."""
+    distinct, codes = np.unique(values, return_inverse=True)
+    return np.array([str(value) for value in distinct], dtype=object)[codes.reshape(-1)]
+
+
+def _decoded(array: pa.DictionaryArray) -> np.ndarray | None:
+    """A dictionary array of strings decoded to an object array, one string object per distinct
+    value (as pandas' conversion shares them); None where the dictionary holds nulls."""
+    if array.dictionary.null_count:
+        return None
+    return np.take(np.array(array.dictionary.to_pylist(), dtype=object), numpy_values(array.indices))
+
+
+def _is_string(kind: pa.DataType) -> bool:
+    """Whether ``kind`` is an Arrow string type (32- or 64-bit offsets)."""
+    return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind))
+
+
+def _arrow_groups(column: pa.ChunkedArray) -> np.ndarray | None:
+    """What :func:`_groups` returns for a null-free string, dictionary-of-string, integer, boolean
+    or integral finite floating column; None for anything else (so that the pandas path words any
+    error)."""
+    kind = column.type
+    if column.null_count:
+        return None
+    if _is_string(kind):
+        return _decoded(column.combine_chunks().dictionary_encode())
+    if pa.types.is_dictionary(kind):
+        return _decoded(column.combine_chunks()) if _is_string(kind.value_type) else None
+    values = _plain_values(column)
+    if values is None:
+        return None
+    if values.dtype.kind == "f":
+        values = values.astype(np.float64)
+        if not (np.isfinite(values).all() and (values == np.round(values)).all()
+                and np.abs(values).max(initial=0.0) < 2.0**63):
+            return None
+        values = values.astype(np.int64)
+    return _as_strings(values)
+
+
+def _arrow_others(table: pa.Table, schema: DatasetSchema) -> _Others | None:
+    """The label, sensitive and reference columns of ``table`` converted without pandas, where
+    every one of them is of a plain type and valid; None otherwise."""
+    reference = None
+    if schema.reference_logits is not None:
+        reference = _arrow_reference(table.column(schema.reference_logits))
+        if reference is None:
+            return None
+    labels = _arrow_labels(table.column(schema.label))
+    if labels is None:
+        return None
+    sensitive = {}
+    for col in schema.sensitive:
+        groups = _arrow_groups(table.column(col))
+        if groups is None:
+            return None
+        sensitive[col] = groups
+    return _Others(labels, sensitive, reference)
+
+
+def _frame_others(frame: pd.DataFrame, schema: DatasetSchema, name: str) -> _Others:
+    """The label, sensitive and reference columns of ``frame``, checked as pandas sees them."""
+    reference = None
+    if schema.reference_logits is not None:
+        reference = _numeric_features(frame, [schema.reference_logits], name).reshape(-1)
+    labels = _binary_labels(frame[schema.label], name)
+    return _Others(labels, {col: _groups(frame[col], name) for col in schema.sensitive}, reference)
+
+
+def _read_others(path: Path, schema: DatasetSchema) -> _Others | pd.DataFrame:
+    """The label, sensitive and reference columns (few, small): converted straight from Arrow
+    where they are plain and valid; else (CSV, other types, bad values) as a frame for the pandas
+    checks, so that every error reads as it always has. ``ParquetFile``, not ``read_table``:
+    that goes through pyarrow.dataset, which imports pandas (about half a second)."""
+    columns = [schema.label, *schema.sensitive,
+               *((schema.reference_logits,) if schema.reference_logits else ())]
+    if _is_parquet(path):
+        with pq.ParquetFile(path) as handle:
+            table = handle.read(columns=columns, use_threads=False)
+        converted = _arrow_others(table, schema)
+        return converted if converted is not None else cast("pd.DataFrame", table.to_pandas())
     import pandas as pd
 
-    if _is_parquet(path):
-        return cast(pd.DataFrame, pq.read_table(path, columns=columns).to_pandas())
     return pd.read_csv(path, usecols=columns, low_memory=False)
+
+
+def _rows(others: _Others | pd.DataFrame) -> int:
+    """Rows of what :func:`_read_others` returned."""
+    return int(others.labels.shape[0]) if isinstance(others, _Others) else len(others)
 
 
 def _read_features(path: Path, names: list[str], dtype: np.dtype, name: str,
@@ -277,11 +401,10 @@ def load_dataset(path: str | Path, schema: DatasetSchema, name: str = "dataset",
     features = resolve_features(read_columns(path), schema)
     if not features:
         raise DatasetError(f"{name}: no feature columns left after the label and sensitive ones")
-    reference_column = (schema.reference_logits,) if schema.reference_logits else ()
-    others = [schema.label, *schema.sensitive, *reference_column]
     try:
-        frame = _read_others(path, others)
-        if len(frame) == 0:
+        others = _read_others(path, schema)
+        rows = _rows(others)
+        if rows == 0:
             raise DatasetError(f"{name}: the file has no rows")
         matrix = _read_features(path, features, wanted, name, transform)
     except (OSError, ValueError, UnicodeDecodeError, pa.ArrowException) as exc:
@@ -289,19 +412,18 @@ def load_dataset(path: str | Path, schema: DatasetSchema, name: str = "dataset",
             raise
         raise DatasetError(f"{path.name} is neither a readable Parquet file nor a CSV with a "
                            f"header row: {exc}") from exc
-    if matrix.shape[0] != len(frame):
+    if matrix.shape[0] != rows:
         raise DatasetError(f"{name}: the feature columns have {matrix.shape[0]} rows but the label has "
-                           f"{len(frame)}")
-    reference = None
-    if schema.reference_logits is not None:
-        reference = _numeric_features(frame, [schema.reference_logits], name).reshape(-1)
+                           f"{rows}")
+    if not isinstance(others, _Others):
+        others = _frame_others(others, schema, name)
     return Dataset(
         name=name,
         feature_names=tuple(features),
         features=matrix,
-        labels=_binary_labels(frame[schema.label], name),
-        sensitive={col: _groups(frame[col], name) for col in schema.sensitive},
-        reference_logits=reference,
+        labels=others.labels,
+        sensitive=others.sensitive,
+        reference_logits=others.reference,
         reference_column=schema.reference_logits,
         embedded=transform is not None,
     )

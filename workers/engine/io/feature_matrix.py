@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
 import pyarrow as pa
@@ -24,8 +24,8 @@ import pyarrow.parquet as pq
 
 from workers.engine.errors import DatasetError
 
-__all__ = ["BATCH_ROWS", "RowTransform", "check_finite_rows", "feature_dtype", "read_csv_features",
-           "read_parquet_features", "transform_rows"]
+__all__ = ["BATCH_ROWS", "RowTransform", "check_finite_rows", "feature_dtype", "numpy_values",
+           "read_csv_features", "read_parquet_features", "transform_rows"]
 
 BATCH_ROWS = 65_536
 """Rows per record batch or CSV chunk (at 512 float64 columns, 268 MB of decoded values)."""
@@ -74,6 +74,25 @@ def check_finite_rows(values: np.ndarray, names: Sequence[str], dataset: str) ->
     raise DatasetError(f"{dataset}: NaN or Inf in feature column(s) {cols[:10]}; impute or drop those rows")
 
 
+def numpy_values(array: pa.Array) -> np.ndarray:
+    """A null-free Arrow array as numpy values, integers and floats without a copy (read-only).
+
+    Not ``Array.to_numpy``: it sets up pyarrow's pandas support first, importing pandas (about
+    half a second). Booleans are unpacked from their bits; other types (decimals) do go through
+    ``to_numpy``.
+    """
+    kind = array.type
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind):
+        return np.from_dlpack(array)
+    if pa.types.is_boolean(kind):
+        if len(array) == 0:
+            return np.zeros(0, dtype=bool)
+        bits = np.unpackbits(np.frombuffer(array.buffers()[1], dtype=np.uint8),
+                             count=array.offset + len(array), bitorder="little")
+        return bits[array.offset:].astype(bool)
+    return cast(np.ndarray, array.to_numpy(zero_copy_only=False))
+
+
 def _numeric(field: pa.Field) -> bool:
     kind = field.type
     if pa.types.is_dictionary(kind):
@@ -111,7 +130,7 @@ def read_parquet_features(path: Path, names: list[str], dtype: np.dtype, dataset
             if column.null_count:
                 raise DatasetError(f"{dataset}: NaN or Inf in feature column(s) {[name]}; impute or drop "
                                    "those rows")
-            block[:, j] = column.to_numpy(zero_copy_only=False)
+            block[:, j] = numpy_values(column)
         check_finite_rows(block, names, dataset)
         if transform is not None:
             out[start:stop] = transform(block)
