@@ -15,6 +15,7 @@ from typing import Any, get_args
 from workers.cli.arguments import add_column_arguments, add_input_files, missing_columns, overlay_columns
 from workers.cli.exit_codes import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, EXIT_TARGET_MISSED
 from workers.cli.gates import METRICS, apply_gates, format_gates, gate_argument
+from workers.cli.heap import imports_outside_the_collector
 from workers.engine.config import CorrectionSpec, MethodName, Metric, Scheme, Solver, spec_from_dict
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_INTERNAL", "EXIT_OK", "EXIT_TARGET_MISSED", "register", "spec_from_args"]
@@ -227,13 +228,14 @@ def _preflight(args: argparse.Namespace) -> None:
 
 def _correct(args: argparse.Namespace) -> int:
     _preflight(args)
-    from workers.cli.inputs import schema_from_args
-    from workers.engine.evaluation.report import format_summary
-    from workers.engine.io.architecture import load_arch
-    from workers.engine.io.memory_plan import default_memory_budget, parse_bytes
-    from workers.engine.models.head_model import pick_device
-    from workers.engine.pipeline import load_inputs, run_correction, train_embedding
-    from workers.reporting.outputs import write_outputs
+    with imports_outside_the_collector(getattr(args, "own_process", False)):
+        from workers.cli.inputs import schema_from_args
+        from workers.engine.evaluation.report import format_summary
+        from workers.engine.io.architecture import load_arch
+        from workers.engine.io.memory_plan import default_memory_budget, parse_bytes
+        from workers.engine.models.head_model import pick_device
+        from workers.engine.pipeline import load_inputs, run_correction, train_embedding
+        from workers.reporting.outputs import write_outputs
 
     if args.threads:
         from workers.threads import limit_threads

@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
     args = build_parser().parse_args(argv)
+    args.own_process = argv is None  # the process is this command (workers.cli.heap)
     why = missing_extra(args.command)
     if why is not None:
         print(f"error: {why}", file=sys.stderr)
