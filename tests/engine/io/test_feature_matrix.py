@@ -27,8 +27,10 @@ def _frame(n: int = 300, seed: int = 0) -> pd.DataFrame:
 
 @pytest.fixture()
 def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Batches of 64 rows, so that a 300-row file takes several batches and a partial one."""
+    """Batches of 64 rows, so that a 300-row file takes several batches and a partial one, and
+    Parquet reads of two 50-row columns, so that a row group is read in several column groups."""
     monkeypatch.setattr(feature_matrix, "BATCH_ROWS", 64)
+    monkeypatch.setattr(feature_matrix, "READ_BYTES", 2 * 50 * 8)
 
 
 @pytest.mark.usefixtures("small_batches")
