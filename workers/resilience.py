@@ -39,6 +39,9 @@ STILL_DOWN_LOG_INTERVAL_S = 60.0
 """During an outage, at most one "still unreachable" line this often."""
 PUBSUB_RETRY_S = 2.0
 """Wait of the command channel's thread between reconnection attempts (RQ's own)."""
+PUBSUB_POLL_S = 0.25
+"""Longest wait of the command channel's thread for a message or a subscription, hence for a
+stop to reach it (RQ's is 60 s)."""
 _SLICE_S = 0.2
 """Waits sleep in slices this long so that a stop request ends them promptly."""
 log = logging.getLogger("rq.worker")  # the worker's own logger: RQ gives it the worker's handlers
@@ -161,6 +164,18 @@ class ResilientWorker(Worker):
             return
         self.outage.failed(exc, "listening for commands")
         time.sleep(PUBSUB_RETRY_S)
+
+    def subscribe(self) -> None:
+        """RQ's subscription to the worker's command channel, its thread polling every
+        :data:`PUBSUB_POLL_S` instead of RQ's 60 s: once unsubscribed, redis-py's thread waits
+        its whole poll for a subscription before it sees the stop, RQ's join gives up after 1 s,
+        and closing the channel then waited for the thread: a burst worker took a minute to exit
+        (seen in the test suite)."""
+        self.log.info("Worker %s: subscribing to channel %s", self.name, self.pubsub_channel_name)
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(  # type: ignore[assignment]  # RQ annotates it None
+            sleep_time=PUBSUB_POLL_S, daemon=True, exception_handler=self._pubsub_exception_handler)
 
     # --- the idle loop ---------------------------------------------------------------------
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
