@@ -7,6 +7,7 @@ value is a group) and are not features unless the schema lists them in ``feature
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -265,24 +266,25 @@ def _plain_values(column: pa.ChunkedArray) -> np.ndarray | None:
     return numpy_values(column.combine_chunks())
 
 
-def _arrow_labels(column: pa.ChunkedArray) -> np.ndarray | None:
-    """What :func:`_binary_labels` returns for a column that holds only 0 and 1 (False and True);
-    None for anything else."""
+def _arrow_float64(column: pa.ChunkedArray, valid: Callable[[np.ndarray], np.ndarray]) -> np.ndarray | None:
+    """A plain column as float64 values where ``valid`` holds for all of them; None otherwise."""
     values = _plain_values(column)
     if values is None:
         return None
-    labels = np.array(values, dtype=np.float64)
-    return labels if np.isin(labels, (0.0, 1.0)).all() else None
+    converted = np.array(values, dtype=np.float64)
+    return converted if valid(converted).all() else None
+
+
+def _arrow_labels(column: pa.ChunkedArray) -> np.ndarray | None:
+    """What :func:`_binary_labels` returns for a column that holds only 0 and 1 (False and True);
+    None for anything else."""
+    return _arrow_float64(column, lambda labels: np.isin(labels, (0.0, 1.0)))
 
 
 def _arrow_reference(column: pa.ChunkedArray) -> np.ndarray | None:
     """What :func:`_numeric_features` returns for a finite numeric reference column; None for
     anything else."""
-    values = _plain_values(column)
-    if values is None:
-        return None
-    logits = np.array(values, dtype=np.float64)
-    return logits if np.isfinite(logits).all() else None
+    return _arrow_float64(column, np.isfinite)
 
 
 def _as_strings(values: np.ndarray) -> np.ndarray:
